@@ -1,0 +1,6 @@
+//! The consul backend of `registry`.
+//!
+//! This crate is a placeholder that compiles; its adapter over
+//! [`registry_core::store`] arrives with the consul backend issue.
+
+pub use registry_core;

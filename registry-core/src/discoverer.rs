@@ -1,0 +1,475 @@
+//! [`Discoverer`]: the one implementation of [`Discovery`], fed by any
+//! [`StoreReader`].
+//!
+//! One task owns the cache state: it applies [`StoreEvent`]s in batches
+//! (parsing, skipping bad records, judging heartbeat expiry on its own
+//! monotonic clock), publishes an immutable [`ServiceIndex`] snapshot per
+//! batch through an `ArcSwap`, and fans out [`DiscoveryEvent`]s. Readers
+//! never take a lock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::conf::validate_dns_label;
+use crate::index::{IndexWriter, Recency};
+use crate::store::{Liveness, RawRecord, Scope, Store, StoreEvent, StoreReader};
+use crate::{Discovery, DiscoveryEvent, Error, Nodes, Result, ServiceConf, ServiceIndex, ServiceNode};
+
+/// How many events a slow subscriber may fall behind before it gets a `Reset`.
+const EVENT_BUFFER: usize = 4096;
+
+#[derive(Clone, Debug, Default)]
+struct Status {
+    ready: bool,
+    /// Errors seen before the first listing completed, newest last.
+    error_seq: u64,
+    error: Option<Arc<Error>>,
+}
+
+struct Inner {
+    reader: Arc<dyn StoreReader>,
+    scope: Scope,
+    default_window: Duration,
+    index: ArcSwap<ServiceIndex>,
+    status: watch::Sender<Status>,
+    events: broadcast::Sender<DiscoveryEvent>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    cache: Mutex<Cache>,
+    skipped: AtomicU64,
+}
+
+/// Discovers nodes in one namespace and env on any backend. Cheap to clone;
+/// clones share the cache.
+#[derive(Clone)]
+pub struct Discoverer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Discoverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discoverer").field("scope", &self.inner.scope).finish()
+    }
+}
+
+impl Discoverer {
+    /// A discoverer of `env` in `conf.namespace` on `store`. `conf.ttl` is
+    /// the expiry window for heartbeat records that do not state their own.
+    pub fn new(store: &dyn Store, env: &str, conf: ServiceConf) -> Result<Self> {
+        let conf = conf.bootstrap()?;
+        validate_dns_label("meta.env", env)?;
+        let scope = Scope::new(conf.namespace.clone(), env);
+        let reader = store.reader(&scope)?;
+        Ok(Self::from_reader(reader, scope, conf.ttl))
+    }
+
+    /// A discoverer over an explicit reader (tests, decorators).
+    pub fn from_reader(reader: Arc<dyn StoreReader>, scope: Scope, default_window: Duration) -> Self {
+        let (status, _) = watch::channel(Status::default());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                reader,
+                scope,
+                default_window,
+                index: ArcSwap::from_pointee(ServiceIndex::default()),
+                status,
+                events,
+                task: Mutex::new(None),
+                cache: Mutex::new(Cache::default()),
+                skipped: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Namespace and env this discoverer follows.
+    pub fn scope(&self) -> &Scope {
+        &self.inner.scope
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.status.borrow().ready
+    }
+}
+
+#[async_trait]
+impl Discovery for Discoverer {
+    #[inline]
+    fn get_service(&self, method: &str) -> Result<Nodes> {
+        let index = self.inner.index.load();
+        match index.by_method(method) {
+            Some(nodes) => Ok(nodes.clone()),
+            None if !self.is_ready() => Err(Error::NotReady),
+            None => Err(Error::MethodNotFound { method: method.to_owned() }),
+        }
+    }
+
+    fn get_app(&self, app_id: &str) -> Result<Nodes> {
+        let index = self.inner.index.load();
+        match index.by_app(app_id) {
+            Some(nodes) => Ok(nodes.clone()),
+            None if !self.is_ready() => Err(Error::NotReady),
+            None => Err(Error::NodeNotFound { app_id: app_id.to_owned() }),
+        }
+    }
+
+    fn apps(&self) -> Vec<Arc<str>> {
+        self.inner.index.load().apps()
+    }
+
+    fn snapshot(&self) -> Arc<ServiceIndex> {
+        self.inner.index.load_full()
+    }
+
+    async fn watcher(&self) -> Result<()> {
+        let mut status = self.inner.status.subscribe();
+        let seen_errors = status.borrow_and_update().error_seq;
+        {
+            let mut task = self.inner.task.lock().map_err(|_| Error::backend("discovery", "task lock poisoned"))?;
+            if task.as_ref().is_none_or(|t| t.is_finished()) {
+                *task = Some(tokio::spawn(follow(Arc::clone(&self.inner))));
+            }
+        }
+        loop {
+            {
+                let now = status.borrow_and_update();
+                if now.ready {
+                    return Ok(());
+                }
+                if now.error_seq > seen_errors
+                    && let Some(error) = &now.error {
+                        return Err(error.duplicate());
+                    }
+            }
+            if status.changed().await.is_err() {
+                return Err(Error::NotReady);
+            }
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let mut status = self.inner.status.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only ends on readiness.
+        let _ = status.wait_for(|s| s.ready).await;
+    }
+
+    fn unwatch(&self) {
+        if let Ok(mut task) = self.inner.task.lock()
+            && let Some(task) = task.take() {
+                task.abort();
+            }
+    }
+
+    fn events(&self) -> BoxStream<'static, DiscoveryEvent> {
+        let rx = self.inner.events.subscribe();
+        let initial = current_ups(&self.inner.index.load());
+        let inner = Arc::clone(&self.inner);
+        futures::stream::unfold((rx, initial, inner), |(mut rx, mut queue, inner)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((event, (rx, queue, inner)));
+                }
+                match rx.recv().await {
+                    Ok(event) => return Some((event, (rx, queue, inner))),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        queue.push_back(DiscoveryEvent::Reset);
+                        queue.extend(current_ups(&inner.index.load()));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.task.lock()
+            && let Some(task) = task.take() {
+                task.abort();
+            }
+    }
+}
+
+fn current_ups(index: &ServiceIndex) -> VecDeque<DiscoveryEvent> {
+    index.all_nodes().into_iter().map(up).collect()
+}
+
+/// Identity of an instance in events: `app_id/lease_id`.
+pub fn instance_key(node: &ServiceNode) -> Arc<str> {
+    Arc::from(format!("{}/{}", node.meta.app_id, node.lease_id))
+}
+
+fn up(node: Arc<ServiceNode>) -> DiscoveryEvent {
+    DiscoveryEvent::Up { key: instance_key(&node), node }
+}
+
+fn down(node: Arc<ServiceNode>) -> DiscoveryEvent {
+    DiscoveryEvent::Down { key: instance_key(&node), node }
+}
+
+/// The follow task: applies store events in batches and expires heartbeat records.
+async fn follow(inner: Arc<Inner>) {
+    let mut stream = inner.reader.events();
+    loop {
+        let deadline = inner.cache.lock().ok().and_then(|c| c.next_deadline());
+        let first = match deadline {
+            Some(at) => tokio::select! {
+                event = stream.next() => event,
+                _ = tokio::time::sleep_until(at) => {
+                    apply_batch(&inner, Vec::new());
+                    continue;
+                }
+            },
+            None => stream.next().await,
+        };
+        let Some(first) = first else {
+            tracing::warn!(namespace = %inner.scope.namespace, env = %inner.scope.env, "store event stream ended");
+            return;
+        };
+        // Drain what is already queued so one snapshot covers the whole burst.
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match stream.next().now_or_never() {
+                Some(Some(event)) => batch.push(event),
+                _ => break,
+            }
+        }
+        apply_batch(&inner, batch);
+    }
+}
+
+fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
+    let Ok(mut cache) = inner.cache.lock() else { return };
+    let mut out = Vec::new();
+    let mut became_ready = false;
+    let mut first_error = None;
+    cache.batch += 1;
+    for event in batch {
+        match event {
+            StoreEvent::Reset => cache.pending = Some(HashMap::new()),
+            StoreEvent::Upsert(record) => {
+                cache.recover();
+                match cache.pending.as_mut() {
+                    Some(pending) => {
+                        pending.insert(record.key.clone(), record);
+                    }
+                    None => cache.upsert(inner, record, &mut out),
+                }
+            }
+            StoreEvent::Delete { key } => {
+                cache.recover();
+                match cache.pending.as_mut() {
+                    Some(pending) => {
+                        pending.remove(&key);
+                    }
+                    None => cache.delete(&key, &mut out),
+                }
+            }
+            StoreEvent::Malformed { key, reason } => cache.skip(inner, &key, &reason),
+            StoreEvent::Synced => {
+                cache.recover();
+                if let Some(pending) = cache.pending.take() {
+                    let gone: Vec<Arc<str>> =
+                        cache.records.keys().filter(|k| !pending.contains_key(k.as_ref())).cloned().collect();
+                    for key in gone {
+                        cache.delete(&key, &mut out);
+                    }
+                    for (_, record) in pending {
+                        cache.upsert(inner, record, &mut out);
+                    }
+                }
+                cache.ready = true;
+                became_ready = true;
+            }
+            StoreEvent::Error(error) => {
+                if cache.degraded_since.is_none() {
+                    cache.degraded_since = Some(Instant::now());
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    cache.expire(Instant::now(), &mut out);
+    if let Some(snapshot) = cache.index.publish() {
+        inner.index.store(snapshot);
+    }
+    drop(cache);
+    for event in out {
+        // No subscriber is not an error.
+        let _ = inner.events.send(event);
+    }
+    inner.status.send_if_modified(|status| {
+        let mut changed = false;
+        if became_ready && !status.ready {
+            status.ready = true;
+            changed = true;
+        }
+        if let Some(error) = first_error
+            && !status.ready {
+                status.error_seq += 1;
+                status.error = Some(Arc::new(error));
+                changed = true;
+            }
+        changed
+    });
+}
+
+struct Entry {
+    stamp: u64,
+    node: Arc<ServiceNode>,
+    /// Heartbeat window; `None` for store-managed records.
+    window: Option<Duration>,
+    last_seen: Instant,
+    visible: bool,
+}
+
+#[derive(Default)]
+struct Cache {
+    index: IndexWriter,
+    records: HashMap<Arc<str>, Entry>,
+    pending: Option<HashMap<String, RawRecord>>,
+    batch: u64,
+    /// The first listing has been applied.
+    ready: bool,
+    warned: HashSet<String>,
+    degraded_since: Option<Instant>,
+}
+
+fn stamp_of(record: &RawRecord) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    record.stamp.as_deref().unwrap_or(&record.value).hash(&mut h);
+    h.finish()
+}
+
+/// True when two nodes differ only in heartbeat fields.
+fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
+    a.proto_count == b.proto_count
+        && a.lease_id == b.lease_id
+        && a.methods == b.methods
+        && a.network == b.network
+        && a.kernel == b.kernel
+        && a.meta == b.meta
+        && a.registered_at_ms == b.registered_at_ms
+        && a.ttl == b.ttl
+}
+
+impl Cache {
+    /// Leaves the degraded state: heartbeats could not be observed while the
+    /// store was unreachable, so the outage does not count against them.
+    fn recover(&mut self) {
+        if let Some(since) = self.degraded_since.take() {
+            let outage = since.elapsed();
+            for entry in self.records.values_mut() {
+                if entry.window.is_some() {
+                    entry.last_seen += outage;
+                }
+            }
+        }
+    }
+
+    fn skip(&mut self, inner: &Inner, key: &str, reason: &str) {
+        inner.skipped.fetch_add(1, Ordering::Relaxed);
+        if self.warned.insert(key.to_owned()) {
+            tracing::warn!(key, reason, namespace = %inner.scope.namespace, env = %inner.scope.env, "skipping record");
+        }
+    }
+
+    fn upsert(&mut self, inner: &Inner, record: RawRecord, out: &mut Vec<DiscoveryEvent>) {
+        let stamp = stamp_of(&record);
+        if let Some(entry) = self.records.get(record.key.as_str())
+            && entry.stamp == stamp {
+                // Same write seen again (a relist): not a sign of life.
+                return;
+            }
+        let node = match ServiceNode::from_json(&record.value) {
+            Ok(node) => node,
+            Err(e) => {
+                self.skip(inner, &record.key, &format!("not a service node: {e}"));
+                self.delete(&record.key, out);
+                return;
+            }
+        };
+        if node.meta.env != inner.scope.env {
+            self.skip(inner, &record.key, &format!("env `{}` is not `{}`", node.meta.env, inner.scope.env));
+            self.delete(&record.key, out);
+            return;
+        }
+        if node.meta.app_id.is_empty() {
+            self.skip(inner, &record.key, "empty app_id");
+            self.delete(&record.key, out);
+            return;
+        }
+        let window = match record.liveness {
+            Liveness::StoreManaged => None,
+            Liveness::Heartbeat { window } => {
+                Some(window.or(node.ttl.map(Duration::from_secs)).unwrap_or(inner.default_window))
+            }
+        };
+        let now = Instant::now();
+        let key: Arc<str> = Arc::from(record.key.as_str());
+        if let Some(entry) = self.records.get_mut(&key) {
+            entry.stamp = stamp;
+            entry.last_seen = now;
+            entry.window = window;
+            if entry.visible && same_but_heartbeat(&entry.node, &node) {
+                return;
+            }
+        }
+        let node = Arc::new(node);
+        let recency = match (self.records.get(&key), self.index.recency(&key)) {
+            // An update of a live instance keeps its place in the order.
+            (Some(entry), Some(recency)) if entry.visible && entry.node.lease_id == node.lease_id => recency,
+            // The first listing is batch 0 for everyone; later arrivals get their batch.
+            _ => Recency::of(&node, if self.ready { self.batch } else { 0 }),
+        };
+        self.index.upsert(&key, Arc::clone(&node), recency);
+        out.push(up(Arc::clone(&node)));
+        self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true });
+    }
+
+    fn delete(&mut self, key: &str, out: &mut Vec<DiscoveryEvent>) {
+        if let Some(entry) = self.records.remove(key)
+            && entry.visible {
+                self.index.remove(key);
+                out.push(down(entry.node));
+            }
+    }
+
+    /// Hides heartbeat records not renewed within their window.
+    fn expire(&mut self, now: Instant, out: &mut Vec<DiscoveryEvent>) {
+        if self.degraded_since.is_some() {
+            return;
+        }
+        for (key, entry) in self.records.iter_mut() {
+            if let Some(window) = entry.window
+                && entry.visible && now >= entry.last_seen + window {
+                    entry.visible = false;
+                    self.index.remove(key);
+                    out.push(down(Arc::clone(&entry.node)));
+                }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.degraded_since.is_some() {
+            return None;
+        }
+        self.records.values().filter(|e| e.visible).filter_map(|e| e.window.map(|w| e.last_seen + w)).min()
+    }
+}

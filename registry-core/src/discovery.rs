@@ -1,0 +1,84 @@
+//! The [`Discovery`] trait and its change events.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::{Nodes, Result, ServiceIndex, ServiceNode};
+
+/// Finds nodes by gRPC method from a local cache kept current by the
+/// backend's change stream.
+///
+/// Semantics every backend honours (proved by the conformance suite):
+/// - [`get_service`](Discovery::get_service) answers from the local cache:
+///   no I/O, no locks, no copy of node data; nodes of every app that serves
+///   the method, newest registration first; only nodes that declare the method.
+/// - [`watcher`](Discovery::watcher) starts following the backend's change
+///   stream (etcd watch, Consul blocking queries, Kubernetes watch) and returns
+///   once the first full listing is in the cache. If that first listing
+///   fails, it returns the error and keeps retrying in the background (call
+///   [`wait_ready`](Discovery::wait_ready) to wait for it). While the
+///   backend is unreachable, discovery keeps serving its last view.
+/// - Dead instances disappear: on their store's own expiry, or — for stores
+///   without one — when no heartbeat was observed for one TTL on the
+///   discoverer's monotonic clock (writer clock skew does not matter).
+/// - Records that do not parse, belong to another env, or are otherwise
+///   foreign are skipped and counted ([`skipped`](Discovery::skipped)),
+///   never fatal and never hiding other nodes.
+/// - [`unwatch`](Discovery::unwatch) stops following promptly; the last view stays.
+#[async_trait]
+pub trait Discovery: Send + Sync {
+    /// Nodes serving `method` (`/pkg.Service/Method`), newest first, or
+    /// [`Error::MethodNotFound`](crate::Error::MethodNotFound) (or
+    /// [`Error::NotReady`](crate::Error::NotReady) before the first listing).
+    fn get_service(&self, method: &str) -> Result<Nodes>;
+
+    /// Nodes of `app_id`, newest first, or [`Error::NodeNotFound`](crate::Error::NodeNotFound).
+    fn get_app(&self, app_id: &str) -> Result<Nodes>;
+
+    /// App ids with at least one live node, sorted.
+    fn apps(&self) -> Vec<Arc<str>>;
+
+    /// The whole current view.
+    fn snapshot(&self) -> Arc<ServiceIndex>;
+
+    /// Starts following changes; returns when the cache is ready (see the trait docs).
+    async fn watcher(&self) -> Result<()>;
+
+    /// Waits until the first full listing is in the cache.
+    async fn wait_ready(&self);
+
+    /// Stops following changes. Idempotent; the last view stays readable.
+    fn unwatch(&self);
+
+    /// A stream of changes: first the current nodes as [`DiscoveryEvent::Up`],
+    /// then every change. A subscriber that falls behind gets
+    /// [`DiscoveryEvent::Reset`] followed by the current nodes again.
+    fn events(&self) -> BoxStream<'static, DiscoveryEvent>;
+
+    /// Records skipped so far because they were malformed or foreign.
+    fn skipped(&self) -> u64;
+}
+
+/// A change seen by discovery.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum DiscoveryEvent {
+    /// A node appeared or changed.
+    Up {
+        /// Stable key of the instance in its store.
+        key: Arc<str>,
+        /// The node.
+        node: Arc<ServiceNode>,
+    },
+    /// A node left (uninstalled, expired, or its record became invalid).
+    Down {
+        /// Stable key of the instance in its store.
+        key: Arc<str>,
+        /// The node as last seen.
+        node: Arc<ServiceNode>,
+    },
+    /// The subscriber missed events: forget everything; the current nodes follow as `Up`.
+    Reset,
+}

@@ -1,0 +1,39 @@
+//! Core of the `registry` library: the model, the [`Register`] and
+//! [`Discovery`] traits, and the machinery every backend shares.
+//!
+//! - Model: [`ServiceNode`] (wire-compatible with the Go framework),
+//!   [`ServiceConf`] with its defaults, [`GrpcServices`] to build `methods`.
+//! - Traits: [`Register`] (install, keepalive, uninstall) and [`Discovery`]
+//!   (lookup by method from a local cache, change events).
+//! - Machinery, written once: [`Registrar`] (keepalive/retry driver),
+//!   [`Discoverer`] (index, expiry, event fan-out), [`list_watch`] (list,
+//!   watch, resume, relist with backoff).
+//! - The adapter contract a backend implements: [`store`].
+//! - The embedded backend: [`memory`].
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod conf;
+mod discoverer;
+mod discovery;
+mod error;
+mod grpc;
+pub mod index;
+pub mod list_watch;
+#[cfg(feature = "memory")]
+pub mod memory;
+mod model;
+mod register;
+mod registrar;
+pub mod store;
+
+pub use conf::ServiceConf;
+pub use discoverer::{Discoverer, instance_key};
+pub use discovery::{Discovery, DiscoveryEvent};
+pub use error::{BoxError, Error, Result};
+pub use grpc::GrpcServices;
+pub use index::{Nodes, ServiceIndex};
+pub use model::{Kernel, Meta, Network, ServiceNode};
+pub use register::{Register, RetryHooks, RetryInfo};
+pub use registrar::Registrar;

@@ -1,0 +1,187 @@
+//! The registered record: [`ServiceNode`] and its parts.
+//!
+//! The JSON field names are a wire contract shared with the Go framework
+//! (`proto_count`, `lease_id`, `run_date`, `methods`, `network`, `kernel`,
+//! `meta`): a record written by a Go service deserialises here, and one we write
+//! is readable there. Fields this library adds (`registered_at_ms`,
+//! `renewed_at_ms`, `ttl`) are optional and ignored by Go readers, and missing
+//! fields default, so either side can read the other's records.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Who a service is: environment, application and version.
+///
+/// `env` separates environments completely: a discoverer of one env never
+/// sees nodes of another.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Meta {
+    /// Environment (`prod`, `staging`, …).
+    pub env: String,
+    /// Application id; instances of several versions share one app id.
+    pub app_id: String,
+    /// Version of this instance.
+    pub version: String,
+}
+
+impl Meta {
+    /// Builds a `Meta` from its three parts.
+    pub fn new(env: impl Into<String>, app_id: impl Into<String>, version: impl Into<String>) -> Self {
+        Self { env: env.into(), app_id: app_id.into(), version: version.into() }
+    }
+}
+
+/// Where an instance listens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    /// Network-card / zone identifier; gateways prefer nodes with their own `sn`.
+    pub sn: String,
+    /// Address reachable inside the cluster (`host:port`).
+    pub internal: String,
+    /// Address reachable from outside, if any.
+    pub external: String,
+}
+
+/// What runtime an instance runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Kernel {
+    /// Implementation language (`rust` for services using this library, `go` for the Go framework).
+    pub language: String,
+    /// Version of the framework or library.
+    pub version: String,
+}
+
+/// One registered instance of a service: identity, addresses and the gRPC
+/// methods it serves.
+///
+/// `methods` maps full gRPC paths (`/pkg.Service/Method`) to `true`, the shape
+/// the Go framework writes. Build it with [`crate::GrpcServices`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceNode {
+    /// Number of gRPC services (proto service definitions) the instance serves.
+    pub proto_count: i64,
+    /// Instance identity within its app (etcd: the lease id; elsewhere a unique local id).
+    pub lease_id: i64,
+    /// Last heartbeat in the writer's local time, Go layout `YYYY-MM-DD HH:MM:SS`.
+    ///
+    /// Informational only: expiry never depends on it, because writers' clocks
+    /// and time zones differ from the reader's.
+    pub run_date: String,
+    /// Served gRPC methods, `/pkg.Service/Method` → `true`.
+    pub methods: BTreeMap<String, bool>,
+    /// Addresses.
+    pub network: Network,
+    /// Runtime.
+    pub kernel: Kernel,
+    /// Identity.
+    pub meta: Meta,
+    /// First registration of this instance, UTC milliseconds since the Unix
+    /// epoch. Orders nodes "newest registration first" in a fresh listing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registered_at_ms: Option<i64>,
+    /// Last heartbeat, UTC milliseconds since the Unix epoch. Heartbeat-based
+    /// stores use its change (not its value) as the sign of life.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed_at_ms: Option<i64>,
+    /// The writer's TTL in seconds: how long a heartbeat-based reader waits
+    /// for the next change before hiding the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+}
+
+impl ServiceNode {
+    /// True if the node declares `method` (a full `/pkg.Service/Method` path).
+    pub fn serves(&self, method: &str) -> bool {
+        self.methods.get(method).copied().unwrap_or(false)
+    }
+
+    /// The methods this node serves, in sorted order.
+    pub fn served_methods(&self) -> impl Iterator<Item = &str> {
+        self.methods.iter().filter(|(_, on)| **on).map(|(m, _)| m.as_str())
+    }
+
+    /// Serialises the node as the JSON stored in every backend.
+    pub fn to_json(&self) -> crate::Result<String> {
+        serde_json::to_string(self).map_err(|e| crate::Error::Encode { reason: e.to_string() })
+    }
+
+    /// Parses a node from its stored JSON (unknown fields ignored).
+    pub fn from_json(raw: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+}
+
+/// Formats a time the way the Go framework writes `run_date`.
+pub(crate) fn go_run_date(now: chrono::DateTime<chrono::Local>) -> String {
+    now.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record exactly as the Go framework writes it, plus a field from a
+    /// newer Go version that we do not know.
+    const GO_NODE: &str = r#"{
+        "proto_count": 2,
+        "lease_id": 7587869532745834261,
+        "run_date": "2025-06-01 12:30:45",
+        "methods": {"/user.UserService/GetProfile": true, "/user.UserService/Login": true},
+        "network": {"sn": "default", "internal": "10.0.0.7:9090", "external": ""},
+        "kernel": {"language": "go", "version": "v1.4.0"},
+        "meta": {"env": "prod", "app_id": "user-service", "version": "v1"},
+        "weight": 100
+    }"#;
+
+    #[test]
+    fn go_record_deserialises_with_unknown_fields_ignored() {
+        let node = ServiceNode::from_json(GO_NODE).expect("Go shape parses");
+        assert_eq!(node.proto_count, 2);
+        assert_eq!(node.lease_id, 7587869532745834261);
+        assert_eq!(node.run_date, "2025-06-01 12:30:45");
+        assert!(node.serves("/user.UserService/Login"));
+        assert_eq!(node.network.internal, "10.0.0.7:9090");
+        assert_eq!(node.kernel.language, "go");
+        assert_eq!(node.meta, Meta::new("prod", "user-service", "v1"));
+        assert_eq!(node.registered_at_ms, None);
+    }
+
+    #[test]
+    fn our_record_has_every_go_field_under_its_go_name() {
+        let node = ServiceNode::from_json(GO_NODE).expect("parses");
+        let value: serde_json::Value = serde_json::from_str(&node.to_json().expect("encodes")).expect("json");
+        for field in ["proto_count", "lease_id", "run_date", "methods", "network", "kernel", "meta"] {
+            assert!(value.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(value["network"]["sn"], "default");
+        assert_eq!(value["kernel"]["version"], "v1.4.0");
+        assert_eq!(value["meta"]["app_id"], "user-service");
+        assert_eq!(value["methods"]["/user.UserService/GetProfile"], true);
+        // Optional additions are left out when unset, so Go-written nodes round-trip byte-compatible.
+        assert!(value.get("registered_at_ms").is_none());
+        let back = ServiceNode::from_json(&node.to_json().expect("encodes")).expect("parses");
+        assert_eq!(back, node);
+    }
+
+    #[test]
+    fn missing_fields_default() {
+        let node = ServiceNode::from_json(r#"{"meta":{"env":"dev","app_id":"a"}}"#).expect("parses");
+        assert_eq!(node.meta.version, "");
+        assert!(node.methods.is_empty());
+    }
+
+    #[test]
+    fn run_date_uses_go_layout() {
+        let t = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05+00:00").expect("time");
+        let local = t.with_timezone(&chrono::Local);
+        let s = go_run_date(local);
+        assert_eq!(s.len(), "2006-01-02 15:04:05".len());
+        assert_eq!(&s[4..5], "-");
+        assert_eq!(&s[10..11], " ");
+    }
+}

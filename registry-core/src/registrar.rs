@@ -1,0 +1,280 @@
+//! [`Registrar`]: the one implementation of [`Register`], driving any
+//! [`StoreWriter`] — validation, defaults, heartbeat cadence, retries with
+//! hooks, give-up, and re-creating a lost lease.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::conf::validate_meta;
+use crate::register::{RetryHooks, RetryInfo};
+use crate::store::{Scope, Store, StoreWriter};
+use crate::{Error, Meta, Register, Result, ServiceConf, ServiceNode};
+
+/// Shortest delay before the first keepalive retry.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Never installed.
+    Idle,
+    /// Installed; heartbeats run.
+    Installed,
+    /// Uninstalled; `sustain_lease` returns.
+    Uninstalled,
+}
+
+struct State {
+    node: Option<ServiceNode>,
+    /// False after `LeaseExpired`, or before the first grant.
+    lease_valid: bool,
+    registered_at_ms: Option<i64>,
+}
+
+struct Inner {
+    writer: Arc<dyn StoreWriter>,
+    meta: Meta,
+    conf: ServiceConf,
+    state: tokio::sync::Mutex<State>,
+    phase: watch::Sender<Phase>,
+    hooks: Mutex<RetryHooks>,
+    last_node: ArcSwapOption<ServiceNode>,
+}
+
+/// Registers one instance on any backend. Cheap to clone; clones share the instance.
+///
+/// ```
+/// # async fn demo() -> registry_core::Result<()> {
+/// use std::sync::Arc;
+/// use registry_core::{memory::MemoryStore, GrpcServices, Meta, Register, Registrar, ServiceConf};
+///
+/// let store = MemoryStore::new();
+/// let registrar = Registrar::new(&store, Meta::new("dev", "greeter", "v1"), ServiceConf::default())?;
+/// let node = GrpcServices::new().service("hello.Greeter", ["SayHello"])?.into_node();
+/// registrar.install(node).await?;
+/// let keepalive = tokio::spawn({ let r = registrar.clone(); async move { r.sustain_lease().await } });
+/// registrar.uninstall().await?;
+/// keepalive.await.expect("joined")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Registrar {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar").field("meta", &self.inner.meta).field("conf", &self.inner.conf).finish()
+    }
+}
+
+impl Registrar {
+    /// A registrar for the instance `meta` on `store`. Applies the
+    /// configuration defaults and validates `meta` and `conf`, naming the
+    /// first invalid field.
+    pub fn new(store: &dyn Store, meta: Meta, conf: ServiceConf) -> Result<Self> {
+        let conf = conf.bootstrap()?;
+        validate_meta(&meta)?;
+        let writer = store.writer(&Scope::new(conf.namespace.clone(), meta.env.clone()))?;
+        Ok(Self::assemble(writer, meta, conf))
+    }
+
+    /// A registrar over an explicit writer (tests, decorators).
+    pub fn from_writer(writer: Arc<dyn StoreWriter>, meta: Meta, conf: ServiceConf) -> Result<Self> {
+        let conf = conf.bootstrap()?;
+        validate_meta(&meta)?;
+        Ok(Self::assemble(writer, meta, conf))
+    }
+
+    fn assemble(writer: Arc<dyn StoreWriter>, meta: Meta, conf: ServiceConf) -> Self {
+        let (phase, _) = watch::channel(Phase::Idle);
+        Self {
+            inner: Arc::new(Inner {
+                writer,
+                meta,
+                conf,
+                state: tokio::sync::Mutex::new(State { node: None, lease_valid: false, registered_at_ms: None }),
+                phase,
+                hooks: Mutex::new(RetryHooks::default()),
+                last_node: ArcSwapOption::empty(),
+            }),
+        }
+    }
+
+    /// The effective configuration (defaults applied).
+    pub fn conf(&self) -> &ServiceConf {
+        &self.inner.conf
+    }
+
+    /// The instance identity.
+    pub fn meta(&self) -> &Meta {
+        &self.inner.meta
+    }
+
+    fn hooks(&self) -> RetryHooks {
+        self.inner.hooks.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Runs a store call with a deadline, so a hung backend counts as a failure.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { backend: self.inner.writer.kind(), operation, after: limit }),
+        }
+    }
+
+    /// Grants a fresh lease if needed and writes `node` (with the lease id set).
+    async fn write(&self, state: &mut State, node: &mut ServiceNode) -> Result<()> {
+        let ttl = self.inner.conf.ttl;
+        for _ in 0..2 {
+            if !state.lease_valid {
+                node.lease_id = self.bounded("grant", ttl, self.inner.writer.grant(ttl)).await?;
+                state.lease_valid = true;
+            }
+            match self.bounded("put", ttl, self.inner.writer.put(node, ttl)).await {
+                Err(Error::LeaseExpired { .. }) => state.lease_valid = false,
+                other => return other,
+            }
+        }
+        Err(Error::LeaseExpired { backend: self.inner.writer.kind() })
+    }
+
+    /// One heartbeat: renew, or re-create the record when its lease is gone.
+    async fn heartbeat(&self) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        let Some(mut node) = state.node.clone() else { return Ok(()) };
+        stamp_heartbeat(&mut node);
+        let ttl = self.inner.conf.ttl;
+        if state.lease_valid {
+            match self.bounded("renew", ttl / 2, self.inner.writer.renew(&node, ttl)).await {
+                Ok(()) => {
+                    state.node = Some(node);
+                    return Ok(());
+                }
+                Err(Error::LeaseExpired { .. }) => {
+                    tracing::info!(app_id = %self.inner.meta.app_id, lease_id = node.lease_id, "lease lost; registering again");
+                    state.lease_valid = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.write(&mut state, &mut node).await?;
+        self.inner.last_node.store(Some(Arc::new(node.clone())));
+        state.node = Some(node);
+        Ok(())
+    }
+}
+
+fn stamp_heartbeat(node: &mut ServiceNode) {
+    node.run_date = crate::model::go_run_date(chrono::Local::now());
+    node.renewed_at_ms = Some(chrono::Utc::now().timestamp_millis());
+}
+
+#[async_trait]
+impl Register for Registrar {
+    async fn install(&self, mut node: ServiceNode) -> Result<ServiceNode> {
+        let conf = &self.inner.conf;
+        node.meta = self.inner.meta.clone();
+        node.kernel = conf.kernel.clone();
+        node.network = conf.network.clone();
+        node.ttl = Some(conf.ttl.as_secs());
+        let mut state = self.inner.state.lock().await;
+        let registered = *state.registered_at_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
+        node.registered_at_ms = Some(registered);
+        if let Some(previous) = &state.node {
+            node.lease_id = previous.lease_id;
+        }
+        stamp_heartbeat(&mut node);
+        self.write(&mut state, &mut node).await?;
+        tracing::info!(app_id = %node.meta.app_id, env = %node.meta.env, lease_id = node.lease_id, methods = node.methods.len(), "installed");
+        state.node = Some(node.clone());
+        self.inner.last_node.store(Some(Arc::new(node.clone())));
+        self.inner.phase.send_replace(Phase::Installed);
+        Ok(node)
+    }
+
+    async fn sustain_lease(&self) -> Result<()> {
+        let mut phase = self.inner.phase.subscribe();
+        loop {
+            match *phase.borrow_and_update() {
+                Phase::Installed => break,
+                Phase::Uninstalled => return Ok(()),
+                Phase::Idle => {}
+            }
+            if phase.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+        let conf = &self.inner.conf;
+        let cadence = conf.ttl / 2;
+        let mut backoff = Backoff::new((conf.ttl / 20).max(MIN_RETRY_DELAY), conf.ttl / 4);
+        let mut failures: u32 = 0;
+        let mut delay = cadence;
+        loop {
+            tokio::select! {
+                changed = phase.changed() => {
+                    if changed.is_err() || *phase.borrow_and_update() != Phase::Installed {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match self.heartbeat().await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(app_id = %self.inner.meta.app_id, failures, "keepalive recovered");
+                        self.hooks().fire_after_recovery(failures);
+                    }
+                    failures = 0;
+                    backoff.reset();
+                    delay = cadence;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let info = RetryInfo { attempt: failures, max_retry: conf.max_retry, error: &error };
+                    if conf.max_retry > 0 && failures >= conf.max_retry {
+                        tracing::error!(app_id = %self.inner.meta.app_id, failures, %error, "keepalive gave up");
+                        self.hooks().fire_give_up(&info);
+                        return Err(Error::GaveUp { attempts: failures, last: Box::new(error) });
+                    }
+                    tracing::warn!(app_id = %self.inner.meta.app_id, failures, %error, "keepalive failed; retrying");
+                    self.hooks().fire_before_retry(&info);
+                    delay = backoff.next_delay();
+                }
+            }
+        }
+    }
+
+    async fn uninstall(&self) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        if *self.inner.phase.borrow() != Phase::Idle {
+            self.inner.phase.send_replace(Phase::Uninstalled);
+        }
+        state.lease_valid = false;
+        self.inner.last_node.store(None);
+        let Some(node) = state.node.take() else { return Ok(()) };
+        let result = self.bounded("remove", self.inner.conf.ttl, self.inner.writer.remove(&node)).await;
+        tracing::info!(app_id = %node.meta.app_id, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
+        result
+    }
+
+    fn set_hooks(&self, hooks: RetryHooks) {
+        if let Ok(mut slot) = self.inner.hooks.lock() {
+            *slot = hooks;
+        }
+    }
+
+    fn node(&self) -> Option<ServiceNode> {
+        self.inner.last_node.load_full().map(|n| (*n).clone())
+    }
+}
