@@ -160,6 +160,14 @@ apt_prepare() {
     -o "Dir::Cache::archives=$APT_DIR/cache/archives"
     -o "APT::Sandbox::User=$(id -un)"
     -o "Acquire::Languages=none"
+    # Only Packages indices are needed; skip AppStream/Contents/CNF targets
+    # that the system's apt.conf.d may enable.
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
+    -o "Acquire::IndexTargets::deb::CNF::DefaultEnabled=false"
     -o "APT::Get::List-Cleanup=false"
     -q
   )

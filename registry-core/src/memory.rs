@@ -7,7 +7,7 @@
 //! the quickstart, and it runs the whole conformance suite.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -94,6 +94,8 @@ struct Shared {
     revision: watch::Sender<u64>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     next_lease: AtomicI64,
+    /// False during a simulated outage.
+    reachable: AtomicBool,
 }
 
 /// An in-memory registry. Clones share the same data.
@@ -139,6 +141,7 @@ impl MemoryStore {
                 revision,
                 reaper: Mutex::new(None),
                 next_lease: AtomicI64::new(seed),
+                reachable: AtomicBool::new(true),
             }),
         }
     }
@@ -160,12 +163,29 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Simulates an outage (`false`) and the return (`true`): while
+    /// unreachable every call fails with `BackendUnavailable` and open watch
+    /// streams break; leases keep expiring, as on a server clients cannot reach.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.shared.reachable.store(reachable, Ordering::SeqCst);
+        self.shared.revision.send_modify(|_| {});
+    }
+
+    fn check_reachable(&self) -> Result<()> {
+        if self.shared.reachable.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::unavailable(KIND, "memory store is unreachable (simulated outage)"))
+        }
+    }
+
     /// The key prefix of a scope: `<namespace>/<env>/`.
     pub fn prefix(scope: &Scope) -> String {
         format!("{}/{}/", scope.namespace, scope.env)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.check_reachable()?;
         self.shared.state.lock().map_err(|_| Error::backend(KIND, "state lock poisoned"))
     }
 
@@ -334,6 +354,9 @@ impl ListWatch for MemoryReader {
                 return None;
             }
             loop {
+                if let Err(e) = store.check_reachable() {
+                    return Some((Err(e), (store, prefix, notify, cursor, true)));
+                }
                 let collected = {
                     let Ok(state) = store.shared.state.lock() else {
                         return Some((Err(Error::backend(KIND, "state lock poisoned")), (store, prefix, notify, cursor, true)));

@@ -1,0 +1,62 @@
+//! The [`Backend`] trait a backend's test glue implements.
+
+use async_trait::async_trait;
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+
+use crate::env::Unavailable;
+
+/// Which server a backend instance uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerUse {
+    /// The server shared by every ordinary scenario of the run.
+    Shared,
+    /// A server of its own, which the scenario may stop and restart.
+    Dedicated,
+}
+
+/// A backend under test: builds registrars and discoverers on a real server
+/// and can do to the server what scenarios need.
+#[async_trait]
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A cheap check, before any scenario runs, that the server can be had
+    /// (its binary is installed, or the user's server is configured).
+    fn available() -> Result<(), Unavailable> {
+        Ok(())
+    }
+
+    /// Starts the server (or connects to the user's) and the client.
+    /// `Err` means the server is not available: the run fails under
+    /// `REGISTRY_TEST_REQUIRE=1`, else the backend's scenarios are ignored.
+    async fn start(server: ServerUse) -> Result<Self, Unavailable>;
+
+    /// Called before a scenario uses `namespace` (Kubernetes creates the
+    /// namespace object and whatever else a registrar there needs).
+    async fn prepare_namespace(&self, _namespace: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A registrar for the instance `meta`.
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar>;
+
+    /// A discoverer of `env`.
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer>;
+
+    /// Writes, the backend's own way, a record that our registrars did not
+    /// write: `value` (e.g. invalid JSON, or a node of another env) stored
+    /// where discovery of `scope` will list it, under a name derived from `name`.
+    async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()>;
+
+    /// The instance of `registrar` crashed: its keepalive task was aborted
+    /// (the suite did that). Backends whose liveness is not a lease do here
+    /// what the platform would do (Kubernetes `pod` mode: the Pod stops running).
+    async fn crashed(&self, _registrar: &Registrar) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Stops the server, keeping its data (only on a [`ServerUse::Dedicated`] backend).
+    async fn stop_server(&self) -> anyhow::Result<()>;
+
+    /// Starts the server again on the same ports and data.
+    async fn start_server(&self) -> anyhow::Result<()>;
+}

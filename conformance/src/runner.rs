@@ -1,0 +1,125 @@
+//! [`Runner`]: turns backends × scenarios into a libtest-mimic run.
+//!
+//! One tokio runtime serves the whole run (clients keep connections on the
+//! runtime that made them), the shared server of each backend is started once
+//! and stopped at the end, and each scenario that stops the server gets a
+//! server of its own.
+
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use tokio::runtime::Runtime;
+use tokio::sync::OnceCell;
+
+use crate::env::{Unavailable, required};
+use crate::scenarios::{self, Needs};
+use crate::{Backend, ServerUse};
+
+/// Default parallelism: scenarios mostly wait on timers and servers.
+const DEFAULT_THREADS: usize = 8;
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime for the suite")
+    })
+}
+
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+/// Collects suites and runs them.
+#[derive(Default)]
+pub struct Runner {
+    trials: Vec<Trial>,
+    cleanups: Vec<Cleanup>,
+}
+
+impl Runner {
+    /// An empty run.
+    pub fn new() -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            )
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+        Self::default()
+    }
+
+    /// Adds every scenario for backend `B`, named `<name>::<scenario>`.
+    pub fn suite<B: Backend>(mut self, name: &'static str) -> Self {
+        let shared: Arc<OnceCell<Result<Arc<B>, String>>> = Arc::new(OnceCell::new());
+        // Without REGISTRY_TEST_REQUIRE=1 a backend with no server is reported
+        // as ignored, with the reason, and announced on stderr.
+        let skip = match B::available() {
+            Err(e) if !required() => {
+                eprintln!("SKIPPING {name}: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        for scenario in scenarios::all::<B>() {
+            let shared = Arc::clone(&shared);
+            let test_name = format!("{name}::{}", scenario.name);
+            let run = scenario.run;
+            let needs = scenario.needs;
+            let trial = Trial::test(test_name.clone(), move || {
+                runtime().block_on(async move {
+                    let started = Instant::now();
+                    let result = match needs {
+                        Needs::SharedServer => {
+                            let backend = shared
+                                .get_or_init(|| async { B::start(ServerUse::Shared).await.map(Arc::new).map_err(describe) })
+                                .await;
+                            match backend {
+                                Ok(b) => run(b).await.map_err(|e| format!("{e:#}")),
+                                Err(e) => return unavailable(name, e),
+                            }
+                        }
+                        Needs::DedicatedServer => match B::start(ServerUse::Dedicated).await {
+                            Ok(b) => run(&b).await.map_err(|e| format!("{e:#}")),
+                            Err(e) => return unavailable(name, &describe(e)),
+                        },
+                    };
+                    tracing::info!(test = %test_name, elapsed_ms = started.elapsed().as_millis() as u64, "scenario done");
+                    result.map_err(Failed::from)
+                })
+            });
+            self.trials.push(match &skip {
+                Some(reason) => trial.with_ignored_flag(true).with_kind(format!("no server: {reason}")),
+                None => trial,
+            });
+        }
+        let keep = Arc::clone(&shared);
+        // Drop the shared backend (and so stop its server) before the process exits.
+        self.cleanups.push(Box::new(move || {
+            runtime().block_on(async move { drop(keep) });
+        }));
+        self
+    }
+
+    /// Runs what the command line selects and returns the exit code.
+    pub fn run(self) -> ExitCode {
+        let mut args = Arguments::from_args();
+        if args.test_threads.is_none() {
+            args.test_threads = Some(DEFAULT_THREADS);
+        }
+        let conclusion = libtest_mimic::run(&args, self.trials);
+        for cleanup in self.cleanups {
+            cleanup();
+        }
+        conclusion.exit_code()
+    }
+}
+
+fn describe(e: Unavailable) -> String {
+    e.to_string()
+}
+
+/// A server that should have started and did not: always a failure.
+fn unavailable(backend: &str, reason: &str) -> Result<(), Failed> {
+    Err(Failed::from(format!("{backend} server unavailable: {reason}")))
+}

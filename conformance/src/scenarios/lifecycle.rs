@@ -1,0 +1,141 @@
+//! Install, discover, uninstall.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use registry_core::{Discovery, DiscoveryEvent, Error, Register};
+
+use super::World;
+use crate::Backend;
+use crate::fixtures::{PROPAGATION, eventually, leases_for, meta, method, method_absent, node};
+
+/// A node is discoverable by every method it declares, and the discovered
+/// node equals the installed one field for field.
+pub async fn install_then_discover_by_every_method<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let inst = w.start("orders", node("shop.Orders", &["Create", "Get", "List"])).await?;
+    for name in ["Create", "Get", "List"] {
+        let m = method("shop.Orders", name);
+        eventually(PROPAGATION, &format!("{m} visible"), || !leases_for(&*disc, &m).is_empty()).await?;
+        let found = disc.get_service(&m)?;
+        anyhow::ensure!(found.len() == 1, "{m}: expected one node, got {}", found.len());
+        let got = &*found[0];
+        let want = &inst.node;
+        anyhow::ensure!(got.meta == want.meta, "meta differs: {:?} vs {:?}", got.meta, want.meta);
+        anyhow::ensure!(got.methods == want.methods, "methods differ");
+        anyhow::ensure!(got.network == want.network && got.kernel == want.kernel, "network/kernel differ");
+        anyhow::ensure!(got.lease_id == want.lease_id && got.proto_count == want.proto_count, "ids differ");
+        anyhow::ensure!(got.registered_at_ms == want.registered_at_ms, "registered_at_ms differs");
+    }
+    anyhow::ensure!(method_absent(&*disc, &method("shop.Orders", "Delete")), "undeclared method found");
+    let app = disc.get_app("orders")?;
+    anyhow::ensure!(app.len() == 1, "get_app: {} nodes", app.len());
+    anyhow::ensure!(disc.apps().iter().any(|a| &**a == "orders"), "apps() lacks orders");
+    inst.stop().await?;
+    w.cleanup().await;
+    Ok(())
+}
+
+/// After `uninstall`, the node is gone from discovery within the propagation bound.
+pub async fn uninstall_disappears_promptly<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let inst = w.start("cart", node("shop.Cart", &["Add"])).await?;
+    let m = method("shop.Cart", "Add");
+    eventually(PROPAGATION, "installed node visible", || !leases_for(&*disc, &m).is_empty()).await?;
+    inst.stop().await?;
+    // Well under one TTL: removal is an explicit delete, not an expiry.
+    eventually(Duration::from_millis(1500), "uninstalled node gone", || method_absent(&*disc, &m)).await?;
+    anyhow::ensure!(matches!(disc.get_app("cart"), Err(Error::NodeNotFound { .. })), "app still listed");
+    w.cleanup().await;
+    Ok(())
+}
+
+/// `uninstall` before `install`, and twice after it, succeeds; re-install after uninstall works.
+pub async fn uninstall_is_idempotent<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let r = w.registrar("idem").await?;
+    r.uninstall().await?;
+    r.install(node("t.Idem", &["A"])).await?;
+    r.uninstall().await?;
+    r.uninstall().await?;
+    let m = method("t.Idem", "A");
+    eventually(PROPAGATION, "gone after uninstall", || method_absent(&*disc, &m)).await?;
+    let again = r.install(node("t.Idem", &["A"])).await?;
+    eventually(PROPAGATION, "back after re-install", || leases_for(&*disc, &m) == [again.lease_id]).await?;
+    r.uninstall().await?;
+    w.cleanup().await;
+    Ok(())
+}
+
+/// A discoverer started on an empty env is ready, answers not-found, then sees the first install.
+pub async fn discovery_started_before_anything_exists<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let m = method("t.Early", "Ping");
+    anyhow::ensure!(method_absent(&*disc, &m), "expected MethodNotFound on an empty env");
+    anyhow::ensure!(disc.apps().is_empty(), "empty env lists apps");
+    let inst = w.start("early", node("t.Early", &["Ping"])).await?;
+    eventually(PROPAGATION, "first install visible", || leases_for(&*disc, &m) == [inst.node.lease_id]).await?;
+    inst.stop().await?;
+    w.cleanup().await;
+    Ok(())
+}
+
+/// The event stream reports the install as `Up` and the uninstall as `Down`.
+pub async fn events_report_up_and_down<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let mut events = disc.events();
+    let inst = w.start("evented", node("t.Ev", &["A"])).await?;
+    let lease = inst.node.lease_id;
+    let up = tokio::time::timeout(PROPAGATION, async {
+        while let Some(e) = events.next().await {
+            if let DiscoveryEvent::Up { node, .. } = e {
+                if node.lease_id == lease {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    anyhow::ensure!(matches!(up, Ok(true)), "no Up event for the install");
+    inst.stop().await?;
+    let down = tokio::time::timeout(PROPAGATION, async {
+        while let Some(e) = events.next().await {
+            if let DiscoveryEvent::Down { node, .. } = e {
+                if node.lease_id == lease {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    anyhow::ensure!(matches!(down, Ok(true)), "no Down event for the uninstall");
+    w.cleanup().await;
+    Ok(())
+}
+
+/// Invalid names and TTLs are typed errors naming the field; nothing is written.
+pub async fn invalid_names_are_rejected<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let w = World::new(b).await?;
+    let conf = crate::fixtures::conf(&w.namespace);
+    let field = |r: registry_core::Result<registry_core::Registrar>| match r {
+        Err(Error::InvalidConfig { field, .. }) => Some(field),
+        _ => None,
+    };
+    anyhow::ensure!(field(b.registrar(meta(&w.env, ""), conf.clone()).await) == Some("meta.app_id"));
+    anyhow::ensure!(field(b.registrar(meta(&w.env, "a/b"), conf.clone()).await) == Some("meta.app_id"));
+    anyhow::ensure!(field(b.registrar(meta("", "app"), conf.clone()).await) == Some("meta.env"));
+    anyhow::ensure!(field(b.registrar(meta("Bad_Env", "app"), conf.clone()).await) == Some("meta.env"));
+    let low_ttl = conf.clone().with_ttl_floor(Duration::from_secs(10));
+    anyhow::ensure!(field(b.registrar(meta(&w.env, "app"), low_ttl).await) == Some("conf.ttl"));
+    let disc = b.discoverer("No/Env", conf).await;
+    anyhow::ensure!(matches!(disc, Err(Error::InvalidConfig { field: "meta.env", .. })), "discoverer accepted a bad env");
+    w.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The conformance suite on the embedded in-memory backend.
+
+use std::process::ExitCode;
+
+use async_trait::async_trait;
+use conformance::{Backend, Runner, ServerUse, Unavailable};
+use registry_core::memory::MemoryStore;
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+
+/// The embedded backend; a "server" is a `MemoryStore`, and an outage makes it unreachable.
+struct Memory {
+    store: MemoryStore,
+}
+
+#[async_trait]
+impl Backend for Memory {
+    async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
+        Ok(Memory { store: MemoryStore::new() })
+    }
+
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
+        Registrar::new(&self.store, meta, conf)
+    }
+
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
+        Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
+        Ok(self.store.put_raw(&format!("{}{name}", MemoryStore::prefix(scope)), value)?)
+    }
+
+    async fn stop_server(&self) -> anyhow::Result<()> {
+        self.store.set_reachable(false);
+        Ok(())
+    }
+
+    async fn start_server(&self) -> anyhow::Result<()> {
+        self.store.set_reachable(true);
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    Runner::new().suite::<Memory>("memory").run()
+}
