@@ -431,14 +431,13 @@ impl Cache {
                 return;
             }
         }
-        let node = Arc::new(node);
         let recency = match (self.records.get(&key), self.index.recency(&key)) {
             // An update of a live instance keeps its place in the order.
             (Some(entry), Some(recency)) if entry.visible && entry.node.lease_id == node.lease_id => recency,
             // The first listing is batch 0 for everyone; later arrivals get their batch.
             _ => Recency::of(&node, if self.ready { self.batch } else { 0 }),
         };
-        self.index.upsert(&key, Arc::clone(&node), recency);
+        let node = self.index.upsert(&key, node, recency);
         out.push(up(Arc::clone(&node)));
         self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true });
     }

@@ -137,8 +137,8 @@ pub struct IndexWriter {
     apps: FastMap<Arc<str>, AppNodes>,
     /// app → methods it serves (union over its nodes), as last published
     app_methods: FastMap<Arc<str>, BTreeSet<Arc<str>>>,
-    /// method → apps serving it
-    method_apps: FastMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// method → apps serving it (sorted; almost always one, so a Vec, not a tree)
+    method_apps: FastMap<Arc<str>, Vec<Arc<str>>>,
     dirty_apps: HashSet<Arc<str>>,
     current: Arc<ServiceIndex>,
 }
@@ -164,15 +164,25 @@ impl IndexWriter {
         self.slots.keys()
     }
 
-    /// Inserts or replaces the node under `key`. A replaced node keeps the
-    /// recency it was first given unless `recency` is given anew by the caller.
-    pub fn upsert(&mut self, key: &str, node: Arc<ServiceNode>, recency: Recency) {
+    /// Inserts or replaces the node under `key` with the given recency, and
+    /// returns it as stored. Its `methods` map is shared with another node of
+    /// the same app when they are equal.
+    pub fn upsert(&mut self, key: &str, mut node: ServiceNode, recency: Recency) -> Arc<ServiceNode> {
         self.remove(key);
+        if let Some(same) = self
+            .apps
+            .get(node.meta.app_id.as_str())
+            .and_then(|nodes| nodes.values().find(|n| n.methods == node.methods))
+        {
+            node.methods = same.methods.clone();
+        }
+        let node = Arc::new(node);
         let key: Arc<str> = Arc::from(key);
         let app: Arc<str> = Arc::from(node.meta.app_id.as_str());
         self.apps.entry(Arc::clone(&app)).or_default().insert((Reverse(recency), Arc::clone(&key)), Arc::clone(&node));
         self.dirty_apps.insert(Arc::clone(&app));
-        self.slots.insert(key, Slot { app, recency, node });
+        self.slots.insert(key, Slot { app, recency, node: Arc::clone(&node) });
+        node
     }
 
     /// Removes the node under `key`, returning it.
@@ -225,14 +235,19 @@ impl IndexWriter {
             };
             for m in old_methods.difference(&new_methods) {
                 if let Some(apps) = self.method_apps.get_mut(m) {
-                    apps.remove(&app);
+                    if let Ok(at) = apps.binary_search(&app) {
+                        apps.remove(at);
+                    }
                     if apps.is_empty() {
                         self.method_apps.remove(m);
                     }
                 }
             }
             for m in &new_methods {
-                self.method_apps.entry(Arc::clone(m)).or_default().insert(Arc::clone(&app));
+                let apps = self.method_apps.entry(Arc::clone(m)).or_default();
+                if let Err(at) = apps.binary_search(&app) {
+                    apps.insert(at, Arc::clone(&app));
+                }
             }
             dirty_methods.extend(old_methods);
             dirty_methods.extend(new_methods.iter().cloned());
@@ -258,7 +273,7 @@ impl IndexWriter {
 
     /// Nodes serving `method` across `apps`, newest first; shares the app's
     /// list when one app serves it on every node (the common case).
-    fn providers(&self, method: &str, apps: &BTreeSet<Arc<str>>, by_app: &FastMap<Arc<str>, Nodes>) -> Nodes {
+    fn providers(&self, method: &str, apps: &[Arc<str>], by_app: &FastMap<Arc<str>, Nodes>) -> Nodes {
         if apps.len() == 1
             && let Some(app_nodes) = apps.first().and_then(|a| by_app.get(a))
                 && app_nodes.iter().all(|n| n.serves(method)) {
@@ -284,13 +299,13 @@ mod tests {
     use super::*;
     use crate::Meta;
 
-    fn node(app: &str, lease: i64, methods: &[&str]) -> Arc<ServiceNode> {
-        Arc::new(ServiceNode {
+    fn node(app: &str, lease: i64, methods: &[&str]) -> ServiceNode {
+        ServiceNode {
             lease_id: lease,
             meta: Meta::new("prod", app, "v1"),
             methods: methods.iter().map(|m| (m.to_string(), true)).collect(),
             ..Default::default()
-        })
+        }
     }
 
     fn leases(nodes: Option<&Nodes>) -> Vec<i64> {
@@ -344,6 +359,16 @@ mod tests {
         let idx = w.publish().expect("changed");
         assert_eq!(leases(idx.by_method("/s.S/M")), [2, 1]);
         assert_eq!(idx.apps().len(), 2);
+    }
+
+    #[test]
+    fn equal_method_sets_of_one_app_are_stored_once() {
+        let mut w = IndexWriter::new();
+        let a = w.upsert("a/1", node("a", 1, &["/s.S/M", "/s.S/N"]), Recency::default());
+        let b = w.upsert("a/2", node("a", 2, &["/s.S/M", "/s.S/N"]), Recency::default());
+        let c = w.upsert("b/3", node("b", 3, &["/s.S/M", "/s.S/N"]), Recency::default());
+        assert!(a.methods.ptr_eq(&b.methods));
+        assert!(!a.methods.ptr_eq(&c.methods), "only within one app");
     }
 
     #[test]

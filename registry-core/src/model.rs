@@ -8,8 +8,68 @@
 //! fields default, so either side can read the other's records.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A node's gRPC methods, `/pkg.Service/Method` → `true`, serialised as the
+/// plain JSON object the Go framework writes.
+///
+/// The map is shared copy-on-write: instances of one app usually serve the
+/// same methods, and discovery keeps one copy for all of them (about half of
+/// a node's memory). Read it like a `BTreeMap`; [`Methods::insert`] and
+/// [`Methods::remove`] copy only when shared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Methods(Arc<BTreeMap<String, bool>>);
+
+impl Methods {
+    /// Adds or replaces a method.
+    pub fn insert(&mut self, method: impl Into<String>, served: bool) -> Option<bool> {
+        Arc::make_mut(&mut self.0).insert(method.into(), served)
+    }
+
+    /// Removes a method.
+    pub fn remove(&mut self, method: &str) -> Option<bool> {
+        Arc::make_mut(&mut self.0).remove(method)
+    }
+
+    /// True when both share one allocation.
+    pub fn ptr_eq(&self, other: &Methods) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Methods {
+    type Target = BTreeMap<String, bool>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl From<BTreeMap<String, bool>> for Methods {
+    fn from(map: BTreeMap<String, bool>) -> Self {
+        Methods(Arc::new(map))
+    }
+}
+
+impl FromIterator<(String, bool)> for Methods {
+    fn from_iter<I: IntoIterator<Item = (String, bool)>>(iter: I) -> Self {
+        Methods(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl Serialize for Methods {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Methods {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(deserializer).map(Methods::from)
+    }
+}
 
 /// Who a service is: environment, application and version.
 ///
@@ -73,7 +133,7 @@ pub struct ServiceNode {
     /// and time zones differ from the reader's.
     pub run_date: String,
     /// Served gRPC methods, `/pkg.Service/Method` → `true`.
-    pub methods: BTreeMap<String, bool>,
+    pub methods: Methods,
     /// Addresses.
     pub network: Network,
     /// Runtime.

@@ -35,9 +35,9 @@ pub async fn generic_client_transcript(
 ) -> anyhow::Result<Vec<String>> {
     let (hello, ping) = (method("demo.Greeter", "Hello"), method("demo.Common", "Ping"));
     let mut g = node("demo.Greeter", &["Hello"]);
-    node("demo.Common", &["Ping"]).methods.into_iter().for_each(|(k, v)| {
-        g.methods.insert(k, v);
-    });
+    for (method, served) in node("demo.Common", &["Ping"]).methods.iter() {
+        g.methods.insert(method.clone(), *served);
+    }
     greeter.install(g).await?;
     eventually(PROPAGATION, "greeter visible", || disc.get_service(&ping).is_ok()).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,231 @@
+//! The keepalive/retry driver ([`Registrar`]) against a `mockall` mock of the
+//! adapter trait, on paused tokio time: cadence, hooks, give-up, recovery.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mockall::mock;
+use registry_core::store::StoreWriter;
+use registry_core::{Error, GrpcServices, Meta, Register, Registrar, Result, RetryHooks, ServiceConf, ServiceNode};
+use tokio::time::Instant;
+
+mock! {
+    Writer {}
+    #[async_trait]
+    impl StoreWriter for Writer {
+        fn kind(&self) -> &'static str;
+        async fn grant(&self, ttl: Duration) -> Result<i64>;
+        async fn put(&self, node: &ServiceNode, ttl: Duration) -> Result<()>;
+        async fn renew(&self, node: &ServiceNode, ttl: Duration) -> Result<()>;
+        async fn remove(&self, node: &ServiceNode) -> Result<()>;
+    }
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn down() -> Error {
+    Error::unavailable("mock", "connection refused")
+}
+
+/// A mock that grants lease 7 and accepts puts; the caller sets `renew`.
+fn writer() -> MockWriter {
+    let mut w = MockWriter::new();
+    w.expect_kind().return_const("mock");
+    w.expect_grant().returning(|_| Ok(7));
+    w.expect_put().returning(|_, _| Ok(()));
+    w.expect_remove().returning(|_| Ok(()));
+    w
+}
+
+fn registrar(w: MockWriter, max_retry: u32) -> Registrar {
+    let conf = ServiceConf::default().with_ttl(TTL).with_max_retry(max_retry);
+    Registrar::from_writer(Arc::new(w), Meta::new("prod", "driver", "v1"), conf).expect("valid config")
+}
+
+fn demo_node() -> ServiceNode {
+    GrpcServices::new().service("t.Driver", ["Run"]).expect("valid").into_node()
+}
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn hooks(log: &Log) -> RetryHooks {
+    let (a, b, c) = (Arc::clone(log), Arc::clone(log), Arc::clone(log));
+    RetryHooks::new()
+        .before_retry(move |i| a.lock().unwrap().push(format!("before:{}", i.attempt)))
+        .after_recovery(move |n| b.lock().unwrap().push(format!("after:{n}")))
+        .on_give_up(move |i| c.lock().unwrap().push(format!("give_up:{}", i.attempt)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn install_fills_identity_and_lease_from_the_store() {
+    let r = registrar(writer(), 0);
+    let node = r.install(demo_node()).await.expect("installed");
+    assert_eq!(node.lease_id, 7);
+    assert_eq!(node.meta, Meta::new("prod", "driver", "v1"));
+    assert_eq!(node.kernel.language, "rust");
+    assert_eq!(node.ttl, Some(10));
+    assert!(node.registered_at_ms.is_some() && node.renewed_at_ms.is_some());
+    assert_eq!(node.run_date.len(), "2006-01-02 15:04:05".len());
+    let again = r.install(demo_node()).await.expect("updated");
+    assert_eq!(again.lease_id, 7, "re-install keeps the instance");
+    assert_eq!(again.registered_at_ms, node.registered_at_ms);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_runs_every_half_ttl() {
+    let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut w = writer();
+    let seen = Arc::clone(&times);
+    w.expect_renew().returning(move |_, _| {
+        seen.lock().unwrap().push(Instant::now());
+        Ok(())
+    });
+    let r = registrar(w, 0);
+    r.install(demo_node()).await.expect("installed");
+    let start = Instant::now();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    tokio::time::sleep(TTL * 3 + Duration::from_millis(100)).await;
+    r.uninstall().await.expect("uninstalled");
+    task.await.expect("joined").expect("sustain ended cleanly");
+    let offsets: Vec<u64> = times.lock().unwrap().iter().map(|t| (*t - start).as_secs()).collect();
+    assert_eq!(offsets, [5, 10, 15, 20, 25, 30]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_hooks_fire_in_order_and_recovery_is_reported() {
+    let log: Log = Arc::default();
+    let failures = Arc::new(Mutex::new(3));
+    let mut w = writer();
+    let left = Arc::clone(&failures);
+    w.expect_renew().returning(move |_, _| {
+        let mut left = left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            Err(down())
+        } else {
+            Ok(())
+        }
+    });
+    let r = registrar(w, 10);
+    r.set_hooks(hooks(&log));
+    r.install(demo_node()).await.expect("installed");
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    tokio::time::sleep(TTL * 2).await;
+    r.uninstall().await.expect("uninstalled");
+    task.await.expect("joined").expect("clean end");
+    assert_eq!(*log.lock().unwrap(), ["before:1", "before:2", "before:3", "after:3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_retry_consecutive_failures() {
+    let log: Log = Arc::default();
+    let mut w = writer();
+    w.expect_renew().returning(|_, _| Err(down()));
+    let r = registrar(w, 3);
+    r.set_hooks(hooks(&log));
+    r.install(demo_node()).await.expect("installed");
+    let result = tokio::time::timeout(TTL * 10, r.sustain_lease()).await.expect("gave up in time");
+    match result {
+        Err(Error::GaveUp { attempts: 3, last }) => assert!(matches!(*last, Error::BackendUnavailable { .. })),
+        other => panic!("expected GaveUp after 3, got {other:?}"),
+    }
+    assert_eq!(*log.lock().unwrap(), ["before:1", "before:2", "give_up:3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_longer_than_ttl_recovers_within_one_ttl_with_hooks() {
+    let down_from = Instant::now() + Duration::from_secs(6);
+    let down_until = down_from + Duration::from_secs(33);
+    let in_outage = move || {
+        let now = Instant::now();
+        now >= down_from && now < down_until
+    };
+    let back: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut w = MockWriter::new();
+    w.expect_kind().return_const("mock");
+    let next = Arc::new(Mutex::new(7));
+    let n = Arc::clone(&next);
+    w.expect_grant().returning(move |_| {
+        if in_outage() {
+            return Err(down());
+        }
+        let mut n = n.lock().unwrap();
+        *n += 1;
+        Ok(*n - 1)
+    });
+    let seen = Arc::clone(&back);
+    w.expect_put().returning(move |_, _| {
+        if in_outage() {
+            return Err(down());
+        }
+        if Instant::now() >= down_until {
+            seen.lock().unwrap().get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    });
+    w.expect_renew().returning(move |node, _| {
+        if in_outage() {
+            Err(down())
+        } else if Instant::now() >= down_until && node.lease_id == 7 {
+            Err(Error::LeaseExpired { backend: "mock" })
+        } else {
+            Ok(())
+        }
+    });
+    w.expect_remove().returning(|_| Ok(()));
+    let r = registrar(w, 0);
+    let log: Log = Arc::default();
+    r.set_hooks(hooks(&log));
+    assert_eq!(r.install(demo_node()).await.expect("installed").lease_id, 7);
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    tokio::time::sleep_until(down_until + TTL * 2).await;
+    let back_at = back.lock().unwrap().expect("registration rewritten after the outage");
+    assert!(back_at - down_until <= TTL, "came back {:?} after recovery", back_at - down_until);
+    assert_eq!(r.node().expect("installed").lease_id, 8, "a new lease replaced the expired one");
+    let log = log.lock().unwrap().clone();
+    assert!(log.len() >= 2 && log.iter().all(|l| l.starts_with("before:") || l.starts_with("after:")), "{log:?}");
+    assert!(log.last().is_some_and(|l| l.starts_with("after:")), "recovery hook fired last: {log:?}");
+    r.uninstall().await.expect("uninstalled");
+    task.await.expect("joined").expect("clean end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn uninstall_stops_heartbeats_and_removes_once() {
+    let mut w = MockWriter::new();
+    w.expect_kind().return_const("mock");
+    w.expect_grant().returning(|_| Ok(7));
+    w.expect_put().returning(|_, _| Ok(()));
+    w.expect_renew().returning(|_, _| Ok(()));
+    w.expect_remove().times(1).returning(|_| Ok(()));
+    let r = registrar(w, 0);
+    r.uninstall().await.expect("harmless before install");
+    r.install(demo_node()).await.expect("installed");
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    r.uninstall().await.expect("uninstalled");
+    r.uninstall().await.expect("idempotent");
+    tokio::time::timeout(Duration::from_millis(10), task).await.expect("sustain ended promptly").expect("joined").expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn install_failure_is_returned_typed() {
+    let mut w = MockWriter::new();
+    w.expect_kind().return_const("mock");
+    w.expect_grant().returning(|_| Err(Error::PermissionDenied { backend: "mock", message: "no".into() }));
+    let r = registrar(w, 0);
+    let err = r.install(demo_node()).await.expect_err("denied");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    assert_eq!(r.node(), None);
+}
