@@ -1,1 +1,42 @@
-//! placeholder
+//! Service registration and discovery for gRPC services, with pluggable
+//! backends behind two traits.
+//!
+//! A service registers a [`ServiceNode`] (who it is, where it listens, which
+//! gRPC methods it serves) through [`Register`] and keeps it alive; a gateway
+//! or client finds nodes by method through [`Discovery`], answered from a
+//! local cache that the backend's change stream keeps current. Pick a backend
+//! by URL — the rest of the code does not change:
+//!
+//! ```
+//! # async fn demo() -> registry::Result<()> {
+//! use registry::{GrpcServices, Meta, ServiceConf};
+//!
+//! let registry = registry::connect("memory://").await?; // or "etcd://…", "consul://…", "kubernetes://?mode=lease"
+//! let registrar = registry.registrar(Meta::new("prod", "greeter", "v1"), ServiceConf::default())?;
+//! registrar.install(GrpcServices::new().service("hello.Greeter", ["SayHello"])?.into_node()).await?;
+//!
+//! let discovery = registry.discoverer("prod", ServiceConf::default())?;
+//! discovery.watcher().await?;
+//! let nodes = discovery.get_service("/hello.Greeter/SayHello")?;
+//! assert_eq!(nodes[0].meta.app_id, "greeter");
+//! registrar.uninstall().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Cargo features choose which backends are compiled in: `memory` (default),
+//! `etcd`, `consul`, `kubernetes`. A URL whose backend is not compiled in is
+//! a clear [`Error::BackendNotCompiled`] naming the feature.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
+
+mod connect;
+
+pub use connect::{Registry, Target, connect};
+pub use registry_core::*;
+
+#[cfg(feature = "consul")]
+pub use registry_consul as consul;
+#[cfg(feature = "etcd")]
+pub use registry_etcd as etcd;
+#[cfg(feature = "kubernetes")]
+pub use registry_kubernetes as kubernetes;

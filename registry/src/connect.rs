@@ -1,0 +1,214 @@
+//! [`connect`]: a URL (or a backend's own config) → a [`Registry`] handle that
+//! builds registrars and discoverers.
+
+use std::sync::Arc;
+
+use registry_core::store::Store;
+use registry_core::{Discoverer, Discovery, Error, Meta, Register, Registrar, Result, ServiceConf};
+
+/// What to connect to: a URL, or a backend configuration built in code.
+#[non_exhaustive]
+pub enum Target {
+    /// `memory://[name]`, `etcd://…`, `consul://…`, `kubernetes://…`.
+    Url(String),
+    /// An embedded store you already hold (shared with other code).
+    #[cfg(feature = "memory")]
+    Memory(registry_core::memory::MemoryStore),
+    /// An etcd configuration.
+    #[cfg(feature = "etcd")]
+    Etcd(registry_etcd::EtcdConfig),
+    /// A Consul configuration.
+    #[cfg(feature = "consul")]
+    Consul(registry_consul::ConsulConfig),
+    /// A Kubernetes configuration.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(registry_kubernetes::KubernetesConfig),
+}
+
+impl From<&str> for Target {
+    fn from(url: &str) -> Self {
+        Target::Url(url.to_owned())
+    }
+}
+
+impl From<String> for Target {
+    fn from(url: String) -> Self {
+        Target::Url(url)
+    }
+}
+
+/// A connected backend. Cheap to clone; builds any number of registrars and
+/// discoverers that share its connection.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("backend", &self.store.kind()).finish()
+    }
+}
+
+impl Registry {
+    /// Wraps a store.
+    pub fn from_store(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Backend name.
+    pub fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A registrar for the instance `meta` (validated; defaults of `conf` applied).
+    pub fn registrar(&self, meta: Meta, conf: ServiceConf) -> Result<Arc<dyn Register>> {
+        Ok(Arc::new(Registrar::new(&*self.store, meta, conf)?))
+    }
+
+    /// A discoverer of `env` in `conf.namespace`. Call
+    /// [`Discovery::watcher`] to start it.
+    pub fn discoverer(&self, env: &str, conf: ServiceConf) -> Result<Arc<dyn Discovery>> {
+        Ok(Arc::new(Discoverer::new(&*self.store, env, conf)?))
+    }
+}
+
+/// Connects to a backend by URL or configuration.
+///
+/// | URL | backend | feature |
+/// |---|---|---|
+/// | `memory://` | the process-wide embedded store (`memory://name` for a separate one) | `memory` (default) |
+/// | `etcd://[user:pass@]h1:2379,h2:2379[?tls=…]` | etcd | `etcd` |
+/// | `consul://[token@]host:8500` | Consul agent | `consul` |
+/// | `kubernetes://[?mode=lease\|configmap\|pod]` (also `k8s://`) | Kubernetes API | `kubernetes` |
+///
+/// A URL for a backend that is not compiled in returns
+/// [`Error::BackendNotCompiled`] naming the feature to enable.
+pub async fn connect(target: impl Into<Target>) -> Result<Registry> {
+    let store: Arc<dyn Store> = match target.into() {
+        Target::Url(url) => return connect_url(&url).await,
+        #[cfg(feature = "memory")]
+        Target::Memory(store) => Arc::new(store),
+        #[cfg(feature = "etcd")]
+        Target::Etcd(config) => Arc::new(registry_etcd::EtcdStore::connect(config).await?),
+        #[cfg(feature = "consul")]
+        Target::Consul(config) => Arc::new(registry_consul::ConsulStore::connect(config).await?),
+        #[cfg(feature = "kubernetes")]
+        Target::Kubernetes(config) => Arc::new(registry_kubernetes::KubernetesStore::connect(config).await?),
+    };
+    Ok(Registry::from_store(store))
+}
+
+fn not_compiled(backend: &str, feature: &'static str) -> Error {
+    Error::BackendNotCompiled { backend: backend.to_owned(), feature }
+}
+
+async fn connect_url(raw: &str) -> Result<Registry> {
+    let url = url::Url::parse(raw).map_err(|e| Error::invalid("url", format!("`{raw}` is not a URL: {e}")))?;
+    let scheme = url.scheme().to_owned();
+    let store: Arc<dyn Store> = match scheme.as_str() {
+        "memory" => memory_store(&url)?,
+        "etcd" | "etcds" => {
+            #[cfg(feature = "etcd")]
+            {
+                Arc::new(registry_etcd::EtcdStore::connect(registry_etcd::EtcdConfig::from_url(&url)?).await?)
+            }
+            #[cfg(not(feature = "etcd"))]
+            return Err(not_compiled(&scheme, "etcd"));
+        }
+        "consul" | "consuls" => {
+            #[cfg(feature = "consul")]
+            {
+                Arc::new(registry_consul::ConsulStore::connect(registry_consul::ConsulConfig::from_url(&url)?).await?)
+            }
+            #[cfg(not(feature = "consul"))]
+            return Err(not_compiled(&scheme, "consul"));
+        }
+        "kubernetes" | "k8s" => {
+            #[cfg(feature = "kubernetes")]
+            {
+                let config = registry_kubernetes::KubernetesConfig::from_url(&url)?;
+                Arc::new(registry_kubernetes::KubernetesStore::connect(config).await?)
+            }
+            #[cfg(not(feature = "kubernetes"))]
+            return Err(not_compiled(&scheme, "kubernetes"));
+        }
+        other => {
+            return Err(Error::invalid(
+                "url",
+                format!("unknown backend `{other}://`; expected memory://, etcd://, consul:// or kubernetes://"),
+            ));
+        }
+    };
+    Ok(Registry::from_store(store))
+}
+
+#[cfg(feature = "memory")]
+fn memory_store(url: &url::Url) -> Result<Arc<dyn Store>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use registry_core::memory::MemoryStore;
+
+    static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+    let name = url.host_str().unwrap_or_default();
+    if name.is_empty() {
+        return Ok(Arc::new(MemoryStore::global()));
+    }
+    let mut named = NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend("memory", "lock poisoned"))?;
+    Ok(Arc::new(named.entry(name.to_owned()).or_default().clone()))
+}
+
+#[cfg(not(feature = "memory"))]
+fn memory_store(_url: &url::Url) -> Result<Arc<dyn Store>> {
+    Err(not_compiled("memory", "memory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_scheme_is_a_typed_error() {
+        let err = connect("zookeeper://localhost").await.expect_err("unknown");
+        assert!(matches!(err, Error::InvalidConfig { field: "url", .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_url_is_a_typed_error() {
+        let err = connect("not a url").await.expect_err("garbage");
+        assert!(matches!(err, Error::InvalidConfig { field: "url", .. }), "{err:?}");
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn missing_feature_is_named() {
+        let err = connect("etcd://127.0.0.1:2379").await.expect_err("not compiled");
+        assert!(matches!(err, Error::BackendNotCompiled { feature: "etcd", .. }), "{err:?}");
+        assert!(err.to_string().contains("enable the cargo feature `etcd`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn named_memory_stores_are_separate_and_shared_by_name() {
+        let a1 = connect("memory://alpha").await.expect("a");
+        let a2 = connect("memory://alpha").await.expect("a again");
+        let b = connect("memory://beta").await.expect("b");
+        let conf = || ServiceConf::default();
+        let r = a1.registrar(Meta::new("dev", "svc", "v1"), conf()).expect("registrar");
+        r.install(registry_core::GrpcServices::new().service("t.S", ["M"]).expect("valid").into_node())
+            .await
+            .expect("installed");
+        let same = a2.discoverer("dev", conf()).expect("discoverer");
+        let other = b.discoverer("dev", conf()).expect("discoverer");
+        same.watcher().await.expect("ready");
+        other.watcher().await.expect("ready");
+        assert!(same.get_service("/t.S/M").is_ok());
+        assert!(matches!(other.get_service("/t.S/M"), Err(Error::MethodNotFound { .. })));
+        r.uninstall().await.expect("uninstalled");
+    }
+}

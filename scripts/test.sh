@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the tests need (real etcd, Consul, kube-apiserver, protoc) and
+# runs every check: format, lints, docs, all tests with real servers required,
+# the quickstart, and a memory benchmark.
+#
+#   scripts/test.sh            everything
+#   REGISTRY_TEST_SCALE=1 scripts/test.sh   also the Kubernetes scale tests (slow)
+#
+# Builds and downloads are cached under $HOME/.cache (cargo target dir:
+# $HOME/.cache/registry-target unless CARGO_TARGET_DIR is set), so a warm run
+# only rebuilds what changed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export REGISTRY_TEST_REQUIRE=1
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/registry-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install test servers"
+scripts/install-test-servers.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, all features, warnings denied)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-Dwarnings" cargo doc --workspace --all-features --no-deps --quiet
+
+step "cargo test (all features, real servers required)"
+cargo test --workspace --all-features
+
+if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
+  step "scale tests (ignored by default)"
+  cargo test --all-features -p registry-kubernetes --test scale -- --ignored --nocapture
+fi
+
+step "quickstart"
+cargo run --quiet -p registry --example quickstart
+
+step "registryctl bench --backend memory"
+cargo run --quiet -p registry --bin registryctl -- bench --backend memory --instances 100 --samples 200
+
+step "all checks passed"
