@@ -3,7 +3,7 @@
 //! Every backend runs the same scenarios ([`scenarios`]) against a real
 //! server, through the [`Backend`] trait: a backend's test file is one small
 //! `main` that calls [`Runner::suite`] with its `Backend` type, and test names
-//! read `<backend>::<scenario>`. The [`env`] module starts the real servers
+//! read `<backend>::<scenario>`. The [`env`](mod@env) module starts the real servers
 //! (or uses the user's, via `ETCD_ENDPOINTS`, `CONSUL_HTTP_ADDR`, `KUBECONFIG`).
 //!
 //! Rules the suite keeps: every scenario works in its own random namespace and

@@ -1,6 +1,8 @@
 //! The keepalive/retry driver ([`Registrar`]) against a `mockall` mock of the
 //! adapter trait, on paused tokio time: cadence, hooks, give-up, recovery.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures panic
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,11 +1,13 @@
 //! Lookups allocate nothing, and the cache stays within its memory budget.
 //! (Counts and bytes, not time: timing lives in `benches/`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failures panic
+
 use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use registry_core::fixture::{fleet_index, fleet_node};
+use registry_core::fixture::fleet_node;
 use registry_core::store::{RawRecord, Scope, StoreEvent, StoreReader};
 use registry_core::{Discoverer, Discovery};
 

@@ -93,10 +93,10 @@ pub async fn events_report_up_and_down<B: Backend>(b: &B) -> anyhow::Result<()> 
     let lease = inst.node.lease_id;
     let up = tokio::time::timeout(PROPAGATION, async {
         while let Some(e) = events.next().await {
-            if let DiscoveryEvent::Up { node, .. } = e {
-                if node.lease_id == lease {
-                    return true;
-                }
+            if let DiscoveryEvent::Up { node, .. } = e
+                && node.lease_id == lease
+            {
+                return true;
             }
         }
         false
@@ -106,10 +106,10 @@ pub async fn events_report_up_and_down<B: Backend>(b: &B) -> anyhow::Result<()> 
     inst.stop().await?;
     let down = tokio::time::timeout(PROPAGATION, async {
         while let Some(e) = events.next().await {
-            if let DiscoveryEvent::Down { node, .. } = e {
-                if node.lease_id == lease {
-                    return true;
-                }
+            if let DiscoveryEvent::Down { node, .. } = e
+                && node.lease_id == lease
+            {
+                return true;
             }
         }
         false
