@@ -37,13 +37,14 @@ const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.samples >= 1, "--samples must be at least 1");
-    let target = servers::resolve(&args.backend, args.url.clone())?;
+    let target = servers::resolve(&args.backend, args.url.clone()).await?;
     let writer_side = registry::connect(target.url.as_str()).await.context("connecting the registrar side")?;
     let reader_side = registry::connect(target.url.as_str()).await.context("connecting the discoverer side")?;
-    let namespace = format!("bench-{:x}", std::process::id());
+    let namespace = format!("bench-{:x}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().map(|d| d.as_secs() % 100_000).unwrap_or(0));
     let env = "bench";
     let ttl = Duration::from_secs(args.ttl);
     let conf = ServiceConf::default().with_namespace(&namespace).with_ttl_floor(Duration::from_secs(2)).with_ttl(ttl);
+    target.prepare_namespace(&namespace).await?;
 
     eprintln!("bench: backend={} url={} namespace={namespace}", args.backend, redact(&target.url));
     let mut fleet = Vec::new();

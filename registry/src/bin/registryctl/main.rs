@@ -1,9 +1,13 @@
 //! `registryctl`: command-line tool for the registry library.
 //!
-//! `registryctl bench --backend memory` measures propagation, crash expiry
-//! and lookup latency and prints one summary line.
+//! - `registryctl list|get|watch --url URL --env ENV` shows what a backend holds;
+//! - `registryctl bench --backend memory` measures propagation, crash expiry
+//!   and lookup latency and prints one summary line.
+//!
+//! Errors are one line naming the backend and the cause; the exit code is non-zero.
 
 mod bench;
+mod inspect;
 mod servers;
 
 use std::process::ExitCode;
@@ -20,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List apps and nodes (table, or --json).
+    List(inspect::Scope),
+    /// Nodes serving one gRPC method, newest first.
+    Get(inspect::GetArgs),
+    /// Stream changes with timestamps until Ctrl-C.
+    Watch(inspect::Scope),
     /// Measure propagation, crash expiry and lookup latency on a backend.
     Bench(bench::BenchArgs),
 }
@@ -39,6 +49,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::List(scope) => inspect::list(scope).await,
+            Command::Get(args) => inspect::get(args).await,
+            Command::Watch(scope) => inspect::watch(scope).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
