@@ -44,6 +44,9 @@ fi
 step "quickstart"
 cargo run --quiet -p registry --example quickstart
 
+step "grpc_balance example (tonic load balancing over discovery)"
+cargo run --quiet -p registry --features tonic --example grpc_balance
+
 step "registryctl bench --backend memory"
 cargo run --quiet -p registry --bin registryctl -- bench --backend memory --instances 100 --samples 200
 

@@ -29,6 +29,8 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tonic")]
+pub mod balance;
 mod connect;
 
 pub use connect::{Registry, Target, connect};
