@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::conf::validate_dns_label;
 use crate::index::{IndexWriter, Recency};
 use crate::store::{Liveness, RawRecord, Scope, Store, StoreEvent, StoreReader};
+use crate::telemetry;
 use crate::{Discovery, DiscoveryEvent, Error, Nodes, Result, ServiceConf, ServiceIndex, ServiceNode};
 
 /// How many events a slow subscriber may fall behind before it gets a `Reset`.
@@ -39,6 +40,7 @@ struct Status {
 
 struct Inner {
     reader: Arc<dyn StoreReader>,
+    labels: [(&'static str, String); 2],
     scope: Scope,
     default_window: Duration,
     index: ArcSwap<ServiceIndex>,
@@ -80,6 +82,7 @@ impl Discoverer {
         Self {
             inner: Arc::new(Inner {
                 reader,
+                labels: [("namespace", scope.namespace.clone()), ("env", scope.env.clone())],
                 scope,
                 default_window,
                 index: ArcSwap::from_pointee(ServiceIndex::default()),
@@ -298,6 +301,7 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
                 became_ready = true;
             }
             StoreEvent::Error(error) => {
+                metrics::counter!(telemetry::STREAM_ERRORS, &inner.labels).increment(1);
                 if cache.degraded_since.is_none() {
                     cache.degraded_since = Some(Instant::now());
                 }
@@ -307,9 +311,19 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
     }
     cache.expire(Instant::now(), &mut out);
     if let Some(snapshot) = cache.index.publish() {
+        metrics::gauge!(telemetry::CACHE_NODES, &inner.labels).set(snapshot.len() as f64);
         inner.index.store(snapshot);
     }
     drop(cache);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for event in &out {
+        if let DiscoveryEvent::Up { node, .. } = event
+            && let Some(renewed) = node.renewed_at_ms
+        {
+            let lag = (now_ms - renewed).max(0) as f64 / 1000.0;
+            metrics::histogram!(telemetry::PROPAGATION_LAG, &inner.labels).record(lag);
+        }
+    }
     for event in out {
         // No subscriber is not an error.
         let _ = inner.events.send(event);
@@ -385,6 +399,7 @@ impl Cache {
 
     fn skip(&mut self, inner: &Inner, key: &str, reason: &str) {
         inner.skipped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::SKIPPED, &inner.labels).increment(1);
         if self.warned.insert(key.to_owned()) {
             tracing::warn!(key, reason, namespace = %inner.scope.namespace, env = %inner.scope.env, "skipping record");
         }

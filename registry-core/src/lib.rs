@@ -28,6 +28,7 @@ mod model;
 mod register;
 mod registrar;
 pub mod store;
+pub mod telemetry;
 
 pub use conf::ServiceConf;
 pub use discoverer::{Discoverer, instance_key};

@@ -13,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::conf::validate_meta;
 use crate::register::{RetryHooks, RetryInfo};
 use crate::store::{Scope, Store, StoreWriter};
+use crate::telemetry;
 use crate::{Error, Meta, Register, Result, ServiceConf, ServiceNode};
 
 /// Shortest delay before the first keepalive retry.
@@ -37,6 +38,9 @@ struct State {
 
 struct Inner {
     writer: Arc<dyn StoreWriter>,
+    /// Logged on every call: backend, namespace, env, app.
+    span: tracing::Span,
+    labels: [(&'static str, String); 4],
     meta: Meta,
     conf: ServiceConf,
     state: tokio::sync::Mutex<State>,
@@ -92,9 +96,19 @@ impl Registrar {
 
     fn assemble(writer: Arc<dyn StoreWriter>, meta: Meta, conf: ServiceConf) -> Self {
         let (phase, _) = watch::channel(Phase::Idle);
+        let backend = writer.kind();
+        let span = tracing::info_span!("registrar", backend, namespace = %conf.namespace, env = %meta.env, app_id = %meta.app_id);
+        let labels = [
+            ("backend", backend.to_owned()),
+            ("namespace", conf.namespace.clone()),
+            ("env", meta.env.clone()),
+            ("app_id", meta.app_id.clone()),
+        ];
         Self {
             inner: Arc::new(Inner {
                 writer,
+                span,
+                labels,
                 meta,
                 conf,
                 state: tokio::sync::Mutex::new(State { node: None, lease_valid: false, registered_at_ms: None }),
@@ -126,7 +140,9 @@ impl Registrar {
         limit: Duration,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(limit, call).await {
+        use tracing::Instrument;
+        let span = tracing::debug_span!(parent: &self.inner.span, "store", operation);
+        match tokio::time::timeout(limit, call).instrument(span).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout { backend: self.inner.writer.kind(), operation, after: limit }),
         }
@@ -161,7 +177,8 @@ impl Registrar {
                     return Ok(());
                 }
                 Err(Error::LeaseExpired { .. }) => {
-                    tracing::info!(app_id = %self.inner.meta.app_id, lease_id = node.lease_id, "lease lost; registering again");
+                    tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, "lease lost; registering again");
+                    metrics::counter!(telemetry::REREGISTRATIONS, &self.inner.labels).increment(1);
                     state.lease_valid = false;
                 }
                 Err(e) => return Err(e),
@@ -195,7 +212,7 @@ impl Register for Registrar {
         }
         stamp_heartbeat(&mut node);
         self.write(&mut state, &mut node).await?;
-        tracing::info!(app_id = %node.meta.app_id, env = %node.meta.env, lease_id = node.lease_id, methods = node.methods.len(), "installed");
+        tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, methods = node.methods.len(), "installed");
         state.node = Some(node.clone());
         self.inner.last_node.store(Some(Arc::new(node.clone())));
         self.inner.phase.send_replace(Phase::Installed);
@@ -231,8 +248,9 @@ impl Register for Registrar {
             }
             match self.heartbeat().await {
                 Ok(()) => {
+                    metrics::counter!(telemetry::HEARTBEATS, &self.inner.labels).increment(1);
                     if failures > 0 {
-                        tracing::info!(app_id = %self.inner.meta.app_id, failures, "keepalive recovered");
+                        tracing::info!(parent: &self.inner.span, failures, "keepalive recovered");
                         self.hooks().fire_after_recovery(failures);
                     }
                     failures = 0;
@@ -243,11 +261,13 @@ impl Register for Registrar {
                     failures = failures.saturating_add(1);
                     let info = RetryInfo { attempt: failures, max_retry: conf.max_retry, error: &error };
                     if conf.max_retry > 0 && failures >= conf.max_retry {
-                        tracing::error!(app_id = %self.inner.meta.app_id, failures, %error, "keepalive gave up");
+                        tracing::error!(parent: &self.inner.span, failures, %error, "keepalive gave up");
+                        metrics::counter!(telemetry::GIVE_UPS, &self.inner.labels).increment(1);
                         self.hooks().fire_give_up(&info);
                         return Err(Error::GaveUp { attempts: failures, last: Box::new(error) });
                     }
-                    tracing::warn!(app_id = %self.inner.meta.app_id, failures, %error, "keepalive failed; retrying");
+                    tracing::warn!(parent: &self.inner.span, failures, %error, "keepalive failed; retrying");
+                    metrics::counter!(telemetry::RETRIES, &self.inner.labels).increment(1);
                     self.hooks().fire_before_retry(&info);
                     delay = backoff.next_delay();
                 }
@@ -264,7 +284,7 @@ impl Register for Registrar {
         self.inner.last_node.store(None);
         let Some(node) = state.node.take() else { return Ok(()) };
         let result = self.bounded("remove", self.inner.conf.ttl, self.inner.writer.remove(&node)).await;
-        tracing::info!(app_id = %node.meta.app_id, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
+        tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
         result
     }
 
