@@ -8,6 +8,8 @@
 //! - Machinery, written once: [`Registrar`] (keepalive/retry driver),
 //!   [`Discoverer`] (index, expiry, event fan-out), [`list_watch`] (list,
 //!   watch, resume, relist with backoff).
+//! - Decorators for migrations: [`FanoutRegistrar`] (register on several
+//!   backends) and [`merged_discovery`] (discover from several).
 //! - The adapter contract a backend implements: [`store`].
 //! - The embedded backend: [`memory`].
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
@@ -18,10 +20,12 @@ pub mod conf;
 mod discoverer;
 mod discovery;
 mod error;
+mod fanout;
 pub mod fixture;
 mod grpc;
 pub mod index;
 pub mod list_watch;
+pub mod merge;
 #[cfg(feature = "memory")]
 pub mod memory;
 mod model;
@@ -34,6 +38,8 @@ pub use conf::ServiceConf;
 pub use discoverer::{Discoverer, instance_key};
 pub use discovery::{Discovery, DiscoveryEvent};
 pub use error::{BoxError, Error, Result};
+pub use fanout::FanoutRegistrar;
+pub use merge::{instance_identity, merged_discovery};
 pub use grpc::GrpcServices;
 pub use index::{Nodes, ServiceIndex};
 pub use model::{Kernel, Meta, Methods, Network, ServiceNode};
