@@ -1,6 +1,7 @@
 //! `registryctl`: command-line tool for the registry library.
 //!
 //! - `registryctl list|get|watch --url URL --env ENV` shows what a backend holds;
+//! - `registryctl migrate --from URL --to URL --env ENV` mirrors live nodes;
 //! - `registryctl bench --backend memory` measures propagation, crash expiry
 //!   and lookup latency and prints one summary line.
 //!
@@ -8,6 +9,7 @@
 
 mod bench;
 mod inspect;
+mod migrate;
 mod servers;
 
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ enum Command {
     Get(inspect::GetArgs),
     /// Stream changes with timestamps until Ctrl-C.
     Watch(inspect::Scope),
+    /// Mirror live nodes from one backend to another (etcd → Kubernetes migrations).
+    Migrate(migrate::MigrateArgs),
     /// Measure propagation, crash expiry and lookup latency on a backend.
     Bench(bench::BenchArgs),
 }
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
             Command::List(scope) => inspect::list(scope).await,
             Command::Get(args) => inspect::get(args).await,
             Command::Watch(scope) => inspect::watch(scope).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
