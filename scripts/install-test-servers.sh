@@ -4,7 +4,7 @@
 #   $REGISTRY_TESTENV/bin/etcd, etcdctl  etcd 3.5 from Debian trixie (etcd-server, etcd-client)
 #   $REGISTRY_TESTENV/bin/consul         Consul 1.8 from Debian bullseye
 #   $REGISTRY_TESTENV/bin/kube-apiserver built with Go from scripts/kube-apiserver
-#   protoc                               Debian protobuf-compiler (system install)
+#   protoc + well-known types            Debian protobuf-compiler, libprotobuf-dev (system install)
 #
 # REGISTRY_TESTENV defaults to $HOME/.cache/registry-testenv.
 #
@@ -226,15 +226,17 @@ fi
 
 # --- protoc -------------------------------------------------------------------
 
-if command -v protoc >/dev/null 2>&1; then
+# etcd-client's build script runs protoc and needs the well-known types
+# (google/protobuf/*.proto), which Debian ships in libprotobuf-dev.
+if command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/descriptor.proto ]; then
   log "protoc: already installed"
 else
-  log "installing protobuf-compiler (system package)"
+  log "installing protobuf-compiler and libprotobuf-dev (system packages)"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-cache show protobuf-compiler >/dev/null 2>&1; then
+  if ! apt-cache show protobuf-compiler libprotobuf-dev >/dev/null 2>&1; then
     as_root apt-get update -q
   fi
-  as_root apt-get install -y -q --no-install-recommends protobuf-compiler
+  as_root apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev
 fi
 
 # --- kube-apiserver -----------------------------------------------------------

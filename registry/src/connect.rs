@@ -109,18 +109,21 @@ fn not_compiled(backend: &str, feature: &'static str) -> Error {
 }
 
 async fn connect_url(raw: &str) -> Result<Registry> {
-    let url = url::Url::parse(raw).map_err(|e| Error::invalid("url", format!("`{raw}` is not a URL: {e}")))?;
-    let scheme = url.scheme().to_owned();
+    let invalid = |why: String| Error::invalid("url", format!("`{raw}` is not a registry URL: {why}"));
+    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).ok_or_else(|| invalid("no scheme".into()))?;
+    // etcd URLs may list several `host:port`s, which a generic URL parser rejects.
+    if scheme == "etcd" || scheme == "etcds" {
+        #[cfg(feature = "etcd")]
+        {
+            let config = registry_etcd::EtcdConfig::parse_url(raw)?;
+            return Ok(Registry::from_store(Arc::new(registry_etcd::EtcdStore::connect(config).await?)));
+        }
+        #[cfg(not(feature = "etcd"))]
+        return Err(not_compiled(&scheme, "etcd"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
     let store: Arc<dyn Store> = match scheme.as_str() {
         "memory" => memory_store(&url)?,
-        "etcd" | "etcds" => {
-            #[cfg(feature = "etcd")]
-            {
-                Arc::new(registry_etcd::EtcdStore::connect(registry_etcd::EtcdConfig::from_url(&url)?).await?)
-            }
-            #[cfg(not(feature = "etcd"))]
-            return Err(not_compiled(&scheme, "etcd"));
-        }
         "consul" | "consuls" => {
             #[cfg(feature = "consul")]
             {
@@ -191,6 +194,20 @@ mod tests {
         let err = connect("etcd://127.0.0.1:2379").await.expect_err("not compiled");
         assert!(matches!(err, Error::BackendNotCompiled { feature: "etcd", .. }), "{err:?}");
         assert!(err.to_string().contains("enable the cargo feature `etcd`"), "{err}");
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test]
+    async fn multi_host_etcd_url_reaches_the_etcd_parser() {
+        let url = "etcd://127.0.0.1:1,127.0.0.1:2?connect_timeout_ms=300&request_timeout_ms=300";
+        // Connecting is lazy; the URL parses, and the first call fails on the network.
+        let registry = connect(url).await.expect("a valid multi-host URL");
+        let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), ServiceConf::default()).expect("valid");
+        let err = registrar.install(registry_core::ServiceNode::default()).await.expect_err("nothing listens there");
+        assert!(
+            matches!(err, Error::BackendUnavailable { .. } | Error::Timeout { .. }),
+            "expected the connection, not the URL, to fail: {err:?}"
+        );
     }
 
     #[tokio::test]
