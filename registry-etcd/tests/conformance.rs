@@ -1,0 +1,70 @@
+//! The conformance suite on a real etcd: the shared scenarios run against a
+//! local etcd started for this run (or the cluster in `ETCD_ENDPOINTS`), and
+//! the outage scenario against an etcd of its own that it kills and restarts
+//! on the same ports and data dir.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use conformance::env::etcd::{self, EtcdServer};
+use conformance::{Backend, Runner, ServerUse, Unavailable};
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+use registry_etcd::{EtcdConfig, EtcdStore};
+use tokio::sync::Mutex;
+
+/// An etcd server and a store connected to it.
+struct Etcd {
+    server: Mutex<EtcdServer>,
+    store: EtcdStore,
+}
+
+fn start_failed(reason: impl ToString) -> Unavailable {
+    Unavailable::StartFailed { server: "etcd".into(), reason: reason.to_string() }
+}
+
+#[async_trait]
+impl Backend for Etcd {
+    fn available() -> Result<(), Unavailable> {
+        etcd::available()
+    }
+
+    async fn start(server: ServerUse) -> Result<Self, Unavailable> {
+        let server = match server {
+            ServerUse::Shared => EtcdServer::start().await?,
+            // Stopped and restarted by the scenario: never the user's cluster.
+            ServerUse::Dedicated => EtcdServer::start_local().await?,
+        };
+        let config = EtcdConfig::new(server.endpoints()).with_request_timeout(Duration::from_secs(2));
+        let store = EtcdStore::connect(config).await.map_err(start_failed)?;
+        Ok(Etcd { server: Mutex::new(server), store })
+    }
+
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
+        Registrar::new(&self.store, meta, conf)
+    }
+
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
+        Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
+        // A plain put, no lease: what another writer (or a human with etcdctl) leaves behind.
+        let key = format!("{}{name}", EtcdStore::prefix(scope));
+        self.store.client().put(key, value, None).await?;
+        Ok(())
+    }
+
+    async fn stop_server(&self) -> anyhow::Result<()> {
+        Ok(self.server.lock().await.stop()?)
+    }
+
+    async fn start_server(&self) -> anyhow::Result<()> {
+        Ok(self.server.lock().await.restart().await?)
+    }
+}
+
+fn main() -> ExitCode {
+    Runner::new().suite::<Etcd>("etcd").run()
+}
