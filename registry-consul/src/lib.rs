@@ -1,6 +1,74 @@
-//! The consul backend of `registry`.
+//! The Consul backend of `registry`.
 //!
-//! This crate is a placeholder that compiles; its adapter over
-//! [`registry_core::store`] arrives with the consul backend issue.
+//! [`ConsulStore`] implements [`registry_core::store::Store`]; registrars
+//! and discoverers built on it behave exactly like those of every other
+//! backend (the shared conformance suite runs against a real agent).
+//!
+//! ```no_run
+//! # async fn demo() -> registry_core::Result<()> {
+//! use registry_consul::{ConsulConfig, ConsulStore};
+//! use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+//!
+//! let url = url::Url::parse("consul://127.0.0.1:8500").expect("valid URL");
+//! let store = ConsulStore::connect(ConsulConfig::from_url(&url)?).await?;
+//! let registrar = Registrar::new(&store, Meta::new("prod", "greeter", "v1"), ServiceConf::default())?;
+//! let discoverer = Discoverer::new(&store, "prod", ServiceConf::default())?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout in Consul (the Go framework's, extended)
+//!
+//! - Each instance is an **agent service** named `<namespace>-<env>`, ID
+//!   `<namespace>-<env>-<app_id>-<lease_id>`, tags `[app_id, version]`, meta
+//!   `app_id`, `env`, `version`, `namespace`, and `node` (the node JSON) when
+//!   that fits Consul's 512-byte meta value limit; so it shows in Consul's
+//!   catalog, health API, UI and DNS like any service. Its TTL check
+//!   (`service:<id>`, TTL = the registrar's TTL) is passed every TTL/2;
+//!   `DeregisterCriticalServiceAfter` is 3×TTL, raised to Consul's floor of
+//!   one minute ([`MIN_DEREGISTER_AFTER`]) — discovery hides a critical
+//!   instance at once regardless, the reaper only cleans up the catalog.
+//! - The full node JSON is always in **KV** at
+//!   `<namespace>/<env>/<app_id>/<lease_id>` (up to [`KV_VALUE_LIMIT`]),
+//!   acquired by a session bound to `serfHealth` and the service's check with
+//!   `Behavior=delete`, so the entry vanishes with the instance. Sessions use
+//!   `NodeChecks`/`ServiceChecks` (Consul ≥ 1.7).
+//! - Discovery runs **blocking queries** on the health of the service
+//!   (passing only) and on the KV prefix, and lists an instance while it is
+//!   passing, with its KV record (or its `node` meta, for Go-written nodes).
+//!   Entries under the prefix or the service name that are not ours are
+//!   skipped and counted by core, never fatal.
+//!
+//! # The HTTP client
+//!
+//! `rs-consul` does the KV writes and deletes. The calls it lacks — agent
+//! service register/deregister, TTL check pass, sessions bound to checks,
+//! health with service meta, and KV listing that keeps the index of an empty
+//! prefix — are a small typed module over the same HTTP client (one pooled
+//! hyper client shared by both).
+//!
+//! # ACL tokens
+//!
+//! The token ([`ConsulConfig::token`], or `consul://token@host:port`) is
+//! sent as a sensitive `X-Consul-Token` header; it never appears in `Debug`
+//! output, logs or error text. A token Consul does not know is
+//! `PermissionDenied` at [`ConsulStore::connect`].
+//!
+//! # Errors
+//!
+//! See the `error` module: an agent that cannot be reached is
+//! `BackendUnavailable`, 403 is `PermissionDenied`, size limits are
+//! `TooLarge`, an unknown check on heartbeat is `LeaseExpired` (core
+//! registers again).
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod adapter;
+mod agent;
+mod config;
+mod error;
+
+pub use adapter::{ConsulStore, KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
+pub use config::{
+    ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
+};
 pub use registry_core;

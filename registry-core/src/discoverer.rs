@@ -265,7 +265,10 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
     cache.batch += 1;
     for event in batch {
         match event {
-            StoreEvent::Reset => cache.pending = Some(HashMap::new()),
+            StoreEvent::Reset => {
+                cache.pending = Some(HashMap::new());
+                cache.listing_malformed.clear();
+            }
             StoreEvent::Upsert(record) => {
                 cache.recover();
                 match cache.pending.as_mut() {
@@ -284,10 +287,18 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
                     None => cache.delete(&key, &mut out),
                 }
             }
-            StoreEvent::Malformed { key, reason } => cache.skip(inner, &key, &reason),
+            StoreEvent::Malformed { key, reason } => {
+                let stamp = stamp_of(&RawRecord::new(key.as_str(), reason.as_str()));
+                if cache.pending.is_some() {
+                    cache.listing_malformed.insert(key.clone());
+                }
+                cache.skip(inner, &key, &reason, stamp);
+            }
             StoreEvent::Synced => {
                 cache.recover();
                 if let Some(pending) = cache.pending.take() {
+                    let malformed = std::mem::take(&mut cache.listing_malformed);
+                    cache.skipped_writes.retain(|k, _| pending.contains_key(k) || malformed.contains(k));
                     let gone: Vec<Arc<str>> =
                         cache.records.keys().filter(|k| !pending.contains_key(k.as_ref())).cloned().collect();
                     for key in gone {
@@ -362,6 +373,10 @@ struct Cache {
     /// The first listing has been applied.
     ready: bool,
     warned: HashSet<String>,
+    /// Keys whose current write was skipped, with its stamp.
+    skipped_writes: HashMap<String, u64>,
+    /// Keys reported malformed during the listing in progress.
+    listing_malformed: HashSet<String>,
     degraded_since: Option<Instant>,
 }
 
@@ -397,7 +412,12 @@ impl Cache {
         }
     }
 
-    fn skip(&mut self, inner: &Inner, key: &str, reason: &str) {
+    /// Counts a bad write once (a relist showing it again is not counted
+    /// again) and warns once per key.
+    fn skip(&mut self, inner: &Inner, key: &str, reason: &str, stamp: u64) {
+        if self.skipped_writes.insert(key.to_owned(), stamp) == Some(stamp) {
+            return;
+        }
         inner.skipped.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::SKIPPED, &inner.labels).increment(1);
         if self.warned.insert(key.to_owned()) {
@@ -405,31 +425,36 @@ impl Cache {
         }
     }
 
+    /// A record that turned bad: whatever it was before leaves the index.
+    fn reject(&mut self, inner: &Inner, key: &str, reason: &str, stamp: u64, out: &mut Vec<DiscoveryEvent>) {
+        self.delete(key, out);
+        self.skip(inner, key, reason, stamp);
+    }
+
     fn upsert(&mut self, inner: &Inner, record: RawRecord, out: &mut Vec<DiscoveryEvent>) {
         let stamp = stamp_of(&record);
         if let Some(entry) = self.records.get(record.key.as_str())
-            && entry.stamp == stamp {
-                // Same write seen again (a relist): not a sign of life.
-                return;
-            }
+            && entry.stamp == stamp
+        {
+            // Same write seen again (a relist): not a sign of life.
+            return;
+        }
+        if self.skipped_writes.get(record.key.as_str()) == Some(&stamp) {
+            // A bad write seen again: already counted.
+            return;
+        }
         let node = match ServiceNode::from_json(&record.value) {
             Ok(node) => node,
-            Err(e) => {
-                self.skip(inner, &record.key, &format!("not a service node: {e}"));
-                self.delete(&record.key, out);
-                return;
-            }
+            Err(e) => return self.reject(inner, &record.key, &format!("not a service node: {e}"), stamp, out),
         };
         if node.meta.env != inner.scope.env {
-            self.skip(inner, &record.key, &format!("env `{}` is not `{}`", node.meta.env, inner.scope.env));
-            self.delete(&record.key, out);
-            return;
+            let reason = format!("env `{}` is not `{}`", node.meta.env, inner.scope.env);
+            return self.reject(inner, &record.key, &reason, stamp, out);
         }
         if node.meta.app_id.is_empty() {
-            self.skip(inner, &record.key, "empty app_id");
-            self.delete(&record.key, out);
-            return;
+            return self.reject(inner, &record.key, "empty app_id", stamp, out);
         }
+        self.skipped_writes.remove(record.key.as_str());
         let window = match record.liveness {
             Liveness::StoreManaged => None,
             Liveness::Heartbeat { window } => {
@@ -458,6 +483,7 @@ impl Cache {
     }
 
     fn delete(&mut self, key: &str, out: &mut Vec<DiscoveryEvent>) {
+        self.skipped_writes.remove(key);
         if let Some(entry) = self.records.remove(key)
             && entry.visible {
                 self.index.remove(key);

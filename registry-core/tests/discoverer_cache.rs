@@ -182,6 +182,15 @@ async fn malformed_and_foreign_records_are_counted_not_fatal() {
     d.watcher().await.expect("ready");
     assert_eq!(leases(&d), [1]);
     assert_eq!(d.skipped(), 3);
+    // A relist that shows the same bad writes again does not count them again.
+    tx.send(StoreEvent::Reset).unwrap();
+    tx.send(StoreEvent::Upsert(RawRecord::new("junk", "{oops"))).unwrap();
+    tx.send(StoreEvent::Malformed { key: "bad/key".into(), reason: "undecodable".into() }).unwrap();
+    tx.send(StoreEvent::Upsert(RawRecord::new("good", node_json(1, 0, "")))).unwrap();
+    tx.send(StoreEvent::Synced).unwrap();
+    settle().await;
+    assert_eq!(d.skipped(), 3, "relisted bad writes are not recounted");
+    assert_eq!(leases(&d), [1]);
     // A good record that turns bad disappears instead of lingering.
     tx.send(StoreEvent::Upsert(RawRecord::new("good", "not json"))).unwrap();
     settle().await;

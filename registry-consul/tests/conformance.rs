@@ -1,0 +1,105 @@
+//! The conformance suite on a real Consul agent (`consul agent -dev` on
+//! loopback, or the user's agent from `CONSUL_HTTP_ADDR`).
+
+use std::process::ExitCode;
+
+use async_trait::async_trait;
+use conformance::env::consul::{self, ConsulServer};
+use conformance::{Backend, Runner, ServerUse, Unavailable};
+use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+use tokio::sync::Mutex;
+
+/// A Consul agent and a store connected to it.
+struct Consul {
+    server: Mutex<ConsulServer>,
+    store: ConsulStore,
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> Unavailable {
+    Unavailable::StartFailed { server: "consul".into(), reason: reason.to_string() }
+}
+
+/// The store configuration for `server`.
+fn config(server: &ConsulServer) -> ConsulConfig {
+    let config = ConsulConfig::new(server.address());
+    match server.token() {
+        Some(token) => config.with_token(token),
+        None => config,
+    }
+}
+
+impl Consul {
+    /// One request of the test glue, failing on any status but 200.
+    async fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+        let (status, answer) = self.server.lock().await.request(method, path, Some(body)).await?;
+        anyhow::ensure!(status == 200, "{method} {path}: HTTP {status}: {answer}");
+        Ok(answer)
+    }
+}
+
+#[async_trait]
+impl Backend for Consul {
+    fn available() -> Result<(), Unavailable> {
+        consul::available()
+    }
+
+    async fn start(server: ServerUse) -> Result<Self, Unavailable> {
+        let server = match server {
+            ServerUse::Shared => ConsulServer::start().await?,
+            ServerUse::Dedicated => ConsulServer::start_local().await?,
+        };
+        let store = ConsulStore::connect(config(&server)).await.map_err(unavailable)?;
+        Ok(Consul { server: Mutex::new(server), store })
+    }
+
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
+        Registrar::new(&self.store, meta, conf)
+    }
+
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
+        Discoverer::new(&self.store, env, conf)
+    }
+
+    /// Two foreign entries per call, both where discovery of `scope` looks:
+    /// a service instance of another owner under the scope's service name
+    /// (with `value` as its `node` meta when it fits), and a KV entry
+    /// `<prefix><name>` = `value`. Both clean themselves up: the service's
+    /// TTL check lapses after a minute and deregisters it a minute later; the
+    /// KV entry is held by a 60 s session with `Behavior=delete`.
+    async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
+        let mut meta = serde_json::json!({ "owner": "someone-else" });
+        if value.len() <= META_VALUE_LIMIT {
+            meta["node"] = value.into();
+        }
+        let id = format!("foreign-{}-{name}", ConsulStore::service_name(scope));
+        let service = serde_json::json!({
+            "ID": id,
+            "Name": ConsulStore::service_name(scope),
+            "Meta": meta,
+            "Check": { "CheckID": format!("service:{id}"), "TTL": "60s", "Status": "passing", "DeregisterCriticalServiceAfter": "1m" },
+        });
+        self.call("PUT", "/v1/agent/service/register", &service.to_string()).await?;
+        let session =
+            self.call("PUT", "/v1/session/create", r#"{"Name":"foreign","TTL":"60s","Behavior":"delete"}"#).await?;
+        let session: serde_json::Value = serde_json::from_str(&session)?;
+        let session = session["ID"].as_str().ok_or_else(|| anyhow::anyhow!("no session ID in {session}"))?;
+        let key = format!("{}{name}", ConsulStore::kv_prefix(scope));
+        let acquired = self.call("PUT", &format!("/v1/kv/{key}?acquire={session}"), value).await?;
+        anyhow::ensure!(acquired.trim() == "true", "foreign KV entry {key} not written: {acquired}");
+        Ok(())
+    }
+
+    async fn stop_server(&self) -> anyhow::Result<()> {
+        Ok(self.server.lock().await.stop()?)
+    }
+
+    async fn start_server(&self) -> anyhow::Result<()> {
+        Ok(self.server.lock().await.restart().await?)
+    }
+}
+
+fn main() -> ExitCode {
+    Runner::new().suite::<Consul>("consul").run()
+}
