@@ -1,0 +1,92 @@
+//! `registryctl list`, `get` and `watch` against every backend on real servers.
+#![cfg(all(feature = "cli", feature = "etcd", feature = "consul", feature = "kubernetes"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use conformance::env::consul::ConsulServer;
+use conformance::env::etcd::EtcdServer;
+use conformance::env::kube::KubeServer;
+use registry::{GrpcServices, Meta, ServiceConf};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_registryctl");
+
+fn skip_or_fail(what: &str, e: impl std::fmt::Display) {
+    assert!(!conformance::env::required(), "{what} unavailable (REGISTRY_TEST_REQUIRE=1): {e}");
+    eprintln!("SKIPPED: {what} unavailable: {e}");
+}
+
+async fn registryctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().await.expect("registryctl runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Registers one node on `url`, then checks list (table and JSON), get, and watch.
+async fn check_backend(url: &str, namespace: &str) {
+    let registry = registry::connect(url).await.expect("connect");
+    let conf = ServiceConf::default().with_namespace(namespace);
+    let registrar = registry.registrar(Meta::new("cli", "cli-demo", "v7"), conf).unwrap();
+    let node = GrpcServices::new().service("cli.Demo", ["Hello"]).unwrap().into_node();
+    let installed = registrar.install(node).await.expect("installed");
+    let scope = ["--url", url, "--namespace", namespace, "--env", "cli"];
+
+    let (ok, out, err) = registryctl(&[&["list"][..], &scope[..]].concat()).await;
+    assert!(ok, "list failed on {url}: {err}");
+    assert!(out.contains("cli-demo") && out.contains("v7"), "list on {url} lacks the node:\n{out}");
+
+    let (ok, out, err) = registryctl(&[&["list"][..], &scope[..], &["--json"][..]].concat()).await;
+    assert!(ok, "list --json failed on {url}: {err}");
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON array");
+    assert!(nodes.iter().any(|n| n["lease_id"] == installed.lease_id), "list --json on {url}: {out}");
+
+    let (ok, out, err) = registryctl(&[&["get", "/cli.Demo/Hello"][..], &scope[..]].concat()).await;
+    assert!(ok, "get failed on {url}: {err}");
+    assert!(out.contains("cli-demo"), "get on {url}:\n{out}");
+
+    let (ok, _, err) = registryctl(&[&["get", "/cli.Demo/Missing"][..], &scope[..]].concat()).await;
+    assert!(!ok && err.contains("no node serves method"), "get of a missing method on {url}: {err}");
+
+    // watch prints the current node, then the removal.
+    let mut watch = Command::new(BIN)
+        .args([&["watch"][..], &scope[..]].concat())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch runs");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    registrar.uninstall().await.expect("uninstalled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch.start_kill().expect("stop watch");
+    let mut out = String::new();
+    watch.stdout.take().expect("stdout").read_to_string(&mut out).await.expect("read");
+    assert!(out.contains(" UP ") && out.contains(" DOWN "), "watch on {url}:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_get_watch_work_on_every_backend() {
+    let namespace = format!("cli-{:x}", std::process::id());
+    match EtcdServer::start().await {
+        Ok(etcd) => check_backend(&format!("etcd://{}", etcd.endpoints().join(",")), &namespace).await,
+        Err(e) => skip_or_fail("etcd", e),
+    }
+    match ConsulServer::start().await {
+        Ok(consul) => {
+            let host = consul.address().trim_start_matches("http://").to_owned();
+            check_backend(&format!("consul://{host}"), &namespace).await;
+        }
+        Err(e) => skip_or_fail("consul", e),
+    }
+    match KubeServer::start().await {
+        Ok(kube) => {
+            kube.create_namespace(&namespace).await.expect("namespace");
+            for mode in ["lease", "configmap"] {
+                let url = format!("kubernetes://?mode={mode}&kubeconfig={}", kube.kubeconfig().display());
+                check_backend(&url, &namespace).await;
+            }
+        }
+        Err(e) => skip_or_fail("kube-apiserver", e),
+    }
+}
