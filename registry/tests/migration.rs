@@ -101,7 +101,7 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
             while !done.load(Ordering::SeqCst) {
                 tick.tick().await;
                 checks.fetch_add(1, Ordering::SeqCst);
-                if count(&**gateway.load()) == 0 {
+                if count(&***gateway.load()) == 0 {
                     misses.fetch_add(1, Ordering::SeqCst);
                 }
             }
@@ -119,7 +119,7 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
     );
     merged.watcher().await.unwrap();
     eventually("merged view has the fleet", || count(&*merged) == 3).await;
-    gateway.store(Arc::clone(&merged));
+    gateway.store(Arc::new(Arc::clone(&merged)));
 
     // Step 1: instance by instance, a new process registers on both; the old one leaves.
     let mut dual = Vec::new();
@@ -140,7 +140,7 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
     eventually("fleet visible on Kubernetes", || count(&*kube_only) == 3).await;
 
     // Step 3: the gateway discovers from Kubernetes only.
-    gateway.store(Arc::clone(&kube_only));
+    gateway.store(Arc::new(Arc::clone(&kube_only)));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Step 4: instances drop etcd (new processes on Kubernetes only replace the dual ones).
