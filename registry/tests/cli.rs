@@ -90,3 +90,69 @@ async fn list_get_watch_work_on_every_backend() {
         Err(e) => skip_or_fail("kube-apiserver", e),
     }
 }
+
+/// `registryctl migrate` mirrors etcd nodes into Kubernetes, follows their
+/// removal, and removes its mirrors when stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
+    let etcd = match EtcdServer::start().await {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail("etcd", e),
+    };
+    let kube = match KubeServer::start().await {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail("kube-apiserver", e),
+    };
+    let namespace = format!("mig-{:x}", std::process::id());
+    kube.create_namespace(&namespace).await.expect("namespace");
+    let from_url = format!("etcd://{}", etcd.endpoints().join(","));
+    let to_url = format!("kubernetes://?mode=lease&kubeconfig={}", kube.kubeconfig().display());
+    let conf = ServiceConf::default().with_namespace(&namespace);
+    let source = registry::connect(from_url.as_str()).await.expect("etcd");
+    let target = registry::connect(to_url.as_str()).await.expect("kubernetes");
+    let node = || GrpcServices::new().service("mig.Demo", ["Go"]).unwrap().into_node();
+    let stays = source.registrar(Meta::new("prod", "stays", "v1"), conf.clone()).unwrap();
+    let leaves = source.registrar(Meta::new("prod", "leaves", "v1"), conf.clone()).unwrap();
+    stays.install(node()).await.unwrap();
+    leaves.install(node()).await.unwrap();
+    let keep = tokio::spawn({
+        let r = stays.clone();
+        async move { r.sustain_lease().await }
+    });
+    let view = target.discoverer("prod", conf.clone()).unwrap();
+    view.watcher().await.unwrap();
+    let apps = || view.apps().iter().map(|a| a.to_string()).collect::<Vec<_>>();
+
+    let mut migrate = Command::new(BIN)
+        .args(["migrate", "--from", &from_url, "--to", &to_url, "--namespace", &namespace, "--env", "prod", "--ttl", "10"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("migrate runs");
+    let wait = |want: Vec<&'static str>| {
+        let apps = &apps;
+        async move {
+            for _ in 0..250 {
+                if apps() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            panic!("target apps {:?}, want {want:?}", apps());
+        }
+    };
+    wait(vec!["leaves", "stays"]).await;
+    leaves.uninstall().await.unwrap();
+    wait(vec!["stays"]).await;
+    let pid = migrate.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill");
+    assert!(status.success());
+    let done = tokio::time::timeout(Duration::from_secs(20), migrate.wait()).await.expect("migrate stops").expect("status");
+    assert!(done.success(), "migrate exited with {done}");
+    let mut out = String::new();
+    migrate.stdout.take().expect("stdout").read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("2 mirrored") && out.contains("1 removed"), "summary: {out}");
+    wait(vec![]).await;
+    stays.uninstall().await.unwrap();
+    keep.await.unwrap().unwrap();
+}
