@@ -104,6 +104,7 @@ pub async fn connect(target: impl Into<Target>) -> Result<Registry> {
     Ok(Registry::from_store(store))
 }
 
+#[cfg_attr(all(feature = "memory", feature = "etcd", feature = "consul", feature = "kubernetes"), allow(dead_code))]
 fn not_compiled(backend: &str, feature: &'static str) -> Error {
     Error::BackendNotCompiled { backend: backend.to_owned(), feature }
 }
