@@ -40,9 +40,7 @@ impl Runner {
     /// An empty run.
     pub fn new() -> Self {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_ansi(false)
             .with_test_writer()
             .try_init();

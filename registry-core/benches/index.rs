@@ -35,7 +35,8 @@ impl StoreReader for Fleet {
 
 fn lookup(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let d = Discoverer::from_reader(Arc::new(Fleet), Scope::new("default", "bench"), std::time::Duration::from_secs(10));
+    let d =
+        Discoverer::from_reader(Arc::new(Fleet), Scope::new("default", "bench"), std::time::Duration::from_secs(10));
     rt.block_on(d.watcher()).unwrap();
     let method = "/fleet.App517/Method7";
     assert_eq!(d.get_service(method).unwrap().len(), NODES);

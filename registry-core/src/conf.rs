@@ -114,10 +114,7 @@ impl ServiceConf {
             ));
         }
         if self.ttl < self.ttl_floor {
-            return Err(Error::invalid(
-                "conf.ttl",
-                format!("{:?} is below the floor {:?}", self.ttl, self.ttl_floor),
-            ));
+            return Err(Error::invalid("conf.ttl", format!("{:?} is below the floor {:?}", self.ttl, self.ttl_floor)));
         }
         if self.ttl.subsec_nanos() != 0 {
             // Every backend stores TTLs in whole seconds.

@@ -150,9 +150,10 @@ impl Discovery for Discoverer {
                     return Ok(());
                 }
                 if now.error_seq > seen_errors
-                    && let Some(error) = &now.error {
-                        return Err(error.duplicate());
-                    }
+                    && let Some(error) = &now.error
+                {
+                    return Err(error.duplicate());
+                }
             }
             if status.changed().await.is_err() {
                 return Err(Error::NotReady);
@@ -168,9 +169,10 @@ impl Discovery for Discoverer {
 
     fn unwatch(&self) {
         if let Ok(mut task) = self.inner.task.lock()
-            && let Some(task) = task.take() {
-                task.abort();
-            }
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
     }
 
     fn events(&self) -> BoxStream<'static, DiscoveryEvent> {
@@ -203,9 +205,10 @@ impl Discovery for Discoverer {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut task) = self.task.lock()
-            && let Some(task) = task.take() {
-                task.abort();
-            }
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -346,11 +349,12 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
             changed = true;
         }
         if let Some(error) = first_error
-            && !status.ready {
-                status.error_seq += 1;
-                status.error = Some(Arc::new(error));
-                changed = true;
-            }
+            && !status.ready
+        {
+            status.error_seq += 1;
+            status.error = Some(Arc::new(error));
+            changed = true;
+        }
         changed
     });
 }
@@ -485,10 +489,11 @@ impl Cache {
     fn delete(&mut self, key: &str, out: &mut Vec<DiscoveryEvent>) {
         self.skipped_writes.remove(key);
         if let Some(entry) = self.records.remove(key)
-            && entry.visible {
-                self.index.remove(key);
-                out.push(down(entry.node));
-            }
+            && entry.visible
+        {
+            self.index.remove(key);
+            out.push(down(entry.node));
+        }
     }
 
     /// Hides heartbeat records not renewed within their window.
@@ -498,11 +503,13 @@ impl Cache {
         }
         for (key, entry) in self.records.iter_mut() {
             if let Some(window) = entry.window
-                && entry.visible && now >= entry.last_seen + window {
-                    entry.visible = false;
-                    self.index.remove(key);
-                    out.push(down(Arc::clone(&entry.node)));
-                }
+                && entry.visible
+                && now >= entry.last_seen + window
+            {
+                entry.visible = false;
+                self.index.remove(key);
+                out.push(down(Arc::clone(&entry.node)));
+            }
         }
     }
 

@@ -180,7 +180,9 @@ impl Error {
             Error::BackendUnavailable { backend, source } => {
                 Error::BackendUnavailable { backend, source: source.to_string().into() }
             }
-            Error::PermissionDenied { backend, message } => Error::PermissionDenied { backend, message: message.clone() },
+            Error::PermissionDenied { backend, message } => {
+                Error::PermissionDenied { backend, message: message.clone() }
+            }
             Error::LeaseExpired { backend } => Error::LeaseExpired { backend },
             Error::ResumeLost { backend, revision } => Error::ResumeLost { backend, revision: *revision },
             Error::Conflict { backend, what, attempts } => {

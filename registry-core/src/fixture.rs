@@ -12,7 +12,11 @@ pub fn fleet_node(app: usize, n: usize, methods: usize) -> ServiceNode {
         lease_id,
         run_date: "2025-01-01 00:00:00".into(),
         methods: (0..methods).map(|i| (format!("/fleet.App{app}/Method{i}"), true)).collect(),
-        network: Network { sn: "default".into(), internal: format!("10.{}.{}.{}:9000", app / 250, app % 250, n), external: String::new() },
+        network: Network {
+            sn: "default".into(),
+            internal: format!("10.{}.{}.{}:9000", app / 250, app % 250, n),
+            external: String::new(),
+        },
         meta: Meta::new("bench", format!("app-{app}"), "v1"),
         registered_at_ms: Some(lease_id),
         ..Default::default()

@@ -60,11 +60,7 @@ impl GrpcServices {
         for file in &set.file {
             let package = file.package();
             for svc in &file.service {
-                let full = if package.is_empty() {
-                    svc.name().to_owned()
-                } else {
-                    format!("{package}.{}", svc.name())
-                };
+                let full = if package.is_empty() { svc.name().to_owned() } else { format!("{package}.{}", svc.name()) };
                 self = self.service(&full, svc.method.iter().map(|m| m.name()))?;
             }
         }

@@ -276,9 +276,10 @@ impl IndexWriter {
     fn providers(&self, method: &str, apps: &[Arc<str>], by_app: &FastMap<Arc<str>, Nodes>) -> Nodes {
         if apps.len() == 1
             && let Some(app_nodes) = apps.first().and_then(|a| by_app.get(a))
-                && app_nodes.iter().all(|n| n.serves(method)) {
-                    return app_nodes.clone();
-                }
+            && app_nodes.iter().all(|n| n.serves(method))
+        {
+            return app_nodes.clone();
+        }
         let mut picked: Vec<(Reverse<Recency>, Arc<ServiceNode>)> = Vec::new();
         for app in apps {
             if let Some(nodes) = self.apps.get(app) {

@@ -359,7 +359,10 @@ impl ListWatch for MemoryReader {
                 }
                 let collected = {
                     let Ok(state) = store.shared.state.lock() else {
-                        return Some((Err(Error::backend(KIND, "state lock poisoned")), (store, prefix, notify, cursor, true)));
+                        return Some((
+                            Err(Error::backend(KIND, "state lock poisoned")),
+                            (store, prefix, notify, cursor, true),
+                        ));
                     };
                     let oldest = state.history.front().map_or(state.revision + 1, |h| h.revision);
                     if cursor < state.revision && oldest > cursor + 1 {

@@ -218,7 +218,11 @@ async fn uninstall_stops_heartbeats_and_removes_once() {
     });
     r.uninstall().await.expect("uninstalled");
     r.uninstall().await.expect("idempotent");
-    tokio::time::timeout(Duration::from_millis(10), task).await.expect("sustain ended promptly").expect("joined").expect("ok");
+    tokio::time::timeout(Duration::from_millis(10), task)
+        .await
+        .expect("sustain ended promptly")
+        .expect("joined")
+        .expect("ok");
 }
 
 #[tokio::test(start_paused = true)]

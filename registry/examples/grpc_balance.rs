@@ -49,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for name in ["a", "b"] {
         let (addr, served) = start_server().await?;
-        let conf =
-            ServiceConf::default().with_network(Network { internal: addr.clone(), ..Default::default() });
+        let conf = ServiceConf::default().with_network(Network { internal: addr.clone(), ..Default::default() });
         let registrar = registry.registrar(Meta::new("dev", "health-demo", "v1"), conf)?;
         registrar.install(services.clone().into_node()).await?;
         println!("server {name} listening on {addr}, registered");

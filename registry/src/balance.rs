@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use registry_core::{Discovery, DiscoveryEvent, ServiceNode};
-use tonic::transport::{Channel, Endpoint};
 use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
 
 /// Which discovered nodes to balance across.
 #[derive(Clone, Debug)]

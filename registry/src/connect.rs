@@ -111,7 +111,8 @@ fn not_compiled(backend: &str, feature: &'static str) -> Error {
 
 async fn connect_url(raw: &str) -> Result<Registry> {
     let invalid = |why: String| Error::invalid("url", format!("`{raw}` is not a registry URL: {why}"));
-    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).ok_or_else(|| invalid("no scheme".into()))?;
+    let scheme =
+        raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).ok_or_else(|| invalid("no scheme".into()))?;
     // etcd URLs may list several `host:port`s, which a generic URL parser rejects.
     if scheme == "etcd" || scheme == "etcds" {
         #[cfg(feature = "etcd")]
@@ -164,7 +165,8 @@ fn memory_store(url: &url::Url) -> Result<Arc<dyn Store>> {
     if name.is_empty() {
         return Ok(Arc::new(MemoryStore::global()));
     }
-    let mut named = NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend("memory", "lock poisoned"))?;
+    let mut named =
+        NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend("memory", "lock poisoned"))?;
     Ok(Arc::new(named.entry(name.to_owned()).or_default().clone()))
 }
 

@@ -124,7 +124,19 @@ async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
     let apps = || view.apps().iter().map(|a| a.to_string()).collect::<Vec<_>>();
 
     let mut migrate = Command::new(BIN)
-        .args(["migrate", "--from", &from_url, "--to", &to_url, "--namespace", &namespace, "--env", "prod", "--ttl", "10"])
+        .args([
+            "migrate",
+            "--from",
+            &from_url,
+            "--to",
+            &to_url,
+            "--namespace",
+            &namespace,
+            "--env",
+            "prod",
+            "--ttl",
+            "10",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -147,7 +159,8 @@ async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
     let pid = migrate.id().expect("pid").to_string();
     let status = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill");
     assert!(status.success());
-    let done = tokio::time::timeout(Duration::from_secs(20), migrate.wait()).await.expect("migrate stops").expect("status");
+    let done =
+        tokio::time::timeout(Duration::from_secs(20), migrate.wait()).await.expect("migrate stops").expect("status");
     assert!(done.success(), "migrate exited with {done}");
     let mut out = String::new();
     migrate.stdout.take().expect("stdout").read_to_string(&mut out).await.unwrap();

@@ -12,9 +12,7 @@ use arc_swap::ArcSwap;
 use conformance::env::etcd::EtcdServer;
 use conformance::env::kube::KubeServer;
 use registry::store::Scope;
-use registry::{
-    Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery,
-};
+use registry::{Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery};
 
 const METHOD: &str = "/shop.v1.Orders/Get";
 
@@ -93,9 +91,11 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
 
     // The checker: one lookup every 10 ms through whatever discovery the gateway uses now.
     let gateway: Arc<ArcSwap<Arc<dyn Discovery>>> = Arc::new(ArcSwap::from_pointee(Arc::clone(&etcd_only)));
-    let (checks, misses, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (checks, misses, done) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let checker = tokio::spawn({
-        let (gateway, checks, misses, done) = (Arc::clone(&gateway), Arc::clone(&checks), Arc::clone(&misses), Arc::clone(&done));
+        let (gateway, checks, misses, done) =
+            (Arc::clone(&gateway), Arc::clone(&checks), Arc::clone(&misses), Arc::clone(&done));
         async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             while !done.load(Ordering::SeqCst) {
@@ -111,7 +111,10 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
     // Step 2 first for the gateway: merged discovery over etcd and Kubernetes.
     let merged: Arc<dyn Discovery> = Arc::new(
         merged_discovery(
-            vec![from.discoverer(env, conf(&namespace, "")).unwrap(), to.discoverer(env, conf(&namespace, "")).unwrap()],
+            vec![
+                from.discoverer(env, conf(&namespace, "")).unwrap(),
+                to.discoverer(env, conf(&namespace, "")).unwrap(),
+            ],
             Scope::new(namespace.clone(), env),
             Duration::from_secs(2),
         )

@@ -10,7 +10,11 @@
 // inside the kubernetes repository. Outside of it every such module needs a
 // replace line to its published v0.34.x twin. The list below is exactly the
 // set of k8s.io/* modules that k8s.io/kubernetes@v1.34.4's go.mod requires
-// at v0.0.0 (29 modules).
+// at v0.0.0 (29 modules). All 29 twins exist at v0.34.4; note that on some
+// module proxies `go list -m -versions` omits v0.34.4 for cli-runtime,
+// code-generator, kube-proxy and sample-apiserver although
+// `go mod download k8s.io/<name>@v0.34.4` fetches them (and none of those
+// four is in kube-apiserver's pruned build graph anyway).
 module registry.test/kube-apiserver
 
 go 1.24.0

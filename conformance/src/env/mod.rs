@@ -9,6 +9,9 @@
 //! With `REGISTRY_TEST_REQUIRE=1` a missing server is a failure; without it
 //! the suite reports the backend's scenarios as ignored, loudly, with the reason.
 
+pub mod consul;
+pub mod etcd;
+pub mod kube;
 pub mod process;
 
 use std::net::TcpListener;
@@ -47,11 +50,7 @@ pub fn testenv_dir() -> PathBuf {
 /// Path of an installed server binary, or why it is missing.
 pub fn binary(name: &str) -> Result<PathBuf, Unavailable> {
     let path = testenv_dir().join("bin").join(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Unavailable::MissingBinary { binary: name.to_owned(), path })
-    }
+    if path.is_file() { Ok(path) } else { Err(Unavailable::MissingBinary { binary: name.to_owned(), path }) }
 }
 
 /// True when `REGISTRY_TEST_REQUIRE=1`: a missing server fails the run.

@@ -28,8 +28,7 @@ impl ServerProcess {
         envs: Vec<(String, String)>,
         log: PathBuf,
     ) -> Result<Self, Unavailable> {
-        let mut process =
-            Self { name: name.to_owned(), program: program.to_owned(), args, envs, log, child: None };
+        let mut process = Self { name: name.to_owned(), program: program.to_owned(), args, envs, log, child: None };
         process.spawn()?;
         Ok(process)
     }

@@ -42,7 +42,8 @@ pub async fn generic_client_transcript(
     eventually(PROPAGATION, "greeter visible", || disc.get_service(&ping).is_ok()).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
     worker.install(node("demo.Common", &["Ping"])).await?;
-    eventually(PROPAGATION, "worker visible", || disc.get_service(&ping).map(|n| n.len() == 2).unwrap_or(false)).await?;
+    eventually(PROPAGATION, "worker visible", || disc.get_service(&ping).map(|n| n.len() == 2).unwrap_or(false))
+        .await?;
     let mut out = Vec::new();
     let hello_apps = apps_of(disc, &hello);
     out.push(format!("get {hello} -> {}", hello_apps.trim_matches(|c| c == '[' || c == ']')));
@@ -56,7 +57,10 @@ pub async fn generic_client_transcript(
     out.push(format!("after greeter leaves: get {ping} -> {}", apps_of(disc, &ping)));
     worker.uninstall().await?;
     eventually(PROPAGATION, "worker gone", || disc.apps().is_empty()).await?;
-    out.push(format!("after worker leaves: apps -> [{}]", disc.apps().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")));
+    out.push(format!(
+        "after worker leaves: apps -> [{}]",
+        disc.apps().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    ));
     Ok(out)
 }
 

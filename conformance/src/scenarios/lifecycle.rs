@@ -135,7 +135,10 @@ pub async fn invalid_names_are_rejected<B: Backend>(b: &B) -> anyhow::Result<()>
     let low_ttl = conf.clone().with_ttl_floor(Duration::from_secs(10));
     anyhow::ensure!(field(b.registrar(meta(&w.env, "app"), low_ttl).await) == Some("conf.ttl"));
     let disc = b.discoverer("No/Env", conf).await;
-    anyhow::ensure!(matches!(disc, Err(Error::InvalidConfig { field: "meta.env", .. })), "discoverer accepted a bad env");
+    anyhow::ensure!(
+        matches!(disc, Err(Error::InvalidConfig { field: "meta.env", .. })),
+        "discoverer accepted a bad env"
+    );
     w.cleanup().await;
     Ok(())
 }

@@ -43,7 +43,11 @@ pub async fn crashed_instance_expires_within_ttl<B: Backend>(b: &B) -> anyhow::R
     b.crashed(&inst.registrar).await?;
     anyhow::ensure!(!leases_for(&*disc, &m).is_empty(), "node vanished before its lease could have run out");
     let took = eventually(TTL + Duration::from_secs(2), "crashed node expired", || method_absent(&*disc, &m)).await?;
-    tracing::info!(expiry_ms = took.as_millis() as u64, since_crash_ms = crashed_at.elapsed().as_millis() as u64, "crash expiry");
+    tracing::info!(
+        expiry_ms = took.as_millis() as u64,
+        since_crash_ms = crashed_at.elapsed().as_millis() as u64,
+        "crash expiry"
+    );
     w.cleanup().await;
     Ok(())
 }

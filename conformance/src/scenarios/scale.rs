@@ -22,7 +22,8 @@ pub async fn fifty_concurrent_installs_all_visible<B: Backend>(b: &B) -> anyhow:
     anyhow::ensure!(want.len() == 50, "lease ids are not unique: {} distinct", want.len());
     let m = method("t.Crowd", "Join");
     eventually(PROPAGATION * 2, "all 50 visible", || {
-        let mut got: Vec<i64> = disc.get_service(&m).map(|n| n.iter().map(|n| n.lease_id).collect()).unwrap_or_default();
+        let mut got: Vec<i64> =
+            disc.get_service(&m).map(|n| n.iter().map(|n| n.lease_id).collect()).unwrap_or_default();
         got.sort_unstable();
         got == want
     })

@@ -40,7 +40,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target = servers::resolve(&args.backend, args.url.clone()).await?;
     let writer_side = registry::connect(target.url.as_str()).await.context("connecting the registrar side")?;
     let reader_side = registry::connect(target.url.as_str()).await.context("connecting the discoverer side")?;
-    let namespace = format!("bench-{:x}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().map(|d| d.as_secs() % 100_000).unwrap_or(0));
+    let namespace = format!(
+        "bench-{:x}-{}",
+        std::process::id(),
+        std::time::UNIX_EPOCH.elapsed().map(|d| d.as_secs() % 100_000).unwrap_or(0)
+    );
     let env = "bench";
     let ttl = Duration::from_secs(args.ttl);
     let conf = ServiceConf::default().with_namespace(&namespace).with_ttl_floor(Duration::from_secs(2)).with_ttl(ttl);
@@ -135,7 +139,11 @@ async fn wait_for(events: &mut BoxStream<'static, DiscoveryEvent>, lease: i64, u
         false
     })
     .await;
-    anyhow::ensure!(matches!(found, Ok(true)), "probe lease {lease} not seen {} within {VISIBLE_WITHIN:?}", if up { "up" } else { "down" });
+    anyhow::ensure!(
+        matches!(found, Ok(true)),
+        "probe lease {lease} not seen {} within {VISIBLE_WITHIN:?}",
+        if up { "up" } else { "down" }
+    );
     Ok(())
 }
 

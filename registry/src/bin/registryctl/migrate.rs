@@ -60,7 +60,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     discovery.watcher().await.with_context(|| format!("listing {}", args.from))?;
 
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut mirrors: HashMap<Arc<str>, Mirror> = HashMap::new();
     let mut tally = Tally::default();
@@ -79,7 +82,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     loop {
         bar.set_message(format!(
             "mirroring {} → {}: {} live, {} mirrored, {} updated, {} removed, {} failed",
-            args.from, args.to, mirrors.len(), tally.mirrored, tally.updated, tally.removed, tally.failed
+            args.from,
+            args.to,
+            mirrors.len(),
+            tally.mirrored,
+            tally.updated,
+            tally.removed,
+            tally.failed
         ));
         let event = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
