@@ -1,0 +1,303 @@
+//! [`KubernetesConfig`]: which storage mode, which cluster, which names.
+
+use std::path::PathBuf;
+
+use registry_core::{Error, Result};
+
+/// Label and annotation prefix used when none is configured.
+///
+/// Every label and annotation this backend writes is `<prefix>/<name>`; a
+/// fleet that must share Pods with the Go framework of seed 003 sets the
+/// prefix that framework used (`micro.mu`).
+pub const DEFAULT_PREFIX: &str = "registry.fireflycore.io";
+
+/// Where the records live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// One `coordination.k8s.io/v1` Lease per instance (the default): no
+    /// write contention between instances, `renewTime` as the heartbeat,
+    /// garbage-collected with the registrar's Pod through an ownerReference.
+    #[default]
+    Lease,
+    /// One ConfigMap `ff-registry-<env>` per env with one data entry per
+    /// instance (the Go framework's layout, with a valid key encoding).
+    ConfigMap,
+    /// Labels and an annotation on the registrar's own Pod; a node is live
+    /// while its Pod is `Running`.
+    Pod,
+}
+
+impl Mode {
+    /// The mode's name in URLs and logs: `lease`, `configmap`, `pod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Lease => "lease",
+            Mode::ConfigMap => "configmap",
+            Mode::Pod => "pod",
+        }
+    }
+
+    /// Parses `lease`, `configmap` or `pod` (case-insensitive).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "lease" | "leases" => Ok(Mode::Lease),
+            "configmap" | "configmaps" | "config-map" => Ok(Mode::ConfigMap),
+            "pod" | "pods" => Ok(Mode::Pod),
+            other => Err(Error::invalid("kubernetes.mode", format!("`{other}` is not one of lease, configmap, pod"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the client finds the API server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterSource {
+    /// `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account
+    /// (kube-rs' `Config::infer`).
+    #[default]
+    Infer,
+    /// A kubeconfig file.
+    Kubeconfig(PathBuf),
+    /// The in-cluster service account only.
+    InCluster,
+}
+
+/// Settings of the Kubernetes backend.
+///
+/// The registry namespace (`ServiceConf::namespace`, the `Scope`'s
+/// namespace) is the Kubernetes namespace, unless [`namespace`](Self::namespace)
+/// overrides it.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KubernetesConfig {
+    /// Storage mode (default [`Mode::Lease`]).
+    pub mode: Mode,
+    /// How to reach the cluster.
+    pub cluster: ClusterSource,
+    /// Kubeconfig context (default: the current context).
+    pub context: Option<String>,
+    /// Label/annotation prefix (default [`DEFAULT_PREFIX`]).
+    pub prefix: String,
+    /// The registrar's own Pod: required in [`Mode::Pod`]; in [`Mode::Lease`]
+    /// it becomes the Lease's owner and holder when the Pod exists. Default:
+    /// `POD_NAME`, else `HOSTNAME`.
+    pub pod_name: Option<String>,
+    /// Kubernetes namespace to use instead of the registry namespace.
+    pub namespace: Option<String>,
+    /// Run the janitor in discoverers: delete records (ConfigMap entries,
+    /// Leases) whose heartbeat stopped for [`janitor_after`](Self::janitor_after)
+    /// heartbeat windows, with a precondition that cannot delete a live one.
+    pub janitor: bool,
+    /// How many heartbeat windows without a change make a record garbage (default 3).
+    pub janitor_after: u32,
+    /// Field manager name on every write (default `registry`).
+    pub field_manager: String,
+    /// Conflict retries before a write gives up with `Error::Conflict` (default 10).
+    pub max_conflict_retries: u32,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::default(),
+            cluster: ClusterSource::default(),
+            context: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            pod_name: default_pod_name(),
+            namespace: None,
+            janitor: true,
+            janitor_after: 3,
+            field_manager: "registry".to_owned(),
+            max_conflict_retries: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for KubernetesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Holds no secrets (credentials stay in the kubeconfig file); listed explicitly anyway
+        // so that a future credential field is not printed by accident.
+        f.debug_struct("KubernetesConfig")
+            .field("mode", &self.mode)
+            .field("cluster", &self.cluster)
+            .field("context", &self.context)
+            .field("prefix", &self.prefix)
+            .field("pod_name", &self.pod_name)
+            .field("namespace", &self.namespace)
+            .field("janitor", &self.janitor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POD_NAME` (downward API), else `HOSTNAME` (a Pod's hostname is its name).
+fn default_pod_name() -> Option<String> {
+    ["POD_NAME", "HOSTNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+}
+
+impl KubernetesConfig {
+    /// The default configuration in `mode`.
+    pub fn new(mode: Mode) -> Self {
+        Self { mode, ..Self::default() }
+    }
+
+    /// Sets the mode.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Uses the kubeconfig file at `path`.
+    pub fn with_kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cluster = ClusterSource::Kubeconfig(path.into());
+        self
+    }
+
+    /// Uses the in-cluster service account.
+    pub fn in_cluster(mut self) -> Self {
+        self.cluster = ClusterSource::InCluster;
+        self
+    }
+
+    /// Uses kubeconfig context `context`.
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// Sets the label/annotation prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets (or clears) the registrar's Pod name.
+    pub fn with_pod_name(mut self, pod_name: Option<String>) -> Self {
+        self.pod_name = pod_name;
+        self
+    }
+
+    /// Overrides the Kubernetes namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Turns the janitor on or off.
+    pub fn with_janitor(mut self, on: bool) -> Self {
+        self.janitor = on;
+        self
+    }
+
+    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&janitor=true|false]`.
+    ///
+    /// `kubernetes://in-cluster` (or `incluster=true`) forces the in-cluster
+    /// service account; otherwise the kubeconfig is inferred
+    /// (`KUBECONFIG`, `~/.kube/config`, then in-cluster).
+    pub fn from_url(url: &url::Url) -> Result<Self> {
+        if !matches!(url.scheme(), "kubernetes" | "k8s") {
+            return Err(Error::invalid("url", format!("scheme `{}` is not kubernetes://", url.scheme())));
+        }
+        let mut config = Self::default();
+        match url.host_str() {
+            None | Some("") => {}
+            Some("in-cluster") | Some("incluster") => config.cluster = ClusterSource::InCluster,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "url",
+                    format!("kubernetes://{other}: the host must be empty or `in-cluster`; use ?kubeconfig=PATH"),
+                ));
+            }
+        }
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "mode" => config.mode = Mode::parse(&value)?,
+                "kubeconfig" => config.cluster = ClusterSource::Kubeconfig(PathBuf::from(value.as_ref())),
+                "incluster" | "in-cluster" => {
+                    if parse_bool("url.incluster", &value)? {
+                        config.cluster = ClusterSource::InCluster;
+                    }
+                }
+                "context" => config.context = Some(value.into_owned()),
+                "prefix" => config.prefix = value.into_owned(),
+                "pod" | "pod_name" => config.pod_name = Some(value.into_owned()).filter(|v| !v.is_empty()),
+                "namespace" => config.namespace = Some(value.into_owned()).filter(|v| !v.is_empty()),
+                "janitor" => config.janitor = parse_bool("url.janitor", &value)?,
+                other => return Err(Error::invalid("url", format!("unknown kubernetes:// parameter `{other}`"))),
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the prefix and names, naming the first invalid field.
+    pub fn validate(&self) -> Result<()> {
+        crate::encode::validate_prefix(&self.prefix)?;
+        if let Some(ns) = &self.namespace {
+            registry_core::conf::validate_dns_label("kubernetes.namespace", ns)?;
+        }
+        if self.janitor_after == 0 {
+            return Err(Error::invalid("kubernetes.janitor_after", "must be at least 1"));
+        }
+        if self.field_manager.is_empty() {
+            return Err(Error::invalid("kubernetes.field_manager", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The Kubernetes namespace for a registry namespace.
+    pub(crate) fn namespace_for<'a>(&'a self, registry_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(registry_namespace)
+    }
+}
+
+fn parse_bool(field: &'static str, value: &str) -> Result<bool> {
+    match value {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(Error::invalid(field, format!("`{other}` is not a boolean"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<KubernetesConfig> {
+        KubernetesConfig::from_url(&url::Url::parse(s).map_err(|e| Error::invalid("url", e.to_string()))?)
+    }
+
+    #[test]
+    fn default_mode_is_lease() {
+        assert_eq!(parse("kubernetes://").map(|c| c.mode).ok(), Some(Mode::Lease));
+    }
+
+    #[test]
+    fn url_parameters_are_read() {
+        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&janitor=false")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.mode, Mode::ConfigMap);
+        assert_eq!(c.cluster, ClusterSource::Kubeconfig("/tmp/kc".into()));
+        assert_eq!(c.context.as_deref(), Some("kind"));
+        assert_eq!(c.prefix, "micro.mu");
+        assert!(!c.janitor);
+        assert_eq!(
+            parse("kubernetes://in-cluster?mode=pod&pod=p-1").map(|c| (c.cluster, c.pod_name)).ok(),
+            Some((ClusterSource::InCluster, Some("p-1".to_owned())))
+        );
+    }
+
+    #[test]
+    fn bad_urls_name_the_problem() {
+        for bad in ["kubernetes://?mode=disk", "kubernetes://?colour=blue", "kubernetes://somehost", "etcd://x"] {
+            assert!(matches!(parse(bad), Err(Error::InvalidConfig { .. })), "{bad}");
+        }
+        assert!(matches!(parse("kubernetes://?prefix=Bad_Prefix"), Err(Error::InvalidConfig { .. })));
+    }
+}

@@ -1,0 +1,367 @@
+//! `configmap` mode (seed 000): one ConfigMap `ff-registry-<env>` per env,
+//! one data entry per instance.
+//!
+//! - key `<app_id>.<lease_id>` ([`crate::encode::configmap_key`]; the seed's
+//!   `<app_id>/<lease_id>` is rejected by a real API server), value = node JSON;
+//! - writes are JSON **merge patches of the single key**: the API server
+//!   applies them under its own optimistic-concurrency loop on the latest
+//!   object, so concurrent writers never drop each other's entries and never
+//!   conflict (100 concurrent installs all land). The only read-modify-write
+//!   is the create race (two writers creating the ConfigMap at once: the loser
+//!   gets 409 AlreadyExists and patches instead), retried up to
+//!   `max_conflict_retries` times, then `Conflict`;
+//! - writers of one process that share a [`crate::KubernetesStore`]
+//!   **coalesce** their entry writes per ConfigMap ([`EntryBatch`]): while one
+//!   merge patch is in flight, the entries queued behind it go out together in
+//!   the next one. Every write of one ConfigMap is serialised by the API server
+//!   (each is a full rewrite of the object, and concurrent ones conflict and are
+//!   retried inside the server), so 50 registrars of one process installing at
+//!   once cost two or three writes instead of fifty;
+//! - before a write would push the ConfigMap past Kubernetes' 1 MiB limit
+//!   (the sum of key and value lengths, the rule the API server validates) it
+//!   is refused with `TooLarge` naming the ConfigMap; the API server's own
+//!   validation (422 "Too long") backs the check up under races and maps to
+//!   `TooLarge` too;
+//! - a heartbeat rewrites the entry with the fresh node (new `run_date` and
+//!   `renewed_at_ms`): there is no server-side TTL, so a crashed instance's
+//!   entry stays until the janitor removes it (see [`crate::janitor`]): a JSON
+//!   patch `test` of the exact value, then `remove`.
+//!
+//! Discovery watches the one ConfigMap (field selector `metadata.name`, so
+//! ConfigMaps written by the Go framework without our labels are seen too)
+//! and diffs its entries ([`crate::watch`]); liveness is `Heartbeat` with the
+//! node's own `ttl` as window and the value as stamp.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use registry_core::store::{Liveness, RawRecord, StoreWriter};
+use registry_core::{Error, Result, ServiceNode};
+use tokio::sync::oneshot;
+
+use crate::encode::{Names, configmap_key, configmap_name, parse_configmap_key, pointer_segment};
+use crate::error::{Call, KIND, is_conflict, is_not_found, map};
+use crate::janitor::Target;
+use crate::watch::{Item, Layout};
+
+/// Kubernetes' limit on a ConfigMap's data (sum of key and value lengths).
+pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
+
+const RESOURCE: &str = "configmaps";
+
+/// The size Kubernetes counts for a ConfigMap's data.
+pub fn data_size(cm: &ConfigMap) -> usize {
+    let data: usize = cm.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+    let binary: usize = cm.binary_data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum();
+    data + binary
+}
+
+/// Why a coalesced entry write failed.
+#[derive(Debug)]
+pub enum EntryError {
+    /// The ConfigMap does not exist.
+    NotFound,
+    /// Anything else, mapped.
+    Other(Error),
+}
+
+type Answer = std::result::Result<(), EntryError>;
+
+struct Queued {
+    key: String,
+    value: Option<String>,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Coalesces the entry writes of one process to one ConfigMap: one merge
+/// patch in flight at a time, carrying every entry queued behind the last one.
+pub struct EntryBatch {
+    api: Api<ConfigMap>,
+    name: String,
+    params: PatchParams,
+    queue: Mutex<Vec<Queued>>,
+    flush: tokio::sync::Mutex<()>,
+}
+
+impl EntryBatch {
+    /// A batch for ConfigMap `name` in `api`'s namespace.
+    pub fn new(api: Api<ConfigMap>, name: String, field_manager: &str) -> Self {
+        let params = PatchParams { field_manager: Some(field_manager.to_owned()), ..PatchParams::default() };
+        Self { api, name, params, queue: Mutex::new(Vec::new()), flush: tokio::sync::Mutex::new(()) }
+    }
+
+    fn enqueue(&self, key: &str, value: Option<&str>) -> oneshot::Receiver<Answer> {
+        let (answer, receiver) = oneshot::channel();
+        let item = Queued { key: key.to_owned(), value: value.map(str::to_owned), answer };
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push(item);
+        }
+        receiver
+    }
+
+    /// Sets `data[key] = value` (removes it for `None`), possibly together
+    /// with other queued entries. Cancellation-safe: an entry whose flusher
+    /// was cancelled is queued again.
+    pub async fn write(&self, key: &str, value: Option<&str>) -> Answer {
+        let mut receiver = self.enqueue(key, value);
+        loop {
+            let _turn = self.flush.lock().await;
+            match receiver.try_recv() {
+                Ok(answer) => return answer,
+                Err(oneshot::error::TryRecvError::Closed) => receiver = self.enqueue(key, value),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+            self.send(batch).await;
+            if let Ok(answer) = receiver.try_recv() {
+                return answer;
+            }
+        }
+    }
+
+    async fn patch(&self, entries: &[&Queued]) -> Answer {
+        let data: serde_json::Map<String, serde_json::Value> =
+            entries.iter().map(|q| (q.key.clone(), q.value.clone().into())).collect();
+        let patch = serde_json::json!({ "data": data });
+        match self.api.patch(&self.name, &self.params, &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EntryError::NotFound),
+            Err(e) => Err(EntryError::Other(map(e, Call::new("patch", RESOURCE, &self.name)))),
+        }
+    }
+
+    async fn send(&self, batch: Vec<Queued>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Later writes of a key win within a batch.
+        let refs: Vec<&Queued> = batch.iter().collect();
+        let answer = self.patch(&refs).await;
+        if batch.len() > 1 && matches!(answer, Err(EntryError::Other(Error::TooLarge { .. }))) {
+            // Together too large: find out which entries fit on their own.
+            for item in batch {
+                let answer = self.patch(&[&item]).await;
+                let _ = item.answer.send(answer);
+            }
+            return;
+        }
+        for item in batch {
+            let copy = match &answer {
+                Ok(()) => Ok(()),
+                Err(EntryError::NotFound) => Err(EntryError::NotFound),
+                Err(EntryError::Other(e)) => Err(EntryError::Other(e.duplicate())),
+            };
+            // A waiter that gave up (timed out) does not need its answer.
+            let _ = item.answer.send(copy);
+        }
+    }
+}
+
+/// Writes one instance's entry in `ff-registry-<env>`.
+pub struct ConfigMapWriter {
+    api: Api<ConfigMap>,
+    batch: Arc<EntryBatch>,
+    names: Names,
+    env: String,
+    name: String,
+    field_manager: String,
+    max_attempts: u32,
+}
+
+impl ConfigMapWriter {
+    /// A writer for env `env`, in `api`'s namespace, writing entries through `batch`.
+    pub fn new(
+        api: Api<ConfigMap>,
+        batch: Arc<EntryBatch>,
+        names: Names,
+        env: String,
+        field_manager: String,
+        max_conflict_retries: u32,
+    ) -> Self {
+        let name = configmap_name(&env);
+        Self { api, batch, names, env, name, field_manager, max_attempts: max_conflict_retries.max(1) }
+    }
+
+    fn too_large(&self, size: usize) -> Error {
+        Error::TooLarge {
+            what: format!(
+                "ConfigMap `{}` in namespace `{}` (Kubernetes' 1 MiB limit; use lease mode for large fleets)",
+                self.name,
+                self.api_namespace()
+            ),
+            size,
+            limit: MAX_CONFIGMAP_BYTES,
+        }
+    }
+
+    fn api_namespace(&self) -> String {
+        // `Api` does not expose its namespace; the resource URL ends in `/namespaces/<ns>/configmaps`.
+        let url = self.api.resource_url();
+        url.split('/').skip_while(|s| *s != "namespaces").nth(1).unwrap_or_default().to_owned()
+    }
+
+    fn new_configmap(&self, key: &str, value: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(BTreeMap::from([
+                    (self.names.env_label(), self.env.clone()),
+                    ("app.kubernetes.io/managed-by".to_owned(), "registry".to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(key.to_owned(), value.to_owned())])),
+            ..ConfigMap::default()
+        }
+    }
+}
+
+#[async_trait]
+impl StoreWriter for ConfigMapWriter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn grant(&self, _ttl: Duration) -> Result<i64> {
+        Ok(crate::encode::next_instance_id())
+    }
+
+    async fn put(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
+        let key = configmap_key(&node.meta.app_id, node.lease_id)?;
+        let value = node.to_json()?;
+        if key.len() + value.len() > MAX_CONFIGMAP_BYTES {
+            return Err(self.too_large(key.len() + value.len()));
+        }
+        for _ in 0..self.max_attempts {
+            let current =
+                self.api.get_opt(&self.name).await.map_err(|e| map(e, Call::new("get", RESOURCE, &self.name)))?;
+            match current {
+                None => {
+                    let cm = self.new_configmap(&key, &value);
+                    let params =
+                        PostParams { field_manager: Some(self.field_manager.clone()), ..PostParams::default() };
+                    match self.api.create(&params, &cm).await {
+                        Ok(_) => return Ok(()),
+                        // Another writer created it first: patch into theirs.
+                        Err(e) if is_conflict(&e) => continue,
+                        Err(e) => return Err(map(e, Call::new("create", RESOURCE, &self.name))),
+                    }
+                }
+                Some(cm) => {
+                    let old = cm.data.as_ref().and_then(|d| d.get(&key)).map_or(0, |v| key.len() + v.len());
+                    let size = data_size(&cm) - old + key.len() + value.len();
+                    if size > MAX_CONFIGMAP_BYTES {
+                        return Err(self.too_large(size));
+                    }
+                    match self.batch.write(&key, Some(&value)).await {
+                        Ok(()) => return Ok(()),
+                        // Deleted since the read: create it again.
+                        Err(EntryError::NotFound) | Err(EntryError::Other(Error::Conflict { .. })) => continue,
+                        Err(EntryError::Other(Error::TooLarge { .. })) => return Err(self.too_large(size)),
+                        Err(EntryError::Other(e)) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(Error::Conflict { backend: KIND, what: format!("ConfigMap `{}`", self.name), attempts: self.max_attempts })
+    }
+
+    async fn renew(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
+        let key = configmap_key(&node.meta.app_id, node.lease_id)?;
+        let value = node.to_json()?;
+        match self.batch.write(&key, Some(&value)).await {
+            Ok(()) => Ok(()),
+            Err(EntryError::NotFound) => Err(Error::LeaseExpired { backend: KIND }),
+            Err(EntryError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn remove(&self, node: &ServiceNode) -> Result<()> {
+        let key = configmap_key(&node.meta.app_id, node.lease_id)?;
+        match self.batch.write(&key, None).await {
+            Ok(()) | Err(EntryError::NotFound) => Ok(()),
+            Err(EntryError::Other(e)) => Err(e),
+        }
+    }
+}
+
+/// The entries of `ff-registry-<env>` as records.
+pub struct ConfigMapLayout {
+    api: Api<ConfigMap>,
+    name: String,
+}
+
+impl ConfigMapLayout {
+    /// Reads `ff-registry-<env>` through `api`.
+    pub fn new(api: Api<ConfigMap>, env: &str) -> Self {
+        Self { api, name: configmap_name(env) }
+    }
+
+    /// The watched ConfigMap's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Just the TTL of a node, for the janitor.
+#[derive(serde::Deserialize)]
+struct TtlOnly {
+    ttl: Option<u64>,
+}
+
+impl Layout for ConfigMapLayout {
+    type Object = ConfigMap;
+    const RESOURCE: &'static str = RESOURCE;
+
+    fn items(&self, cm: &ConfigMap) -> Vec<Item> {
+        if cm.name_any() != self.name {
+            return Vec::new();
+        }
+        let mut items = Vec::new();
+        for (key, value) in cm.data.iter().flatten() {
+            if let Err(reason) = parse_configmap_key(key) {
+                items.push(Item::Malformed { key: key.clone(), reason });
+                continue;
+            }
+            let record = RawRecord::new(key.clone(), value.clone()).with_liveness(Liveness::Heartbeat { window: None });
+            let window = serde_json::from_str::<TtlOnly>(value).ok().and_then(|t| t.ttl).filter(|t| *t > 0);
+            let reap = window.map(|ttl| {
+                let target = Target {
+                    object: self.name.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                    resource_version: None,
+                };
+                (Duration::from_secs(ttl), target)
+            });
+            items.push(Item::Record { record, reap });
+        }
+        for key in cm.binary_data.iter().flatten().map(|(k, _)| k) {
+            items.push(Item::Malformed { key: key.clone(), reason: "binaryData entry".into() });
+        }
+        items
+    }
+
+    fn reap(&self, target: Target) -> BoxFuture<'static, Result<()>> {
+        let api = self.api.clone();
+        Box::pin(async move {
+            let path = format!("/data/{}", pointer_segment(&target.key));
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+                { "op": "test", "path": path, "value": target.value },
+                { "op": "remove", "path": path },
+            ]))
+            .map_err(|e| Error::Encode { reason: e.to_string() })?;
+            api.patch(&target.object, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| map(e, Call::new("patch", RESOURCE, &target.object)))
+        })
+    }
+}

@@ -1,0 +1,266 @@
+//! Names, keys, labels and annotations, encoded to Kubernetes' rules.
+//!
+//! | what | form | rule it must meet |
+//! |---|---|---|
+//! | ConfigMap | `ff-registry-<env>` | DNS subdomain (env is a DNS label) |
+//! | ConfigMap data key | `<app_id>.<lease_id>` | `[-._a-zA-Z0-9]+`, ≤ 253 |
+//! | Lease name | `<env>.<app slug>.<lease id>` | DNS subdomain, ≤ 253 |
+//! | labels | `<prefix>/type=service`, `<prefix>/env=<env>`, `<prefix>/app=<app_id>`, `<prefix>/selector-<app_id>=service` | qualified name; value ≤ 63 |
+//! | annotations | `<prefix>/node` (Lease), `<prefix>/service-<app_id>` (Pod) | qualified name |
+//!
+//! The ConfigMap key splits at its **last** dot: app ids may contain dots,
+//! lease ids (decimal integers) never do, so `a.b.c.42` is app `a.b.c`, lease 42.
+//! App ids are already restricted by core to `[A-Za-z0-9._-]` (≤ 63, alphanumeric
+//! at both ends), so every app id is a valid label value and key part; only the
+//! length limit of a label *name* (63) can make `selector-<app_id>` unencodable,
+//! which [`Names::selector_label`] reports as `InvalidConfig`.
+
+use registry_core::{Error, Result};
+
+/// Longest label name part (after the prefix `/`).
+pub const MAX_LABEL_NAME: usize = 63;
+/// Longest DNS subdomain (object names, label prefixes).
+pub const MAX_SUBDOMAIN: usize = 253;
+/// Longest ConfigMap data key.
+pub const MAX_CONFIGMAP_KEY: usize = 253;
+
+/// Value of the `type` label on every object this backend writes (and the seed's Pods).
+pub const TYPE_SERVICE: &str = "service";
+
+/// Checks a label/annotation prefix: a lowercase DNS subdomain.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || prefix.len() > MAX_SUBDOMAIN || !is_dns_subdomain(prefix) {
+        return Err(Error::invalid(
+            "kubernetes.prefix",
+            format!("`{prefix}` is not a DNS subdomain (lowercase letters, digits, `-`, `.`; at most {MAX_SUBDOMAIN})"),
+        ));
+    }
+    Ok(())
+}
+
+/// True for a DNS-1123 subdomain: dot-separated labels of `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+pub fn is_dns_subdomain(value: &str) -> bool {
+    value.len() <= MAX_SUBDOMAIN
+        && value.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// True for the name part of a qualified name (label or annotation key).
+pub fn is_label_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_LABEL_NAME
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// True for a ConfigMap data key.
+pub fn is_configmap_key(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_CONFIGMAP_KEY
+        && value != "."
+        && value != ".."
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Label, annotation and object names for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix` (validated by [`crate::KubernetesConfig::validate`]).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/type`: `service` on every Lease and registered Pod.
+    pub fn type_label(&self) -> String {
+        format!("{}/type", self.prefix)
+    }
+
+    /// `<prefix>/env`: the env of a Lease or registered Pod.
+    pub fn env_label(&self) -> String {
+        format!("{}/env", self.prefix)
+    }
+
+    /// `<prefix>/app`: the app id of a Lease.
+    pub fn app_label(&self) -> String {
+        format!("{}/app", self.prefix)
+    }
+
+    /// `<prefix>/node`: the node JSON on a Lease.
+    pub fn node_annotation(&self) -> String {
+        format!("{}/node", self.prefix)
+    }
+
+    /// The label selector of discovery in `env`: `<prefix>/type=service,<prefix>/env=<env>`.
+    pub fn selector(&self, env: &str) -> String {
+        format!("{}={TYPE_SERVICE},{}={env}", self.type_label(), self.env_label())
+    }
+
+    /// `<prefix>/selector-<app_id>` (seed 003), or `InvalidConfig` when the
+    /// app id makes the label name longer than 63 characters.
+    pub fn selector_label(&self, app_id: &str) -> Result<String> {
+        self.pod_key("selector-", app_id)
+    }
+
+    /// `<prefix>/service-<app_id>` (seed 003): the node JSON on a Pod.
+    pub fn service_annotation(&self, app_id: &str) -> Result<String> {
+        self.pod_key("service-", app_id)
+    }
+
+    /// The app id of a `<prefix>/service-<app_id>` annotation key, if it is one.
+    pub fn app_of_service_annotation<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix("/service-").filter(|app| !app.is_empty())
+    }
+
+    fn pod_key(&self, kind: &str, app_id: &str) -> Result<String> {
+        let name = format!("{kind}{app_id}");
+        if !is_label_name(&name) {
+            return Err(Error::invalid(
+                "meta.app_id",
+                format!(
+                    "`{app_id}` cannot be encoded in pod mode: `{}/{name}` must be a Kubernetes label key \
+                     (name part at most {MAX_LABEL_NAME} characters, so app ids of at most {} characters)",
+                    self.prefix,
+                    MAX_LABEL_NAME - kind.len()
+                ),
+            ));
+        }
+        Ok(format!("{}/{name}", self.prefix))
+    }
+}
+
+/// `ff-registry-<env>`: the ConfigMap of an env (seed 000).
+pub fn configmap_name(env: &str) -> String {
+    format!("ff-registry-{env}")
+}
+
+/// The ConfigMap data key of an instance: `<app_id>.<lease_id>`.
+pub fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
+    let key = format!("{app_id}.{lease_id}");
+    if !is_configmap_key(&key) {
+        return Err(Error::invalid("meta.app_id", format!("`{app_id}` cannot be encoded as a ConfigMap key")));
+    }
+    Ok(key)
+}
+
+/// App id and lease id of a ConfigMap data key, or why it is not one of ours.
+pub fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64), String> {
+    let (app, lease) = key.rsplit_once('.').ok_or_else(|| format!("`{key}` is not `<app_id>.<lease_id>`"))?;
+    let lease: i64 = lease.parse().map_err(|_| format!("`{key}`: `{lease}` is not a lease id"))?;
+    if app.is_empty() {
+        return Err(format!("`{key}` has an empty app id"));
+    }
+    Ok((app, lease))
+}
+
+/// The Lease name of an instance: `<env>.<app slug>.<lease id>`.
+///
+/// The slug lowercases the app id and turns `_` and `.` into `-`; when that
+/// changed anything, a short hash of the exact app id is appended so that
+/// `Orders` and `orders` get different Leases. Negative lease ids are
+/// written `n<digits>`. The app id is not recovered from the name (it is in
+/// the labels and the node), the name only has to be unique and valid.
+pub fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
+    let slug: String =
+        app_id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let slug = if slug == app_id { slug } else { format!("{slug}-{:08x}", fnv32(app_id)) };
+    let lease = if lease_id < 0 { format!("n{}", lease_id.unsigned_abs()) } else { lease_id.to_string() };
+    format!("{env}.{slug}.{lease}")
+}
+
+/// FNV-1a, 32 bits: a stable short hash (not for security).
+fn fnv32(value: &str) -> u32 {
+    value.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// A process-unique instance id (the `lease_id` of modes without server
+/// leases): nanoseconds since the Unix epoch at first use, then counting up,
+/// like the Go framework's ids — unique across restarts in practice.
+pub fn next_instance_id() -> i64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: OnceLock<AtomicI64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX / 2))
+            .unwrap_or(1);
+        AtomicI64::new(nanos.max(1))
+    });
+    next.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Escapes a JSON-pointer path segment (RFC 6901).
+pub fn pointer_segment(value: &str) -> String {
+    value.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configmap_keys_round_trip_with_dotted_app_ids() {
+        for (app, lease) in [("user-service", 7_587_869_532_745_834_261_i64), ("a.b.c", 42), ("A_b", -3)] {
+            let key = configmap_key(app, lease).unwrap_or_else(|e| panic!("{e}"));
+            assert!(is_configmap_key(&key), "{key}");
+            assert_eq!(parse_configmap_key(&key), Ok((app, lease)));
+        }
+        assert!(parse_configmap_key("garbage").is_err());
+        assert!(parse_configmap_key("app.notanumber").is_err());
+        assert!(parse_configmap_key(".5").is_err());
+    }
+
+    #[test]
+    fn lease_names_are_valid_and_distinct() {
+        let names = [
+            lease_name("prod", "orders", 1),
+            lease_name("prod", "Orders", 1),
+            lease_name("prod", "or_ders", 1),
+            lease_name("prod", "or-ders", 1),
+            lease_name("prod", "a.-b", 1),
+            lease_name("prod", &"x".repeat(63), i64::MAX),
+            lease_name("prod", "orders", -9),
+        ];
+        for n in &names {
+            assert!(is_dns_subdomain(n), "{n}");
+        }
+        let mut unique = names.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+    }
+
+    #[test]
+    fn pod_keys_follow_label_rules() {
+        let names = Names::new("micro.mu");
+        assert_eq!(names.selector_label("greeter").ok().as_deref(), Some("micro.mu/selector-greeter"));
+        assert_eq!(names.service_annotation("g.v1").ok().as_deref(), Some("micro.mu/service-g.v1"));
+        assert_eq!(names.app_of_service_annotation("micro.mu/service-g.v1"), Some("g.v1"));
+        assert_eq!(names.app_of_service_annotation("other.io/service-g"), None);
+        let long = "a".repeat(60);
+        assert!(matches!(names.selector_label(&long), Err(Error::InvalidConfig { field: "meta.app_id", .. })));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix(crate::config::DEFAULT_PREFIX).is_ok());
+        assert!(validate_prefix("micro.mu").is_ok());
+        for bad in ["", "Micro.mu", "a..b", "-a", "a/b"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+}
