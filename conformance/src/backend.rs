@@ -25,6 +25,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(())
     }
 
+    /// The same check for scenarios that stop and restart the server: they
+    /// always use a local server of their own (a user's cluster cannot be
+    /// stopped), so this usually checks for the local binary.
+    fn dedicated_available() -> Result<(), Unavailable> {
+        Self::available()
+    }
+
     /// Starts the server (or connects to the user's) and the client.
     /// `Err` means the server is not available: the run fails under
     /// `REGISTRY_TEST_REQUIRE=1`, else the backend's scenarios are ignored.

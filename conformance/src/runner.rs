@@ -59,6 +59,13 @@ impl Runner {
             }
             _ => None,
         };
+        let dedicated_skip = match B::dedicated_available() {
+            Err(e) if !required() => {
+                eprintln!("SKIPPING {name} scenarios that stop the server: {e}");
+                Some(e.to_string())
+            }
+            _ => None,
+        };
         for scenario in scenarios::all::<B>() {
             let shared = Arc::clone(&shared);
             let test_name = format!("{name}::{}", scenario.name);
@@ -86,7 +93,12 @@ impl Runner {
                     result.map_err(Failed::from)
                 })
             });
-            self.trials.push(match &skip {
+            let reason = match needs {
+                Needs::SharedServer => &skip,
+                Needs::DedicatedServer if skip.is_some() => &skip,
+                Needs::DedicatedServer => &dedicated_skip,
+            };
+            self.trials.push(match reason {
                 Some(reason) => trial.with_ignored_flag(true).with_kind(format!("no server: {reason}")),
                 None => trial,
             });

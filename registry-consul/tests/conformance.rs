@@ -45,6 +45,10 @@ impl Backend for Consul {
         consul::available()
     }
 
+    fn dedicated_available() -> Result<(), Unavailable> {
+        conformance::env::binary("consul").map(|_| ())
+    }
+
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
         let server = match server {
             ServerUse::Shared => ConsulServer::start().await?,

@@ -30,6 +30,10 @@ impl Backend for Etcd {
         etcd::available()
     }
 
+    fn dedicated_available() -> Result<(), Unavailable> {
+        conformance::env::binary("etcd").map(|_| ())
+    }
+
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
         let server = match server {
             ServerUse::Shared => EtcdServer::start().await?,

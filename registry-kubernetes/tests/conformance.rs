@@ -91,22 +91,15 @@ impl<M: StorageMode> Backend for Kube<M> {
         KubeServer::available()
     }
 
+    fn dedicated_available() -> Result<(), Unavailable> {
+        conformance::env::binary("kube-apiserver").map(|_| ())
+    }
+
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
         let server = match server {
             ServerUse::Shared => KubeServer::shared().await?,
-            ServerUse::Dedicated => {
-                let server = KubeServer::start().await?;
-                if !server.is_local() {
-                    return Err(Unavailable::StartFailed {
-                        server: "kubernetes (KUBECONFIG)".into(),
-                        reason:
-                            "the outage scenario stops and restarts kube-apiserver; it needs the local test server \
-                                 (unset KUBECONFIG)"
-                                .into(),
-                    });
-                }
-                Arc::new(server)
-            }
+            // The outage scenario stops kube-apiserver: always a local one of its own.
+            ServerUse::Dedicated => Arc::new(KubeServer::start_local().await?),
         };
         let store = support::store(&server, M::MODE)
             .await
@@ -123,7 +116,7 @@ impl<M: StorageMode> Backend for Kube<M> {
             return Registrar::new(&self.store, meta, conf);
         }
         let pod = unique("pod");
-        support::running_pod(&self.client(), &conf.namespace, &pod)
+        self.server.running_pod(&conf.namespace, &pod)
             .await
             .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)
@@ -172,8 +165,8 @@ impl<M: StorageMode> Backend for Kube<M> {
                 let labels =
                     serde_json::json!({ self.names.type_label(): "service", self.names.env_label(): scope.env });
                 let annotations = serde_json::json!({ format!("{}/service-{name}", self.names.prefix()): value });
-                support::create_pod(&client, ns, &pod, labels, annotations).await?;
-                support::set_phase(&client, ns, &pod, "Running").await?;
+                self.server.create_pod(ns, &pod, labels, annotations).await?;
+                self.server.set_pod_phase(ns, &pod, "Running").await?;
             }
         }
         Ok(())
@@ -186,11 +179,11 @@ impl<M: StorageMode> Backend for Kube<M> {
         let node = registrar.node().ok_or_else(|| anyhow::anyhow!("crashed registrar never installed"))?;
         let namespace = registrar.conf().namespace.clone();
         let pod = self.pod_of(&namespace, &node).await?;
-        let client = self.client();
+        let server = Arc::clone(&self.server);
         // What the kubelet does a moment after the container died: the Pod stops running.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if let Err(e) = support::set_phase(&client, &namespace, &pod, "Failed").await {
+            if let Err(e) = server.set_pod_phase(&namespace, &pod, "Failed").await {
                 tracing::error!("marking the crashed Pod failed: {e:#}");
             }
         });

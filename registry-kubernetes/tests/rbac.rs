@@ -90,7 +90,7 @@ async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
         Mode::ConfigMap => None,
         _ => {
             let pod = unique("pod");
-            support::running_pod(&server.client(), &namespace, &pod).await?;
+            server.running_pod(&namespace, &pod).await?;
             Some(pod)
         }
     };
@@ -138,7 +138,7 @@ async fn no_role_is_permission_denied(mode: Mode, resource: &str) -> anyhow::Res
         Mode::ConfigMap => None,
         _ => {
             let pod = unique("pod");
-            support::running_pod(&server.client(), &namespace, &pod).await?;
+            server.running_pod(&namespace, &pod).await?;
             Some(pod)
         }
     };

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use rcgen::{
@@ -32,6 +32,9 @@ use rcgen::{
 use super::etcd::EtcdServer;
 use super::process::ServerProcess;
 use super::{Unavailable, binary, free_port, var};
+
+/// The scheduling gate on test Pods (see [`KubeServer::create_pod`]).
+pub const POD_GATE: &str = "registry.fireflycore.io/test-no-kubelet";
 
 /// How long kube-apiserver may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -234,6 +237,45 @@ impl KubeServer {
             Err(e) => return Err(e.into()),
         }
         self.create_service_account(namespace, "default").await
+    }
+
+    /// Creates Pod `name` in `namespace` with extra `labels` and
+    /// `annotations`, not yet running. A scheduling gate keeps schedulers and
+    /// kubelets away (a user's kind cluster would otherwise try to run it).
+    pub async fn create_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: serde_json::Value,
+        annotations: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": labels, "annotations": annotations },
+            "spec": {
+                "containers": [{ "name": "app", "image": "registry.invalid/app:test" }],
+                "automountServiceAccountToken": false,
+                "schedulingGates": [{ "name": POD_GATE }],
+            }
+        }))?;
+        pods.create(&PostParams::default(), &pod).await.map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
+        Ok(())
+    }
+
+    /// Creates Pod `name` and moves it to `Running` (there is no kubelet).
+    pub async fn running_pod(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        self.create_pod(namespace, name, serde_json::json!({}), serde_json::json!({})).await?;
+        self.set_pod_phase(namespace, name, "Running").await
+    }
+
+    /// Sets a Pod's `status.phase` through the status subresource, as a kubelet would.
+    pub async fn set_pod_phase(&self, namespace: &str, name: &str, phase: &str) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let status = serde_json::json!({ "status": { "phase": phase } });
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|e| anyhow::anyhow!("set Pod {namespace}/{name} phase {phase}: {e}"))?;
+        Ok(())
     }
 
     /// Creates a ServiceAccount (already existing is fine).

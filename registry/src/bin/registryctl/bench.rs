@@ -53,7 +53,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: backend={} url={} namespace={namespace}", args.backend, redact(&target.url));
     let mut fleet = Vec::new();
     for i in 0..args.instances {
-        let r = writer_side.registrar(Meta::new(env, format!("fleet-{}", i % 50), "v1"), conf.clone())?;
+        let r = target.registrar(&writer_side, Meta::new(env, format!("fleet-{}", i % 50), "v1"), conf.clone()).await?.registrar;
         r.install(node("fleet.Svc", &format!("M{}", i % 50))).await.context("installing the fleet")?;
         let keepalive = tokio::spawn({
             let r = Arc::clone(&r);
@@ -67,7 +67,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Propagation: install → Up seen by the other side; uninstall → Down seen.
     let mut hist = Histogram::<u64>::new(3)?;
-    let probe = writer_side.registrar(Meta::new(env, PROBE_APP, "v1"), conf.clone())?;
+    let probe = target.registrar(&writer_side, Meta::new(env, PROBE_APP, "v1"), conf.clone()).await?.registrar;
     for _ in 0..args.samples {
         let start = Instant::now();
         let installed = probe.install(node("probe.Svc", "Ping")).await?;
@@ -80,7 +80,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // Crash expiry: keepalive stops without uninstall.
-    let crashy = writer_side.registrar(Meta::new(env, PROBE_APP, "v1"), conf.clone())?;
+    let crashy_instance = target.registrar(&writer_side, Meta::new(env, PROBE_APP, "v1"), conf.clone()).await?;
+    let crashy = Arc::clone(&crashy_instance.registrar);
     let installed = crashy.install(node("probe.Svc", "Ping")).await?;
     let keepalive = tokio::spawn({
         let r = Arc::clone(&crashy);
@@ -90,6 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(ttl).await;
     keepalive.abort();
     let crashed = Instant::now();
+    target.crashed(&crashy_instance).await?;
     wait_for(&mut events, installed.lease_id, false).await?;
     let expiry = crashed.elapsed();
 

@@ -4,8 +4,10 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use conformance::env::kube::KubeServer;
+use registry::{Meta, Register, Registry, ServiceConf};
 
 /// A backend's URL, and whatever keeps its local server alive.
 pub struct Target {
@@ -15,11 +17,45 @@ pub struct Target {
     _server: Option<Box<dyn Any + Send>>,
     /// The Kubernetes API server, whose namespaces must exist before use.
     kube: Option<Arc<KubeServer>>,
+    /// `pod` mode: every registrar runs in a Pod of its own.
+    pods: bool,
+    next_pod: AtomicU64,
+}
+
+/// One registering instance and, in `pod` mode, its Pod.
+pub struct Instance {
+    /// The registrar.
+    pub registrar: Arc<dyn Register>,
+    pod: Option<(String, String)>,
 }
 
 impl Target {
     fn url(url: String) -> Self {
-        Self { url, _server: None, kube: None }
+        Self::new(url, None, None, false)
+    }
+
+    fn new(url: String, server: Option<Box<dyn Any + Send>>, kube: Option<Arc<KubeServer>>, pods: bool) -> Self {
+        Self { url, _server: server, kube, pods, next_pod: AtomicU64::new(0) }
+    }
+
+    /// A registrar on `side`; in `pod` mode, in a new Running Pod of its own
+    /// (there is no kubelet: the bench plays its part).
+    pub async fn registrar(&self, side: &Registry, meta: Meta, conf: ServiceConf) -> anyhow::Result<Instance> {
+        let (Some(kube), true) = (&self.kube, self.pods) else {
+            return Ok(Instance { registrar: side.registrar(meta, conf)?, pod: None });
+        };
+        let pod = format!("bench-{}", self.next_pod.fetch_add(1, Ordering::Relaxed));
+        kube.running_pod(&conf.namespace, &pod).await?;
+        let own = registry::connect(format!("{}&pod={pod}", self.url)).await?;
+        Ok(Instance { registrar: own.registrar(meta, conf.clone())?, pod: Some((conf.namespace, pod)) })
+    }
+
+    /// The instance crashed: in `pod` mode its Pod stops running, as the kubelet would report.
+    pub async fn crashed(&self, instance: &Instance) -> anyhow::Result<()> {
+        if let (Some(kube), Some((namespace, pod))) = (&self.kube, &instance.pod) {
+            kube.set_pod_phase(namespace, pod, "Failed").await?;
+        }
+        Ok(())
     }
 
     /// Creates `namespace` where the backend needs it to exist (Kubernetes).
@@ -42,7 +78,7 @@ pub async fn resolve(backend: &str, url: Option<String>) -> anyhow::Result<Targe
         "etcd" => {
             let server = conformance::env::etcd::EtcdServer::start().await?;
             let url = format!("etcd://{}", server.endpoints().join(","));
-            Ok(Target { url, _server: Some(Box::new(server)), kube: None })
+            Ok(Target::new(url, Some(Box::new(server)), None, false))
         }
         "consul" => {
             let server = conformance::env::consul::ConsulServer::start().await?;
@@ -51,17 +87,16 @@ pub async fn resolve(backend: &str, url: Option<String>) -> anyhow::Result<Targe
                 Some(token) => format!("consul://{token}@{host}"),
                 None => format!("consul://{host}"),
             };
-            Ok(Target { url, _server: Some(Box::new(server)), kube: None })
+            Ok(Target::new(url, Some(Box::new(server)), None, false))
         }
-        "kubernetes-lease" | "kubernetes-configmap" => {
+        "kubernetes-lease" | "kubernetes-configmap" | "kubernetes-pod" => {
             let mode = backend.trim_start_matches("kubernetes-");
             let server = KubeServer::shared().await?;
             let url = format!("kubernetes://?mode={mode}&kubeconfig={}", server.kubeconfig().display());
-            Ok(Target { url, _server: None, kube: Some(server) })
+            Ok(Target::new(url, None, Some(server), mode == "pod"))
         }
         other => anyhow::bail!(
-            "backend `{other}` is not one of memory, etcd, consul, kubernetes-lease, kubernetes-configmap \
-             (kubernetes-pod needs one Pod per registrar: run it with --url inside a cluster)"
+            "backend `{other}` is not one of memory, etcd, consul, kubernetes-lease, kubernetes-configmap, kubernetes-pod"
         ),
     }
 }
