@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use registry_core::{Discovery, DiscoveryEvent, Error, Register};
 
 use super::World;
@@ -91,33 +92,30 @@ pub async fn events_report_up_and_down<B: Backend>(b: &B) -> anyhow::Result<()> 
     let mut events = disc.events();
     let inst = w.start("evented", node("t.Ev", &["A"])).await?;
     let lease = inst.node.lease_id;
-    let up = tokio::time::timeout(PROPAGATION, async {
-        while let Some(e) = events.next().await {
-            if let DiscoveryEvent::Up { node, .. } = e
-                && node.lease_id == lease
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    anyhow::ensure!(matches!(up, Ok(true)), "no Up event for the install");
+    anyhow::ensure!(next_event_of(&mut events, lease, true).await, "no Up event for the install");
     inst.stop().await?;
-    let down = tokio::time::timeout(PROPAGATION, async {
-        while let Some(e) = events.next().await {
-            if let DiscoveryEvent::Down { node, .. } = e
-                && node.lease_id == lease
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    anyhow::ensure!(matches!(down, Ok(true)), "no Down event for the uninstall");
+    anyhow::ensure!(next_event_of(&mut events, lease, false).await, "no Down event for the uninstall");
     w.cleanup().await;
     Ok(())
+}
+
+/// Waits up to [`PROPAGATION`] for an `Up` (or `Down`) event of `lease`.
+async fn next_event_of(events: &mut BoxStream<'static, DiscoveryEvent>, lease: i64, up: bool) -> bool {
+    let found = tokio::time::timeout(PROPAGATION, async {
+        while let Some(event) = events.next().await {
+            match (&event, up) {
+                (DiscoveryEvent::Up { node, .. }, true) | (DiscoveryEvent::Down { node, .. }, false)
+                    if node.lease_id == lease =>
+                {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    matches!(found, Ok(true))
 }
 
 /// Invalid names and TTLs are typed errors naming the field; nothing is written.
