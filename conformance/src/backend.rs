@@ -32,6 +32,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Self::available()
     }
 
+    /// Whether [`put_foreign`](Backend::put_foreign) can write raw records;
+    /// `Err(reason)` reports the scenarios that need it as not applicable.
+    fn raw_writes() -> Result<(), String> {
+        Ok(())
+    }
+
     /// Starts the server (or connects to the user's) and the client.
     /// `Err` means the server is not available: the run fails under
     /// `REGISTRY_TEST_REQUIRE=1`, else the backend's scenarios are ignored.

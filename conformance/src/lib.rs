@@ -23,4 +23,5 @@ pub mod scenarios;
 
 pub use backend::{Backend, ServerUse};
 pub use env::Unavailable;
+pub use libtest_mimic::Arguments;
 pub use runner::Runner;

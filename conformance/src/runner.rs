@@ -75,7 +75,7 @@ impl Runner {
                 runtime().block_on(async move {
                     let started = Instant::now();
                     let result = match needs {
-                        Needs::SharedServer => {
+                        Needs::SharedServer | Needs::RawWrites => {
                             let backend = shared
                                 .get_or_init(|| async { B::start(ServerUse::Shared).await.map(Arc::new).map_err(describe) })
                                 .await;
@@ -93,14 +93,22 @@ impl Runner {
                     result.map_err(Failed::from)
                 })
             });
-            let reason = match needs {
-                Needs::SharedServer => &skip,
-                Needs::DedicatedServer if skip.is_some() => &skip,
-                Needs::DedicatedServer => &dedicated_skip,
+            let not_applicable = match needs {
+                Needs::RawWrites => B::raw_writes().err(),
+                _ => None,
             };
-            self.trials.push(match reason {
-                Some(reason) => trial.with_ignored_flag(true).with_kind(format!("no server: {reason}")),
-                None => trial,
+            let no_server = match needs {
+                Needs::DedicatedServer if skip.is_none() => &dedicated_skip,
+                _ => &skip,
+            };
+            let no_server = no_server.as_ref().map(|r| (r, needs == Needs::DedicatedServer));
+            self.trials.push(match (no_server, not_applicable) {
+                (Some((reason, true)), _) => {
+                    trial.with_ignored_flag(true).with_kind(format!("needs a server it can stop: {reason}"))
+                }
+                (Some((reason, false)), _) => trial.with_ignored_flag(true).with_kind(format!("no server: {reason}")),
+                (None, Some(reason)) => trial.with_ignored_flag(true).with_kind(format!("n/a: {reason}")),
+                (None, None) => trial,
             });
         }
         let keep = Arc::clone(&shared);
@@ -113,7 +121,12 @@ impl Runner {
 
     /// Runs what the command line selects and returns the exit code.
     pub fn run(self) -> ExitCode {
-        let mut args = Arguments::from_args();
+        self.run_with(Arguments::from_args())
+    }
+
+    /// Runs with explicit libtest arguments (for tools that parse their own
+    /// command line, like `registryctl conformance`).
+    pub fn run_with(self, mut args: Arguments) -> ExitCode {
         if args.test_threads.is_none() {
             args.test_threads = Some(DEFAULT_THREADS);
         }

@@ -169,3 +169,18 @@ async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
     stays.uninstall().await.unwrap();
     keep.await.unwrap().unwrap();
 }
+
+/// `registryctl conformance --backend URL` runs the suite against a reachable server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_command_runs_the_suite_against_a_url() {
+    let etcd = match EtcdServer::start().await {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail("etcd", e),
+    };
+    let url = format!("etcd://{}", etcd.endpoints().join(","));
+    let (ok, out, err) = registryctl(&["conformance", "--backend", &url]).await;
+    assert!(ok, "conformance failed:\n{out}\n{err}");
+    assert!(out.contains("url::install_then_discover_by_every_method") && out.contains("... ok"), "{out}");
+    assert!(out.contains("16 passed; 0 failed; 2 ignored"), "{out}");
+    assert!(out.contains("needs a server it can stop"), "the outage scenario says why it is not run:\n{out}");
+}

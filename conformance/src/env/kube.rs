@@ -108,7 +108,8 @@ impl KubeServer {
         Ok(server)
     }
 
-    async fn user(path: PathBuf) -> Result<Self, Unavailable> {
+    /// The cluster of the kubeconfig at `path` (a user's cluster: never stopped).
+    pub async fn user(path: PathBuf) -> Result<Self, Unavailable> {
         let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| failed("kubernetes (KUBECONFIG)", e))?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await

@@ -28,6 +28,9 @@ pub enum Unavailable {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// What a scenario needs cannot be had here (e.g. stopping a server given by URL).
+    #[error("{0}")]
+    NotApplicable(String),
     /// The server did not start.
     #[error("{server} did not start: {reason}")]
     StartFailed {

@@ -35,6 +35,8 @@ use crate::Backend;
 pub enum Needs {
     /// The shared server.
     SharedServer,
+    /// The shared server, and [`Backend::put_foreign`] (raw writes the backend's own way).
+    RawWrites,
     /// A server of its own that it stops and restarts.
     DedicatedServer,
 }
@@ -70,7 +72,7 @@ pub fn all<B: Backend>() -> Vec<Scenario<B>> {
         scenario!(method_index_follows_nodes, SharedServer),
         scenario!(discovery_started_before_anything_exists, SharedServer),
         scenario!(events_report_up_and_down, SharedServer),
-        scenario!(foreign_and_malformed_entries_ignored, SharedServer),
+        scenario!(foreign_and_malformed_entries_ignored, RawWrites),
         scenario!(invalid_names_are_rejected, SharedServer),
         scenario!(fifty_concurrent_installs_all_visible, SharedServer),
         scenario!(large_node_round_trips, SharedServer),

@@ -2,12 +2,14 @@
 //!
 //! - `registryctl list|get|watch --url URL --env ENV` shows what a backend holds;
 //! - `registryctl migrate --from URL --to URL --env ENV` mirrors live nodes;
+//! - `registryctl conformance --backend URL` runs the conformance suite against it;
 //! - `registryctl bench --backend memory` measures propagation, crash expiry
 //!   and lookup latency and prints one summary line.
 //!
 //! Errors are one line naming the backend and the cause; the exit code is non-zero.
 
 mod bench;
+mod conformance;
 mod inspect;
 mod migrate;
 mod servers;
@@ -34,6 +36,8 @@ enum Command {
     Watch(inspect::Scope),
     /// Mirror live nodes from one backend to another (etcd → Kubernetes migrations).
     Migrate(migrate::MigrateArgs),
+    /// Run the conformance suite against a reachable server, one line per scenario.
+    Conformance(conformance::ConformanceArgs),
     /// Measure propagation, crash expiry and lookup latency on a backend.
     Bench(bench::BenchArgs),
 }
@@ -44,6 +48,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
+    // The suite drives its own runtime.
+    let cli = match cli.command {
+        Command::Conformance(args) => {
+            return conformance::run(args).unwrap_or_else(|e| {
+                eprintln!("registryctl: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+        other => Cli { command: other },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -58,6 +72,7 @@ fn main() -> ExitCode {
             Command::Watch(scope) => inspect::watch(scope).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Conformance(_) => Ok(()),
         }
     });
     match result {

@@ -1,0 +1,127 @@
+//! `registryctl conformance --backend URL`: the conformance suite against any
+//! reachable server (a user's kind cluster, a staging etcd), with a pass/fail
+//! line per scenario.
+//!
+//! Scenarios that need what a URL cannot give are reported as not applicable
+//! with the reason: stopping the server (outage) and raw writes in the
+//! backend's own format (foreign records). The backend crates' own test suites
+//! run those on local servers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use clap::Args;
+use conformance::env::kube::KubeServer;
+use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
+use registry::store::Scope;
+use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
+
+/// Options of `registryctl conformance`.
+#[derive(Args, Debug)]
+pub struct ConformanceArgs {
+    /// Backend URL: `memory://`, `etcd://…`, `consul://…`, `kubernetes://?mode=lease|configmap`.
+    #[arg(long)]
+    backend: String,
+    /// Run only scenarios whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Scenarios run at once.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+}
+
+static URL: OnceLock<String> = OnceLock::new();
+
+/// The backend a URL names, as the suite sees it.
+struct UrlBackend {
+    registry: Registry,
+    kube: Option<KubeServer>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Unavailable {
+    Unavailable::StartFailed { server: URL.get().cloned().unwrap_or_default(), reason: e.to_string() }
+}
+
+/// The kubeconfig a `kubernetes://` URL uses: `?kubeconfig=`, else `$KUBECONFIG`, else `~/.kube/config`.
+fn kubeconfig_of(url: &str) -> PathBuf {
+    let from_query = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.query_pairs().find(|(k, _)| k == "kubeconfig").map(|(_, v)| PathBuf::from(v.as_ref())));
+    from_query
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube").join("config"))
+}
+
+#[async_trait]
+impl Backend for UrlBackend {
+    fn dedicated_available() -> Result<(), Unavailable> {
+        Err(Unavailable::NotApplicable("a server given by URL cannot be stopped and restarted by this tool".into()))
+    }
+
+    fn raw_writes() -> Result<(), String> {
+        Err("raw writes in the backend's own format need its crate's test suite".into())
+    }
+
+    async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
+        let url = URL.get().ok_or_else(|| unavailable("no URL"))?;
+        let registry = registry::connect(url.as_str()).await.map_err(unavailable)?;
+        let kube = if registry.kind() == "kubernetes" {
+            Some(KubeServer::user(kubeconfig_of(url)).await?)
+        } else {
+            None
+        };
+        Ok(Self { registry, kube })
+    }
+
+    async fn prepare_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        if let Some(kube) = &self.kube {
+            kube.create_namespace(namespace).await?;
+        }
+        Ok(())
+    }
+
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry::Result<Registrar> {
+        Registrar::new(&**self.registry.store(), meta, conf)
+    }
+
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry::Result<Discoverer> {
+        Discoverer::new(&**self.registry.store(), env, conf)
+    }
+
+    async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable to a URL backend")
+    }
+
+    async fn stop_server(&self) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable to a URL backend")
+    }
+
+    async fn start_server(&self) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable to a URL backend")
+    }
+}
+
+/// Runs the suite; blocking (it drives its own runtime), so call it outside any runtime.
+pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
+    if args.backend.contains("mode=pod") {
+        anyhow::bail!("`pod` mode needs a Pod per registrar; run `cargo test -p registry-kubernetes --test conformance`");
+    }
+    URL.set(args.backend.clone()).map_err(|_| anyhow::anyhow!("URL already set"))?;
+    let mut test_args = Arguments::default();
+    test_args.filter = args.filter;
+    test_args.test_threads = Some(args.threads.max(1));
+    println!("conformance suite against {}", redact(&args.backend));
+    Ok(Runner::new().suite::<UrlBackend>("url").run_with(test_args))
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_and_secret, rest)) => {
+            let scheme = scheme_and_secret.split("://").next().unwrap_or_default();
+            format!("{scheme}://***@{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
