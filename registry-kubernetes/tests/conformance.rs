@@ -116,7 +116,8 @@ impl<M: StorageMode> Backend for Kube<M> {
             return Registrar::new(&self.store, meta, conf);
         }
         let pod = unique("pod");
-        self.server.running_pod(&conf.namespace, &pod)
+        self.server
+            .running_pod(&conf.namespace, &pod)
             .await
             .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)

@@ -259,7 +259,9 @@ impl KubeServer {
                 "schedulingGates": [{ "name": POD_GATE }],
             }
         }))?;
-        pods.create(&PostParams::default(), &pod).await.map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
         Ok(())
     }
 

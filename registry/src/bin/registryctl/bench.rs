@@ -53,7 +53,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: backend={} url={} namespace={namespace}", args.backend, redact(&target.url));
     let mut fleet = Vec::new();
     for i in 0..args.instances {
-        let r = target.registrar(&writer_side, Meta::new(env, format!("fleet-{}", i % 50), "v1"), conf.clone()).await?.registrar;
+        let r = target
+            .registrar(&writer_side, Meta::new(env, format!("fleet-{}", i % 50), "v1"), conf.clone())
+            .await?
+            .registrar;
         r.install(node("fleet.Svc", &format!("M{}", i % 50))).await.context("installing the fleet")?;
         let keepalive = tokio::spawn({
             let r = Arc::clone(&r);

@@ -67,11 +67,8 @@ impl Backend for UrlBackend {
     async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
         let url = URL.get().ok_or_else(|| unavailable("no URL"))?;
         let registry = registry::connect(url.as_str()).await.map_err(unavailable)?;
-        let kube = if registry.kind() == "kubernetes" {
-            Some(KubeServer::user(kubeconfig_of(url)).await?)
-        } else {
-            None
-        };
+        let kube =
+            if registry.kind() == "kubernetes" { Some(KubeServer::user(kubeconfig_of(url)).await?) } else { None };
         Ok(Self { registry, kube })
     }
 
@@ -106,7 +103,9 @@ impl Backend for UrlBackend {
 /// Runs the suite; blocking (it drives its own runtime), so call it outside any runtime.
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     if args.backend.contains("mode=pod") {
-        anyhow::bail!("`pod` mode needs a Pod per registrar; run `cargo test -p registry-kubernetes --test conformance`");
+        anyhow::bail!(
+            "`pod` mode needs a Pod per registrar; run `cargo test -p registry-kubernetes --test conformance`"
+        );
     }
     URL.set(args.backend.clone()).map_err(|_| anyhow::anyhow!("URL already set"))?;
     let mut test_args = Arguments::default();
