@@ -108,9 +108,7 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     URL.set(args.backend.clone()).map_err(|_| anyhow::anyhow!("URL already set"))?;
-    let mut test_args = Arguments::default();
-    test_args.filter = args.filter;
-    test_args.test_threads = Some(args.threads.max(1));
+    let test_args = Arguments { filter: args.filter, test_threads: Some(args.threads.max(1)), ..Arguments::default() };
     println!("conformance suite against {}", redact(&args.backend));
     Ok(Runner::new().suite::<UrlBackend>("url").run_with(test_args))
 }
