@@ -34,7 +34,7 @@ step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-Dwarnings" cargo doc --workspace --all-features --no-deps --quiet
 
 step "cargo test (all features, real servers required)"
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast
 
 if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
   step "scale tests (ignored by default)"

@@ -60,6 +60,8 @@ impl Runner {
             _ => None,
         };
         let dedicated_skip = match B::dedicated_available() {
+            // Not a missing server: the scenario cannot apply here, whatever REGISTRY_TEST_REQUIRE says.
+            Err(Unavailable::NotApplicable(reason)) => Some(reason),
             Err(e) if !required() => {
                 eprintln!("SKIPPING {name} scenarios that stop the server: {e}");
                 Some(e.to_string())
