@@ -140,7 +140,13 @@ impl Discovery for Discoverer {
         {
             let mut task = self.inner.task.lock().map_err(|_| Error::backend("discovery", "task lock poisoned"))?;
             if task.as_ref().is_none_or(|t| t.is_finished()) {
-                *task = Some(tokio::spawn(follow(Arc::clone(&self.inner))));
+                use tracing::Instrument;
+                let span = tracing::info_span!(
+                    "discovery",
+                    namespace = %self.inner.scope.namespace,
+                    env = %self.inner.scope.env
+                );
+                *task = Some(tokio::spawn(follow(Arc::clone(&self.inner)).instrument(span)));
             }
         }
         loop {
