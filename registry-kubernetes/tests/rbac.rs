@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use conformance::env::kube::KubeServer;
-use conformance::env::required;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, method_absent, node, unique};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -23,17 +22,6 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
-
-/// A local server, or `None` (test skipped loudly) when none can be had and
-/// `REGISTRY_TEST_REQUIRE` is not set.
-async fn server() -> Option<KubeServer> {
-    if let Err(e) = KubeServer::available() {
-        assert!(!required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
-        eprintln!("SKIPPING: {e}");
-        return None;
-    }
-    Some(KubeServer::start().await.unwrap_or_else(|e| panic!("kube-apiserver did not start: {e}")))
-}
 
 /// Applies `deploy/rbac/<mode>.yaml` in `namespace`, bound to ServiceAccount `account`.
 async fn apply_manifest(server: &KubeServer, mode: Mode, namespace: &str, account: &str) -> anyhow::Result<()> {
@@ -82,7 +70,7 @@ async fn store_as(
 
 /// Install, discover, keep alive, uninstall — as the mode's ServiceAccount.
 async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
-    let Some(server) = server().await else { return Ok(()) };
+    let Some(server) = support::server().await else { return Ok(()) };
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
     apply_manifest(&server, mode, &namespace, "registry").await?;
@@ -131,7 +119,7 @@ async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
 
 /// Without the Role, install and watch are refused with the verb and resource named.
 async fn no_role_is_permission_denied(mode: Mode, resource: &str) -> anyhow::Result<()> {
-    let Some(server) = server().await else { return Ok(()) };
+    let Some(server) = support::server().await else { return Ok(()) };
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
     let pod = match mode {

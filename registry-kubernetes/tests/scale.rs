@@ -18,22 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use conformance::env::kube::KubeServer;
-use conformance::env::required;
 use conformance::fixtures::{meta, node, unique};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use registry_core::{Discoverer, Discovery, DiscoveryEvent, Register, Registrar, RetryHooks, ServiceConf};
 use registry_kubernetes::Mode;
-
-async fn server() -> Option<KubeServer> {
-    if let Err(e) = KubeServer::available() {
-        assert!(!required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
-        eprintln!("SKIPPING: {e}");
-        return None;
-    }
-    Some(KubeServer::start().await.unwrap_or_else(|e| panic!("kube-apiserver did not start: {e}")))
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -63,7 +52,7 @@ async fn lease_mode_carries_two_thousand_instances() {
     let instances: usize = std::env::var("REGISTRY_SCALE_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let ttl = Duration::from_secs(std::env::var("REGISTRY_SCALE_TTL").ok().and_then(|v| v.parse().ok()).unwrap_or(15));
     const CONCURRENCY: usize = 64;
-    let Some(server) = server().await else { return };
+    let Some(server) = support::server().await else { return };
     let namespace = unique("scale");
     server.create_namespace(&namespace).await.unwrap();
     let store = support::store(&server, Mode::Lease).await.unwrap();
@@ -180,7 +169,7 @@ async fn configmap_mode_lands_a_hundred_concurrent_installs() {
     // Generous: every write rewrites the one ConfigMap, and a hundred at once
     // are serialised by the API server; core bounds each write by the TTL.
     const TTL: Duration = Duration::from_secs(30);
-    let Some(server) = server().await else { return };
+    let Some(server) = support::server().await else { return };
     let namespace = unique("scale");
     server.create_namespace(&namespace).await.unwrap();
     let env = unique("env");

@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 use conformance::env::kube::KubeServer;
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
 
+/// The test server, or `None` (a loud skip) when it is not installed and
+/// `REGISTRY_TEST_REQUIRE` is unset.
+pub async fn server() -> Option<KubeServer> {
+    if let Err(e) = KubeServer::available() {
+        assert!(!conformance::env::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
+        eprintln!("SKIPPING: {e}");
+        return None;
+    }
+    Some(KubeServer::start().await.unwrap_or_else(|e| panic!("kube-apiserver did not start: {e}")))
+}
+
 /// A store in `mode` on `server`, through its admin kubeconfig.
 pub async fn store(server: &KubeServer, mode: Mode) -> registry_core::Result<KubernetesStore> {
     KubernetesStore::connect(KubernetesConfig::new(mode).with_kubeconfig(server.kubeconfig()).with_pod_name(None)).await

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use hdrhistogram::Histogram;
 use registry::{Discovery, DiscoveryEvent, GrpcServices, Meta, ServiceConf, ServiceNode};
 
-use crate::servers;
+use crate::{redact, servers};
 
 /// Options of `registryctl bench`.
 #[derive(Args, Debug)]
@@ -166,16 +166,4 @@ fn lookup_median_ns(discovery: &dyn Discovery, method: &str) -> anyhow::Result<f
         .collect();
     rounds.sort_by(|a, b| a.total_cmp(b));
     Ok(rounds[rounds.len() / 2])
-}
-
-/// Hides credentials in a URL for display.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("***");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -18,6 +18,8 @@ use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
 
+use crate::redact;
+
 /// Options of `registryctl conformance`.
 #[derive(Args, Debug)]
 pub struct ConformanceArgs {
@@ -111,14 +113,4 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let test_args = Arguments { filter: args.filter, test_threads: Some(args.threads.max(1)), ..Arguments::default() };
     println!("conformance suite against {}", redact(&args.backend));
     Ok(Runner::new().suite::<UrlBackend>("url").run_with(test_args))
-}
-
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_and_secret, rest)) => {
-            let scheme = scheme_and_secret.split("://").next().unwrap_or_default();
-            format!("{scheme}://***@{rest}")
-        }
-        None => url.to_owned(),
-    }
 }

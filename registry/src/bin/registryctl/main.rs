@@ -83,3 +83,24 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A backend URL for display: credentials (`user:pass@`, `token@`) become `***`.
+/// Works on every scheme, including multi-host etcd URLs a URL parser rejects.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.split_once('@')) {
+        (Some((scheme, _)), Some((_, rest))) => format!("{scheme}://***@{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_hidden_on_every_scheme() {
+        assert_eq!(redact("etcd://root:s3cret@h1:2379,h2:2379"), "etcd://***@h1:2379,h2:2379");
+        assert_eq!(redact("consul://token-123@10.0.0.6:8500"), "consul://***@10.0.0.6:8500");
+        assert_eq!(redact("kubernetes://?mode=lease"), "kubernetes://?mode=lease");
+    }
+}

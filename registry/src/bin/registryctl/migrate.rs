@@ -16,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use registry::{DiscoveryEvent, Register, Registry, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
+use crate::redact;
+
 /// Options of `registryctl migrate`.
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
@@ -53,11 +55,13 @@ struct Tally {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
-    let source = registry::connect(args.from.as_str()).await.with_context(|| format!("connecting to {}", args.from))?;
-    let target = registry::connect(args.to.as_str()).await.with_context(|| format!("connecting to {}", args.to))?;
+    let source =
+        registry::connect(args.from.as_str()).await.with_context(|| format!("connecting to {}", redact(&args.from)))?;
+    let target =
+        registry::connect(args.to.as_str()).await.with_context(|| format!("connecting to {}", redact(&args.to)))?;
     let conf = ServiceConf::default().with_namespace(&args.namespace).with_ttl(Duration::from_secs(args.ttl));
     let discovery = source.discoverer(&args.env, conf.clone())?;
-    discovery.watcher().await.with_context(|| format!("listing {}", args.from))?;
+    discovery.watcher().await.with_context(|| format!("listing {}", redact(&args.from)))?;
 
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -74,7 +78,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             mirror(&target, &conf, &mut mirrors, &mut tally, key, &node, false).await;
         }
         bar.finish_and_clear();
-        println!("copied {} nodes ({} failed) from {} to {} once", tally.mirrored, tally.failed, args.from, args.to);
+        println!(
+            "copied {} nodes ({} failed) from {} to {} once",
+            tally.mirrored,
+            tally.failed,
+            redact(&args.from),
+            redact(&args.to)
+        );
         return Ok(());
     }
 
@@ -82,8 +92,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     loop {
         bar.set_message(format!(
             "mirroring {} → {}: {} live, {} mirrored, {} updated, {} removed, {} failed",
-            args.from,
-            args.to,
+            redact(&args.from),
+            redact(&args.to),
             mirrors.len(),
             tally.mirrored,
             tally.updated,
