@@ -46,6 +46,15 @@ as_root() {
   fi
 }
 
+# Prints the first line of what a command prints (stdout and stderr). No
+# pipeline: under `set -o pipefail`, `cmd | head -n1` or `cmd | grep -q` fails
+# at random when the reader exits first and the writer gets SIGPIPE.
+first_line() {
+  local out
+  out="$("$@" 2>&1)" || true
+  printf '%s\n' "${out%%$'\n'*}"
+}
+
 # True when "$BIN/$1" exists and answers "$2" (e.g. --version).
 runs() {
   local bin="$BIN/$1"
@@ -211,8 +220,8 @@ if runs etcdctl version; then
 else
   deb_install etcd-client/trixie etcdctl
 fi
-"$BIN/etcd" --version | grep -q '^etcd Version: 3\.5\.' ||
-  die "expected etcd 3.5.x, got: $("$BIN/etcd" --version | head -n1)"
+etcd_version="$(first_line "$BIN/etcd" --version)"
+[[ "$etcd_version" == "etcd Version: 3.5."* ]] || die "expected etcd 3.5.x, got: $etcd_version"
 
 # --- Consul -------------------------------------------------------------------
 
@@ -221,8 +230,8 @@ if runs consul version; then
 else
   deb_install consul/bullseye consul
 fi
-"$BIN/consul" version | grep -q '^Consul v1\.8\.' ||
-  die "expected Consul 1.8.x, got: $("$BIN/consul" version | head -n1)"
+consul_version="$(first_line "$BIN/consul" version)"
+[[ "$consul_version" == "Consul v1.8."* ]] || die "expected Consul 1.8.x, got: $consul_version"
 
 # --- protoc -------------------------------------------------------------------
 
@@ -276,7 +285,7 @@ else
   log "go mod download (kube-apiserver $KUBE_VERSION module graph)"
   if ! dl_log="$(go mod download 2>&1)"; then
     printf '%s\n' "$dl_log" >&2
-    if printf '%s' "$dl_log" | grep -qiE 'checksum database|verifying (module|go\.mod)|sumdb'; then
+    if grep -qiE 'checksum database|verifying (module|go\.mod)|sumdb' <<<"$dl_log"; then
       log "checksum database unreachable; retrying with GOSUMDB=off (committed go.sum is still enforced)"
       export GOSUMDB=off
       go mod download
@@ -292,8 +301,8 @@ fi
 
 # --- summary ------------------------------------------------------------------
 
-echo "etcd           $BIN/etcd  $("$BIN/etcd" --version | head -n1)"
-echo "etcdctl        $BIN/etcdctl  $("$BIN/etcdctl" version | head -n1)"
-echo "consul         $BIN/consul  $("$BIN/consul" version | head -n1)"
+echo "etcd           $BIN/etcd  $(first_line "$BIN/etcd" --version)"
+echo "etcdctl        $BIN/etcdctl  $(first_line "$BIN/etcdctl" version)"
+echo "consul         $BIN/consul  $(first_line "$BIN/consul" version)"
 echo "kube-apiserver $BIN/kube-apiserver  $("$BIN/kube-apiserver" --version)"
 echo "protoc         $(command -v protoc)  $(protoc --version)"

@@ -24,6 +24,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "install test servers"
 scripts/install-test-servers.sh
 
+step "install test servers again (idempotent: every step already done, nothing fails)"
+scripts/install-test-servers.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

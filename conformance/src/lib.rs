@@ -18,6 +18,7 @@
 mod backend;
 pub mod env;
 pub mod fixtures;
+pub mod interop;
 mod runner;
 pub mod scenarios;
 

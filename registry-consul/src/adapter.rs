@@ -5,8 +5,11 @@
 //!   Consul's liveness is the TTL check created by `put`);
 //! - `put` registers the agent service `<namespace>-<env>` with ID
 //!   `<namespace>-<env>-<app_id>-<lease_id>`, tags `[app_id, version]`, meta
-//!   `app_id`, `env`, `version`, `namespace` and — when the node JSON fits
-//!   Consul's 512-byte meta value limit — `node`; a TTL check
+//!   `app_id`, `env`, `version`, `namespace` and — when it fits Consul's
+//!   512-byte meta value limit — `node`, the node JSON with the Go
+//!   framework's fields only ([`ServiceNode::to_go_json`]), the one place a Go
+//!   reader looks (see the crate docs for when a Go reader sees a Rust node);
+//!   a TTL check
 //!   `service:<id>` (TTL = the registrar's TTL, initially passing,
 //!   `DeregisterCriticalServiceAfter` = 3×TTL but at least one minute,
 //!   Consul's own floor); then writes the full node JSON to KV
@@ -21,9 +24,10 @@
 //!
 //! **Reading**: blocking queries on `/v1/health/service/<name>?passing=true`
 //! and `/v1/kv/<namespace>/<env>/?recurse`, joined: an instance is listed
-//! while its service is passing, with the node JSON from KV, or from the
-//! `node` meta when there is no KV record (nodes written by the Go
-//! framework). Every answer is a full set, handed to core as
+//! while its service is passing, with the node JSON from KV; an instance
+//! without our `namespace` meta (written by the Go framework) is listed from
+//! its `node` meta when its `env` meta is the reader's env, as Go readers do.
+//! Every answer is a full set, handed to core as
 //! [`WatchUpdate::Replace`]; core's [`ListWatchReader`] retries with backoff
 //! and keeps the last view while the agent is away.
 
@@ -288,15 +292,17 @@ impl ConsulWriter {
         }
     }
 
-    fn registration(&self, node: &ServiceNode, json: &str, ttl: Duration, ids: &Ids) -> ServiceRegistration {
+    /// `go_json`: the Go-shaped node ([`ServiceNode::to_go_json`]), put into
+    /// meta `node` when it fits.
+    fn registration(&self, node: &ServiceNode, go_json: &str, ttl: Duration, ids: &Ids) -> ServiceRegistration {
         let mut meta = BTreeMap::from([
             ("app_id".to_owned(), node.meta.app_id.clone()),
             ("env".to_owned(), node.meta.env.clone()),
             ("version".to_owned(), node.meta.version.clone()),
             ("namespace".to_owned(), self.scope.namespace.clone()),
         ]);
-        if json.len() <= META_VALUE_LIMIT {
-            meta.insert("node".to_owned(), json.to_owned());
+        if go_json.len() <= META_VALUE_LIMIT {
+            meta.insert("node".to_owned(), go_json.to_owned());
         }
         let tags = [&node.meta.app_id, &node.meta.version].into_iter().filter(|t| !t.is_empty()).cloned().collect();
         let (address, port) = address_and_port(&node.network.internal);
@@ -397,7 +403,8 @@ impl StoreWriter for ConsulWriter {
         // Held before the first call: should a later step fail, `renew`
         // finds the instance and completes it.
         self.hold(node.lease_id, session.clone());
-        self.client.agent.register_service(&self.registration(node, &json, ttl, &ids)).await?;
+        let go_json = node.to_go_json()?;
+        self.client.agent.register_service(&self.registration(node, &go_json, ttl, &ids)).await?;
         let session = self.write_record(&ids, &json, session).await?;
         self.hold(node.lease_id, Some(session));
         Ok(())
@@ -688,9 +695,10 @@ fn in_scope(scope: &Scope, service: &HealthService) -> bool {
 ///
 /// - KV entry `<app_id>/<lease_id>` held by a session, whose service
 ///   instance is passing → the KV value, under the service ID;
-/// - passing instance without such an entry but with a `node` meta → the
-///   meta value (the Go framework's layout);
-/// - passing instance of ours whose KV entry is not written yet → nothing yet;
+/// - passing instance of the Go framework (no `namespace` meta) whose `env`
+///   meta is the reader's env → its `node` meta (a Go reader's rule);
+/// - passing instance of ours whose KV entry is not written yet → nothing yet
+///   (its `node` meta is the Go-shaped copy, without our fields);
 /// - KV entry whose instance is not passing → nothing (it is expiring);
 /// - anything else under the prefix or the service name → a record core
 ///   skips and counts.
@@ -738,8 +746,13 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
             continue;
         }
         let meta = meta_of(service);
-        if let Some(node) = meta("node") {
-            records.push(RawRecord::new(service.id.clone(), node));
+        let ours = meta("namespace").is_some();
+        let go_node = meta("node").filter(|n| !n.is_empty() && !ours);
+        if let Some(node) = go_node {
+            if meta("env") == Some(scope.env.as_str()) {
+                records.push(RawRecord::new(service.id.clone(), node));
+            }
+            // Another env under the same service name: not this reader's.
         } else if in_scope(scope, service) && meta("app_id").is_some_and(|a| !a.is_empty()) {
             // Registered, KV record not written yet (or being rewritten by `renew`).
         } else {
@@ -802,11 +815,25 @@ mod tests {
     }
 
     #[test]
-    fn instance_without_kv_uses_node_meta_or_waits() {
-        let mut with_node = OURS.to_vec();
-        with_node.push(("node", "{\"n\":1}"));
-        let got = records(&[service("ns-dev-app-1", &with_node), service("ns-dev-app-2", OURS)], &[]);
-        assert_eq!(got, [("ns-dev-app-1".to_owned(), "{\"n\":1}".to_owned())]);
+    fn go_instance_uses_node_meta_and_ours_waits_for_kv() {
+        let go = [("app_id", "app"), ("env", "dev"), ("node", "{\"n\":1}")];
+        let mut ours_with_node = OURS.to_vec();
+        ours_with_node.push(("node", "{\"go\":1}"));
+        let got = records(
+            &[
+                service("ns-dev-app-1-8fa20388-6adf-4c21-8087-4f0e63c59c6e", &go),
+                service("ns-dev-app-2", OURS),
+                service("ns-dev-app-3", &ours_with_node),
+            ],
+            &[],
+        );
+        assert_eq!(got, [("ns-dev-app-1-8fa20388-6adf-4c21-8087-4f0e63c59c6e".to_owned(), "{\"n\":1}".to_owned())]);
+    }
+
+    #[test]
+    fn go_instance_of_another_env_is_not_listed() {
+        let go = [("app_id", "app"), ("env", "staging"), ("node", "{\"n\":1}")];
+        assert!(records(&[service("ns-dev-app-1-x", &go)], &[]).is_empty());
     }
 
     #[test]

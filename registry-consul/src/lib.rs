@@ -20,8 +20,9 @@
 //!
 //! - Each instance is an **agent service** named `<namespace>-<env>`, ID
 //!   `<namespace>-<env>-<app_id>-<lease_id>`, tags `[app_id, version]`, meta
-//!   `app_id`, `env`, `version`, `namespace`, and `node` (the node JSON) when
-//!   that fits Consul's 512-byte meta value limit; so it shows in Consul's
+//!   `app_id`, `env`, `version`, `namespace`, and `node` — the node JSON with
+//!   the Go framework's fields only — when that fits Consul's 512-byte meta
+//!   value limit; so it shows in Consul's
 //!   catalog, health API, UI and DNS like any service. Its TTL check
 //!   (`service:<id>`, TTL = the registrar's TTL) is passed every TTL/2;
 //!   `DeregisterCriticalServiceAfter` is 3×TTL, raised to Consul's floor of
@@ -34,9 +35,25 @@
 //!   `NodeChecks`/`ServiceChecks` (Consul ≥ 1.7).
 //! - Discovery runs **blocking queries** on the health of the service
 //!   (passing only) and on the KV prefix, and lists an instance while it is
-//!   passing, with its KV record (or its `node` meta, for Go-written nodes).
-//!   Entries under the prefix or the service name that are not ours are
-//!   skipped and counted by core, never fatal.
+//!   passing, with its KV record (or, for Go-written instances, its `node`
+//!   meta when its `env` meta is the reader's env). Entries under the prefix
+//!   or the service name that are not ours are skipped and counted by core,
+//!   never fatal.
+//!
+//! # Go services on the same Consul
+//!
+//! Go instances (service `<namespace>-<env>`, ID
+//! `<namespace>-<env>-<app_id>-<lease_id>-<uuid>`, `Address` `host:port` with
+//! `Port` 0, the whole node in meta `node`) are discovered from that meta, with
+//! `weight`, `methods: null` and every other field as written.
+//!
+//! A **Go reader sees a Rust node exactly when its Go-shaped JSON is at most
+//! 512 bytes**: Go readers look only at meta `node` (with meta `env` equal to
+//! theirs), and that JSON is what the Go writer itself would write for the
+//! node (its fields, its order), so the limit is the one at which the Go
+//! writer fails with HTTP 400 — about 7 methods with typical names. A larger
+//! Rust node is still fully discovered by Rust readers (from KV), but is
+//! invisible to Go readers; `ServiceNode::to_go_json().len()` tells in advance.
 //!
 //! # The HTTP client
 //!

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use crate::{Error, Kernel, Meta, Network, Result};
+use crate::{DEFAULT_WEIGHT, Error, Kernel, Network, Result};
 
-/// Namespace used when none is configured.
-pub const DEFAULT_NAMESPACE: &str = "default";
+/// Namespace used when none is configured: the Go framework's default, so a
+/// Go service and a Rust gateway with default configuration see each other.
+pub const DEFAULT_NAMESPACE: &str = "firefly";
 /// TTL used when none is configured, and the default floor.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// The lowest floor a caller may set with [`ServiceConf::with_ttl_floor`] (tests use it).
@@ -16,10 +17,9 @@ pub const MIN_TTL_FLOOR: Duration = Duration::from_secs(2);
 /// Retries are spaced at most TTL/4 apart, so the default rides out an outage
 /// of about 15 TTLs (2.5 minutes at TTL 10 s).
 pub const DEFAULT_MAX_RETRY: u32 = 60;
-/// Longest name accepted for namespace, env and app id (Kubernetes label value limit).
-pub const MAX_NAME_LEN: usize = 63;
-/// Network `sn` used when none is configured (the Go framework's default).
-pub const DEFAULT_NETWORK_SN: &str = "default";
+/// Network `sn` used when none is configured: the Go framework's default
+/// (`firefly-main-network`, as its records show).
+pub const DEFAULT_NETWORK_SN: &str = "firefly-main-network";
 
 /// Registration and discovery settings shared by every backend.
 ///
@@ -31,7 +31,13 @@ pub const DEFAULT_NETWORK_SN: &str = "default";
 /// - `max_retry`: [`DEFAULT_MAX_RETRY`] (`0` means never give up);
 /// - `kernel`: language `rust`, version of this crate;
 /// - `network.internal`: the host's first non-loopback IPv4 address when
-///   empty; `network.sn`: [`DEFAULT_NETWORK_SN`].
+///   empty; `network.sn`: [`DEFAULT_NETWORK_SN`];
+/// - `weight`: [`DEFAULT_WEIGHT`].
+///
+/// Names (namespace, env, app id) are checked by the backend a registrar or
+/// discoverer is built on ([`crate::store::Store::validate`]): etcd, Consul
+/// and the embedded backend accept every name the Go framework accepts
+/// ([`validate_name`]); Kubernetes enforces what its API server does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServiceConf {
@@ -48,6 +54,9 @@ pub struct ServiceConf {
     pub ttl: Duration,
     /// The lowest TTL accepted.
     pub ttl_floor: Duration,
+    /// Relative share of calls weighted balancers send to this instance,
+    /// written into the node's `weight`.
+    pub weight: i64,
 }
 
 impl Default for ServiceConf {
@@ -59,6 +68,7 @@ impl Default for ServiceConf {
             max_retry: DEFAULT_MAX_RETRY,
             ttl: DEFAULT_TTL,
             ttl_floor: DEFAULT_TTL,
+            weight: DEFAULT_WEIGHT,
         }
     }
 }
@@ -94,6 +104,12 @@ impl ServiceConf {
         self
     }
 
+    /// Sets the weight written into the node (default [`DEFAULT_WEIGHT`]).
+    pub fn with_weight(mut self, weight: i64) -> Self {
+        self.weight = weight;
+        self
+    }
+
     /// Sets the kernel description.
     pub fn with_kernel(mut self, kernel: Kernel) -> Self {
         self.kernel = kernel;
@@ -106,7 +122,6 @@ impl ServiceConf {
         if self.namespace.is_empty() {
             self.namespace = DEFAULT_NAMESPACE.to_owned();
         }
-        validate_dns_label("conf.namespace", &self.namespace)?;
         if self.ttl_floor < MIN_TTL_FLOOR {
             return Err(Error::invalid(
                 "conf.ttl_floor",
@@ -119,6 +134,9 @@ impl ServiceConf {
         if self.ttl.subsec_nanos() != 0 {
             // Every backend stores TTLs in whole seconds.
             return Err(Error::invalid("conf.ttl", format!("{:?} is not a whole number of seconds", self.ttl)));
+        }
+        if self.weight < 0 {
+            return Err(Error::invalid("conf.weight", format!("{} is negative", self.weight)));
         }
         if self.kernel.language.is_empty() {
             self.kernel.language = "rust".to_owned();
@@ -136,59 +154,30 @@ impl ServiceConf {
     }
 }
 
-/// Checks an env or namespace: a DNS label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`,
-/// at most 63 characters), because Kubernetes object names and Consul service
-/// names are built from it.
-pub fn validate_dns_label(field: &'static str, value: &str) -> Result<()> {
+/// Checks a namespace, env or app id against what the Go framework and the
+/// key-value stores accept: not empty, no `/` (it separates the parts of the
+/// key `<namespace>/<env>/<app_id>/<lease_id>`), no control characters.
+/// `shop_v2`, `Prod` and `Orders_X` are valid.
+pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    if value.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(field, format!("`{value}` is longer than {MAX_NAME_LEN} characters")));
+    if value.contains('/') {
+        return Err(Error::invalid(field, format!("`{value}` contains `/`, which separates the parts of a record key")));
     }
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-    if let Some(bad) = value.chars().find(|c| !ok_char(*c)) {
-        return Err(Error::invalid(
-            field,
-            format!("`{value}` contains `{bad}`; only lowercase letters, digits and `-` are allowed"),
-        ));
-    }
-    if value.starts_with('-') || value.ends_with('-') {
-        return Err(Error::invalid(field, format!("`{value}` must start and end with a letter or digit")));
+    if let Some(bad) = value.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(field, format!("{value:?} contains the control character {bad:?}")));
     }
     Ok(())
 }
 
-/// Checks an app id: `[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?`, at most 63
-/// characters — the Kubernetes label-value rule, which etcd keys, Consul tags
-/// and Kubernetes labels can all hold.
-pub fn validate_app_id(field: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    if value.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(field, format!("`{value}` is longer than {MAX_NAME_LEN} characters")));
-    }
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if let Some(bad) = value.chars().find(|c| !ok_char(*c)) {
-        return Err(Error::invalid(
-            field,
-            format!("`{value}` contains `{bad}`; only letters, digits, `-`, `_` and `.` are allowed"),
-        ));
-    }
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    if !edge_ok(value.chars().next()) || !edge_ok(value.chars().last()) {
-        return Err(Error::invalid(field, format!("`{value}` must start and end with a letter or digit")));
-    }
-    Ok(())
-}
-
-/// Validates the identity a registrar writes.
-pub fn validate_meta(meta: &Meta) -> Result<()> {
-    validate_dns_label("meta.env", &meta.env)?;
-    validate_app_id("meta.app_id", &meta.app_id)?;
-    if meta.version.len() > MAX_NAME_LEN {
-        return Err(Error::invalid("meta.version", format!("longer than {MAX_NAME_LEN} characters")));
+/// Checks the names of a registrar (`app_id` given) or discoverer with
+/// [`validate_name`]: the default rule of [`crate::store::Store::validate`].
+pub fn validate_names(namespace: &str, env: &str, app_id: Option<&str>) -> Result<()> {
+    validate_name("conf.namespace", namespace)?;
+    validate_name("meta.env", env)?;
+    if let Some(app_id) = app_id {
+        validate_name("meta.app_id", app_id)?;
     }
     Ok(())
 }
@@ -257,20 +246,33 @@ mod tests {
     }
 
     #[test]
-    fn bad_namespace_is_rejected() {
-        let err = ServiceConf::default().with_namespace("My_NS").bootstrap().expect_err("invalid");
-        assert_eq!(field_of(err), "conf.namespace");
+    fn go_defaults_are_ours() {
+        let conf = ServiceConf::default().bootstrap().expect("valid");
+        assert_eq!(conf.namespace, "firefly");
+        assert_eq!(conf.network.sn, "firefly-main-network");
+        assert_eq!(conf.weight, 100);
     }
 
     #[test]
-    fn meta_validation_names_the_field() {
-        assert_eq!(field_of(validate_meta(&Meta::new("", "a", "v1")).expect_err("empty env")), "meta.env");
-        assert_eq!(field_of(validate_meta(&Meta::new("prod", "", "v1")).expect_err("empty app")), "meta.app_id");
-        assert_eq!(field_of(validate_meta(&Meta::new("prod", "a/b", "v1")).expect_err("slash")), "meta.app_id");
-        assert_eq!(field_of(validate_meta(&Meta::new("Prod", "a", "v1")).expect_err("upper env")), "meta.env");
-        assert_eq!(field_of(validate_meta(&Meta::new("prod", "-a", "v1")).expect_err("edge")), "meta.app_id");
-        let long = "a".repeat(64);
-        assert_eq!(field_of(validate_meta(&Meta::new("prod", &long, "v1")).expect_err("long")), "meta.app_id");
-        assert!(validate_meta(&Meta::new("prod", "User.Service_v2", "v1")).is_ok());
+    fn negative_weight_is_rejected() {
+        let err = ServiceConf::default().with_weight(-1).bootstrap().expect_err("negative");
+        assert_eq!(field_of(err), "conf.weight");
+    }
+
+    #[test]
+    fn names_the_go_framework_accepts_are_valid() {
+        assert!(validate_names("shop_v2", "Prod", Some("Orders_X")).is_ok());
+        assert!(validate_names("a.b", "Staging-1", Some("User.Service_v2")).is_ok());
+        assert!(validate_names("shop", "prod", None).is_ok());
+    }
+
+    #[test]
+    fn name_validation_names_the_field() {
+        assert_eq!(field_of(validate_names("", "prod", None).expect_err("empty ns")), "conf.namespace");
+        assert_eq!(field_of(validate_names("shop", "", None).expect_err("empty env")), "meta.env");
+        assert_eq!(field_of(validate_names("shop", "prod", Some("")).expect_err("empty app")), "meta.app_id");
+        assert_eq!(field_of(validate_names("shop", "prod", Some("a/b")).expect_err("slash")), "meta.app_id");
+        assert_eq!(field_of(validate_names("sh/op", "prod", None).expect_err("slash")), "conf.namespace");
+        assert_eq!(field_of(validate_names("shop", "pr\nod", None).expect_err("control")), "meta.env");
     }
 }

@@ -21,7 +21,6 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::conf::validate_dns_label;
 use crate::index::{IndexWriter, Recency};
 use crate::store::{Liveness, RawRecord, Scope, Store, StoreEvent, StoreReader};
 use crate::telemetry;
@@ -69,8 +68,8 @@ impl Discoverer {
     /// the expiry window for heartbeat records that do not state their own.
     pub fn new(store: &dyn Store, env: &str, conf: ServiceConf) -> Result<Self> {
         let conf = conf.bootstrap()?;
-        validate_dns_label("meta.env", env)?;
         let scope = Scope::new(conf.namespace.clone(), env);
+        store.validate(&scope, None)?;
         let reader = store.reader(&scope)?;
         Ok(Self::from_reader(reader, scope, conf.ttl))
     }

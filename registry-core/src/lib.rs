@@ -42,6 +42,6 @@ pub use fanout::FanoutRegistrar;
 pub use grpc::GrpcServices;
 pub use index::{Nodes, ServiceIndex};
 pub use merge::{instance_identity, merged_discovery};
-pub use model::{Kernel, Meta, Methods, Network, ServiceNode};
+pub use model::{DEFAULT_WEIGHT, Kernel, Meta, Methods, Network, ServiceNode};
 pub use register::{Register, RetryHooks, RetryInfo};
 pub use registrar::Registrar;

@@ -1,11 +1,14 @@
 //! The registered record: [`ServiceNode`] and its parts.
 //!
 //! The JSON field names are a wire contract shared with the Go framework
-//! (`proto_count`, `lease_id`, `run_date`, `methods`, `network`, `kernel`,
-//! `meta`): a record written by a Go service deserialises here, and one we write
-//! is readable there. Fields this library adds (`registered_at_ms`,
-//! `renewed_at_ms`, `ttl`) are optional and ignored by Go readers, and missing
-//! fields default, so either side can read the other's records.
+//! (`proto_count`, `lease_id`, `weight`, `run_date`, `methods`, `network`,
+//! `kernel`, `meta`): a record written by a Go service deserialises here, and
+//! one we write is readable there. Fields this library adds
+//! (`registered_at_ms`, `renewed_at_ms`, `ttl`) are optional and ignored by Go
+//! readers; missing fields default (`weight` to [`DEFAULT_WEIGHT`]), and every
+//! field the Go writer can emit as `null` (`methods` of a node registered
+//! without methods, `network`, `kernel`, `meta`) reads as empty, so either side
+//! can read the other's records.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -66,10 +69,27 @@ impl Serialize for Methods {
 }
 
 impl<'de> Deserialize<'de> for Methods {
+    /// An object of booleans, or `null` (what the Go writer emits for a node
+    /// registered without methods), which reads as no methods.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        BTreeMap::deserialize(deserializer).map(Methods::from)
+        Option::<BTreeMap<String, bool>>::deserialize(deserializer).map(|m| Methods::from(m.unwrap_or_default()))
     }
 }
+
+/// Reads `null` as the type's default: Go's pointer and map fields
+/// (`*Network`, `*Kernel`, `*Meta`) are written as `null` when unset.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
+/// Weight of a node that states none (a record written before the Go
+/// framework added `weight`), and of nodes registered with the default
+/// [`crate::ServiceConf`].
+pub const DEFAULT_WEIGHT: i64 = 100;
 
 /// Who a service is: environment, application and version.
 ///
@@ -120,25 +140,33 @@ pub struct Kernel {
 ///
 /// `methods` maps full gRPC paths (`/pkg.Service/Method`) to `true`, the shape
 /// the Go framework writes. Build it with [`crate::GrpcServices`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServiceNode {
     /// Number of gRPC services (proto service definitions) the instance serves.
     pub proto_count: i64,
     /// Instance identity within its app (etcd: the lease id; elsewhere a unique local id).
     pub lease_id: i64,
+    /// Relative share of calls a weighted balancer sends to this instance
+    /// ([`DEFAULT_WEIGHT`] when the record has no `weight`). Kept exactly as
+    /// written: the Go framework writes `0` for a node whose weight was never
+    /// set, and `registry::balance` reads a weight ≤ 0 as [`DEFAULT_WEIGHT`].
+    pub weight: i64,
     /// Last heartbeat in the writer's local time, Go layout `YYYY-MM-DD HH:MM:SS`.
     ///
     /// Informational only: expiry never depends on it, because writers' clocks
     /// and time zones differ from the reader's.
     pub run_date: String,
-    /// Served gRPC methods, `/pkg.Service/Method` → `true`.
+    /// Served gRPC methods, `/pkg.Service/Method` → `true` (`null` reads as none).
     pub methods: Methods,
-    /// Addresses.
+    /// Addresses (`null` reads as empty).
+    #[serde(deserialize_with = "null_as_default")]
     pub network: Network,
-    /// Runtime.
+    /// Runtime (`null` reads as empty).
+    #[serde(deserialize_with = "null_as_default")]
     pub kernel: Kernel,
-    /// Identity.
+    /// Identity (`null` reads as empty).
+    #[serde(deserialize_with = "null_as_default")]
     pub meta: Meta,
     /// First registration of this instance, UTC milliseconds since the Unix
     /// epoch. Orders nodes "newest registration first" in a fresh listing.
@@ -152,6 +180,39 @@ pub struct ServiceNode {
     /// for the next change before hiding the node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+}
+
+impl Default for ServiceNode {
+    fn default() -> Self {
+        Self {
+            proto_count: 0,
+            lease_id: 0,
+            weight: DEFAULT_WEIGHT,
+            run_date: String::new(),
+            methods: Methods::default(),
+            network: Network::default(),
+            kernel: Kernel::default(),
+            meta: Meta::default(),
+            registered_at_ms: None,
+            renewed_at_ms: None,
+            ttl: None,
+        }
+    }
+}
+
+/// The node as the Go framework's struct declares it: its fields only, in its
+/// order. Written where only a Go reader looks (Consul's service meta `node`,
+/// whose 512-character limit the additions would push small nodes over).
+#[derive(Serialize)]
+struct GoNode<'a> {
+    proto_count: i64,
+    lease_id: i64,
+    weight: i64,
+    run_date: &'a str,
+    methods: &'a Methods,
+    network: &'a Network,
+    kernel: &'a Kernel,
+    meta: &'a Meta,
 }
 
 impl ServiceNode {
@@ -168,6 +229,22 @@ impl ServiceNode {
     /// Serialises the node as the JSON stored in every backend.
     pub fn to_json(&self) -> crate::Result<String> {
         serde_json::to_string(self).map_err(|e| crate::Error::Encode { reason: e.to_string() })
+    }
+
+    /// Serialises only the fields the Go framework's `ServiceNode` has, in its
+    /// field order: the form for places only Go readers look at.
+    pub fn to_go_json(&self) -> crate::Result<String> {
+        let go = GoNode {
+            proto_count: self.proto_count,
+            lease_id: self.lease_id,
+            weight: self.weight,
+            run_date: &self.run_date,
+            methods: &self.methods,
+            network: &self.network,
+            kernel: &self.kernel,
+            meta: &self.meta,
+        };
+        serde_json::to_string(&go).map_err(|e| crate::Error::Encode { reason: e.to_string() })
     }
 
     /// Parses a node from its stored JSON (unknown fields ignored).
@@ -233,6 +310,40 @@ mod tests {
         let node = ServiceNode::from_json(r#"{"meta":{"env":"dev","app_id":"a"}}"#).expect("parses");
         assert_eq!(node.meta.version, "");
         assert!(node.methods.is_empty());
+        assert_eq!(node.weight, DEFAULT_WEIGHT);
+    }
+
+    #[test]
+    fn go_null_fields_read_as_empty() {
+        let raw = r#"{"proto_count":1,"lease_id":5,"weight":0,"run_date":"","methods":null,
+                      "network":null,"kernel":null,"meta":null}"#;
+        let node = ServiceNode::from_json(raw).expect("nulls parse");
+        assert!(node.methods.is_empty());
+        assert_eq!(node.network, Network::default());
+        assert_eq!(node.kernel, Kernel::default());
+        assert_eq!(node.meta, Meta::default());
+        assert_eq!(node.weight, 0, "a written weight is kept as written");
+    }
+
+    #[test]
+    fn go_json_has_go_fields_only_in_go_order() {
+        let mut node = ServiceNode::from_json(GO_NODE).expect("parses");
+        node.registered_at_ms = Some(1);
+        node.renewed_at_ms = Some(2);
+        node.ttl = Some(10);
+        let go = node.to_go_json().expect("encodes");
+        let fields: Vec<&str> = ["proto_count", "lease_id", "weight", "run_date", "methods", "network", "kernel", "meta"]
+            .into_iter()
+            .collect();
+        let mut at = 0;
+        for field in &fields {
+            let pos = go.find(&format!("\"{field}\":")).unwrap_or_else(|| panic!("missing {field} in {go}"));
+            assert!(pos >= at, "{field} out of Go order in {go}");
+            at = pos;
+        }
+        let value: serde_json::Value = serde_json::from_str(&go).expect("json");
+        assert_eq!(value.as_object().map(|o| o.len()), Some(fields.len()), "{go}");
+        assert_eq!(ServiceNode::from_json(&go).expect("parses").weight, 100);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::conf::validate_meta;
+use crate::conf::validate_names;
 use crate::register::{RetryHooks, RetryInfo};
 use crate::store::{Scope, Store, StoreWriter};
 use crate::telemetry;
@@ -82,15 +82,16 @@ impl Registrar {
     /// first invalid field.
     pub fn new(store: &dyn Store, meta: Meta, conf: ServiceConf) -> Result<Self> {
         let conf = conf.bootstrap()?;
-        validate_meta(&meta)?;
-        let writer = store.writer(&Scope::new(conf.namespace.clone(), meta.env.clone()))?;
+        let scope = Scope::new(conf.namespace.clone(), meta.env.clone());
+        store.validate(&scope, Some(&meta.app_id))?;
+        let writer = store.writer(&scope)?;
         Ok(Self::assemble(writer, meta, conf))
     }
 
     /// A registrar over an explicit writer (tests, decorators).
     pub fn from_writer(writer: Arc<dyn StoreWriter>, meta: Meta, conf: ServiceConf) -> Result<Self> {
         let conf = conf.bootstrap()?;
-        validate_meta(&meta)?;
+        validate_names(&conf.namespace, &meta.env, Some(&meta.app_id))?;
         Ok(Self::assemble(writer, meta, conf))
     }
 
@@ -203,6 +204,7 @@ impl Register for Registrar {
         node.meta = self.inner.meta.clone();
         node.kernel = conf.kernel.clone();
         node.network = conf.network.clone();
+        node.weight = conf.weight;
         node.ttl = Some(conf.ttl.as_secs());
         let mut state = self.inner.state.lock().await;
         let registered = *state.registered_at_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());

@@ -26,9 +26,9 @@ use crate::{Result, ServiceNode};
 /// Which namespace and env a reader or writer works in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Scope {
-    /// Namespace (validated DNS label).
+    /// Namespace (validated by [`Store::validate`]).
     pub namespace: String,
-    /// Environment (validated DNS label).
+    /// Environment (validated by [`Store::validate`]).
     pub env: String,
 }
 
@@ -43,6 +43,15 @@ impl Scope {
 pub trait Store: Send + Sync + 'static {
     /// Short backend name for errors and logs (`etcd`, `consul`, `kubernetes`, `memory`).
     fn kind(&self) -> &'static str;
+
+    /// Checks the names a registrar (`app_id` given) or discoverer of `scope`
+    /// would use, naming the first invalid field (`conf.namespace`,
+    /// `meta.env`, `meta.app_id`). The default accepts every name the Go
+    /// framework accepts ([`crate::conf::validate_names`]); a store whose
+    /// server is stricter (Kubernetes) enforces its own rules.
+    fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
+        crate::conf::validate_names(&scope.namespace, &scope.env, app_id)
+    }
 
     /// The writer for one registering instance in `scope`.
     fn writer(&self, scope: &Scope) -> Result<Arc<dyn StoreWriter>>;

@@ -240,7 +240,7 @@ impl KubernetesConfig {
     pub fn validate(&self) -> Result<()> {
         crate::encode::validate_prefix(&self.prefix)?;
         if let Some(ns) = &self.namespace {
-            registry_core::conf::validate_dns_label("kubernetes.namespace", ns)?;
+            crate::encode::validate_dns_label("kubernetes.namespace", ns)?;
         }
         if self.janitor_after == 0 {
             return Err(Error::invalid("kubernetes.janitor_after", "must be at least 1"));
@@ -249,6 +249,14 @@ impl KubernetesConfig {
             return Err(Error::invalid("kubernetes.field_manager", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// The Kubernetes namespace for a registry namespace, and the field it comes from.
+    pub(crate) fn namespace_source<'a>(&'a self, registry_namespace: &'a str) -> (&'static str, &'a str) {
+        match &self.namespace {
+            Some(ns) => ("kubernetes.namespace", ns),
+            None => ("conf.namespace", registry_namespace),
+        }
     }
 
     /// The Kubernetes namespace for a registry namespace.

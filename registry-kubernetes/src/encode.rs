@@ -2,18 +2,23 @@
 //!
 //! | what | form | rule it must meet |
 //! |---|---|---|
-//! | ConfigMap | `ff-registry-<env>` | DNS subdomain (env is a DNS label) |
+//! | ConfigMap | `ff-registry-<env slug>` | DNS subdomain |
 //! | ConfigMap data key | `<app_id>.<lease_id>` | `[-._a-zA-Z0-9]+`, ≤ 253 |
-//! | Lease name | `<env>.<app slug>.<lease id>` | DNS subdomain, ≤ 253 |
+//! | Lease name | `<env slug>.<app slug>.<lease id>` | DNS subdomain, ≤ 253 |
 //! | labels | `<prefix>/type=service`, `<prefix>/env=<env>`, `<prefix>/app=<app_id>`, `<prefix>/selector-<app_id>=service` | qualified name; value ≤ 63 |
 //! | annotations | `<prefix>/node` (Lease), `<prefix>/service-<app_id>` (Pod) | qualified name |
 //!
 //! The ConfigMap key splits at its **last** dot: app ids may contain dots,
 //! lease ids (decimal integers) never do, so `a.b.c.42` is app `a.b.c`, lease 42.
-//! App ids are already restricted by core to `[A-Za-z0-9._-]` (≤ 63, alphanumeric
-//! at both ends), so every app id is a valid label value and key part; only the
-//! length limit of a label *name* (63) can make `selector-<app_id>` unencodable,
-//! which [`Names::selector_label`] reports as `InvalidConfig`.
+//! Names are checked by [`validate_names`] (the store's
+//! `Store::validate`): the Kubernetes namespace must be a DNS label, env and
+//! app id valid label values (`[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?`, ≤ 63),
+//! so they go into labels and keys unchanged. Object names need lowercase DNS
+//! names: a *slug* lowercases and turns `_` and `.` into `-`, and when that
+//! changed anything appends a short hash of the exact name, so env `Prod` gets
+//! its own ConfigMap `ff-registry-prod-<hash>` apart from `prod`'s. Only the
+//! length limit of a label *name* (63) can make `selector-<app_id>`
+//! unencodable, which [`Names::selector_label`] reports as `InvalidConfig`.
 
 use registry_core::{Error, Result};
 
@@ -26,6 +31,57 @@ pub const MAX_CONFIGMAP_KEY: usize = 253;
 
 /// Value of the `type` label on every object this backend writes (and the seed's Pods).
 pub const TYPE_SERVICE: &str = "service";
+
+/// Longest label value, and longest DNS label.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// Checks the names a registrar or discoverer uses against the API server's
+/// rules: `namespace` (the Kubernetes namespace) a DNS label, `env` and
+/// `app_id` label values. `namespace_field` names where the namespace came
+/// from (`conf.namespace`, or `kubernetes.namespace` when the URL set it).
+pub fn validate_names(namespace_field: &'static str, namespace: &str, env: &str, app_id: Option<&str>) -> Result<()> {
+    validate_dns_label(namespace_field, namespace)?;
+    validate_label_value("meta.env", env)?;
+    if let Some(app_id) = app_id {
+        validate_label_value("meta.app_id", app_id)?;
+    }
+    Ok(())
+}
+
+/// Checks a DNS label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, ≤ 63): a namespace name.
+pub fn validate_dns_label(field: &'static str, value: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if value.is_empty()
+        || value.len() > MAX_LABEL_VALUE
+        || !value.chars().all(ok_char)
+        || value.starts_with('-')
+        || value.ends_with('-')
+    {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{value}` is not a Kubernetes namespace name: a DNS label of lowercase letters, digits and `-`, \
+                 starting and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a label value (`[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?`, ≤ 63):
+/// env and app id are written into labels as they are.
+pub fn validate_label_value(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_LABEL_VALUE || !is_label_name(value) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{value}` cannot be a Kubernetes label value: letters, digits, `-`, `_` and `.`, starting and \
+                 ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a label/annotation prefix: a lowercase DNS subdomain.
 pub fn validate_prefix(prefix: &str) -> Result<()> {
@@ -142,9 +198,20 @@ impl Names {
     }
 }
 
-/// `ff-registry-<env>`: the ConfigMap of an env (seed 000).
+/// `ff-registry-<env slug>`: the ConfigMap of an env (the Go framework's
+/// ConfigMap layout). A lowercase env is used as it is, so Go and Rust share
+/// the ConfigMap; see [`slug`] for the others.
 pub fn configmap_name(env: &str) -> String {
-    format!("ff-registry-{env}")
+    format!("ff-registry-{}", slug(env))
+}
+
+/// A label value as part of an object name: lowercased, `_` and `.` turned
+/// into `-`; when that changed anything, a short hash of the exact value is
+/// appended so that `Orders` and `orders` stay apart.
+pub fn slug(value: &str) -> String {
+    let slug: String =
+        value.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    if slug == value { slug } else { format!("{slug}-{:08x}", fnv32(value)) }
 }
 
 /// The ConfigMap data key of an instance: `<app_id>.<lease_id>`.
@@ -166,19 +233,13 @@ pub fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64), String
     Ok((app, lease))
 }
 
-/// The Lease name of an instance: `<env>.<app slug>.<lease id>`.
-///
-/// The slug lowercases the app id and turns `_` and `.` into `-`; when that
-/// changed anything, a short hash of the exact app id is appended so that
-/// `Orders` and `orders` get different Leases. Negative lease ids are
-/// written `n<digits>`. The app id is not recovered from the name (it is in
-/// the labels and the node), the name only has to be unique and valid.
+/// The Lease name of an instance: `<env slug>.<app slug>.<lease id>` (see
+/// [`slug`]). Negative lease ids are written `n<digits>`. Neither env nor app
+/// id is recovered from the name (they are in the labels and the node), the
+/// name only has to be unique and valid.
 pub fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
-    let slug: String =
-        app_id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
-    let slug = if slug == app_id { slug } else { format!("{slug}-{:08x}", fnv32(app_id)) };
     let lease = if lease_id < 0 { format!("n{}", lease_id.unsigned_abs()) } else { lease_id.to_string() };
-    format!("{env}.{slug}.{lease}")
+    format!("{}.{}.{lease}", slug(env), slug(app_id))
 }
 
 /// FNV-1a, 32 bits: a stable short hash (not for security).
@@ -242,6 +303,30 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len());
+    }
+
+    #[test]
+    fn go_names_map_to_valid_distinct_objects() {
+        assert_eq!(configmap_name("prod"), "ff-registry-prod", "the Go framework's ConfigMap name is kept");
+        let upper = configmap_name("Prod");
+        assert!(is_dns_subdomain(&upper) && upper != "ff-registry-prod", "{upper}");
+        let lease = lease_name("Prod", "Orders_X", 7);
+        assert!(is_dns_subdomain(&lease), "{lease}");
+        assert_ne!(lease, lease_name("prod", "Orders_X", 7));
+        assert!(validate_names("conf.namespace", "shop", "Prod", Some("Orders_X")).is_ok());
+    }
+
+    #[test]
+    fn names_kubernetes_cannot_hold_are_typed_errors_naming_the_field() {
+        let field = |r: Result<()>| match r {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        assert_eq!(field(validate_names("conf.namespace", "shop_v2", "prod", None)), "conf.namespace");
+        assert_eq!(field(validate_names("kubernetes.namespace", "Shop", "prod", None)), "kubernetes.namespace");
+        assert_eq!(field(validate_names("conf.namespace", "shop", "pr od", None)), "meta.env");
+        assert_eq!(field(validate_names("conf.namespace", "shop", "prod", Some("-a"))), "meta.app_id");
+        assert_eq!(field(validate_names("conf.namespace", "shop", "prod", Some(&"a".repeat(64)))), "meta.app_id");
     }
 
     #[test]

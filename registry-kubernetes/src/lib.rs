@@ -193,6 +193,18 @@ impl Store for KubernetesStore {
         KIND
     }
 
+    /// The API server's rules: the namespace a DNS label, env and app id label
+    /// values (object names are derived from them, see [`encode::slug`]); in
+    /// pod mode the app id must also fit a label key.
+    fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
+        let (field, namespace) = self.config.namespace_source(&scope.namespace);
+        encode::validate_names(field, namespace, &scope.env, app_id)?;
+        if let (Mode::Pod, Some(app_id)) = (self.config.mode, app_id) {
+            self.names.selector_label(app_id)?;
+        }
+        Ok(())
+    }
+
     fn writer(&self, scope: &Scope) -> Result<Arc<dyn StoreWriter>> {
         let c = &self.config;
         let names = self.names.clone();

@@ -34,7 +34,7 @@ async fn start_server() -> anyhow::Result<(String, Arc<AtomicU64>)> {
     Ok((addr, served))
 }
 
-async fn call(client: &mut HealthClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<()> {
+async fn call(client: &mut HealthClient<balance::WeightedChannel>, n: usize) -> anyhow::Result<()> {
     for _ in 0..n {
         client.check(HealthCheckRequest { service: String::new() }).await?;
     }
