@@ -7,7 +7,7 @@
 //! the quickstart, and it runs the whole conformance suite.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -93,7 +93,6 @@ struct Shared {
     /// Latest revision, for watchers and for waking the reaper.
     revision: watch::Sender<u64>,
     reaper: Mutex<Option<JoinHandle<()>>>,
-    next_lease: AtomicI64,
     /// False during a simulated outage.
     reachable: AtomicBool,
 }
@@ -126,9 +125,6 @@ impl MemoryStore {
     /// from (older resume points get `ResumeLost`, like etcd compaction).
     pub fn with_history(changes: usize) -> Self {
         let (revision, _) = watch::channel(0);
-        // Lease ids start at a time-based value, like the Go framework's
-        // nanosecond ids, so they are unique across restarts in practice.
-        let seed = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1).max(1);
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -140,7 +136,6 @@ impl MemoryStore {
                 }),
                 revision,
                 reaper: Mutex::new(None),
-                next_lease: AtomicI64::new(seed),
                 reachable: AtomicBool::new(true),
             }),
         }
@@ -177,11 +172,6 @@ impl MemoryStore {
         } else {
             Err(Error::unavailable(KIND, "memory store is unreachable (simulated outage)"))
         }
-    }
-
-    /// The key prefix of a scope: `<namespace>/<env>/`.
-    pub fn prefix(scope: &Scope) -> String {
-        format!("{}/{}/", scope.namespace, scope.env)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -242,23 +232,23 @@ impl Store for MemoryStore {
     }
 
     fn writer(&self, scope: &Scope) -> Result<Arc<dyn StoreWriter>> {
-        Ok(Arc::new(MemoryWriter { store: self.clone(), prefix: Self::prefix(scope) }))
+        Ok(Arc::new(MemoryWriter { store: self.clone(), scope: scope.clone() }))
     }
 
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
-        let source = Arc::new(MemoryReader { store: self.clone(), prefix: Self::prefix(scope) });
+        let source = Arc::new(MemoryReader { store: self.clone(), prefix: scope.key_prefix() });
         Ok(Arc::new(ListWatchReader::new(source)))
     }
 }
 
 struct MemoryWriter {
     store: MemoryStore,
-    prefix: String,
+    scope: Scope,
 }
 
 impl MemoryWriter {
     fn key(&self, node: &ServiceNode) -> String {
-        format!("{}{}/{}", self.prefix, node.meta.app_id, node.lease_id)
+        self.scope.record_key(&node.meta.app_id, node.lease_id)
     }
 }
 
@@ -269,7 +259,7 @@ impl StoreWriter for MemoryWriter {
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let id = self.store.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let id = crate::store::next_instance_id();
         self.store.lock()?.leases.insert(id, Lease { deadline: Instant::now() + ttl, keys: Vec::new() });
         self.store.ensure_reaper();
         // Wake the reaper so it sees the new deadline.
@@ -333,7 +323,9 @@ impl ListWatch for MemoryReader {
         KIND
     }
 
-    async fn list(&self) -> Result<Listing> {
+    type Resume = u64;
+
+    async fn list(&self) -> Result<Listing<u64>> {
         let state = self.store.lock()?;
         let records = state
             .records
@@ -341,10 +333,10 @@ impl ListWatch for MemoryReader {
             .take_while(|(k, _)| k.starts_with(&self.prefix))
             .map(|(k, r)| Self::record(k, &r.value, r.mod_revision))
             .collect();
-        Ok(Listing { records, revision: state.revision })
+        Ok(Listing::new(records, state.revision))
     }
 
-    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate>>> {
+    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate<u64>>>> {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         let notify = store.shared.revision.subscribe();
@@ -386,7 +378,7 @@ impl ListWatch for MemoryReader {
                 let advanced = latest > cursor;
                 cursor = latest;
                 if !changes.is_empty() {
-                    let update = WatchUpdate::Changes { changes, revision: cursor };
+                    let update = WatchUpdate::Changes { changes, resume: cursor };
                     return Some((Ok(update), (store, prefix, notify, cursor, false)));
                 }
                 if !advanced && notify.changed().await.is_err() {
