@@ -6,6 +6,10 @@
 //! monotonic clock), publishes an immutable [`ServiceIndex`] snapshot per
 //! batch through an `ArcSwap`, and fans out [`DiscoveryEvent`]s. Readers
 //! never take a lock.
+//!
+//! The same clock drives reaping: when the reader offers a [`Reap`]
+//! capability, a heartbeat record long dead is handed to it (see [`Reap`]
+//! for the rules), from tasks owned by the follow task, a few at a time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,17 +20,22 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::index::{IndexWriter, Recency};
-use crate::store::{Liveness, RawRecord, Scope, Store, StoreEvent, StoreReader};
+use crate::store::{DEFAULT_REAP_AFTER, Liveness, RawRecord, Reap, Scope, Store, StoreEvent, StoreReader};
 use crate::telemetry;
 use crate::{Discovery, DiscoveryEvent, Error, Nodes, Result, ServiceConf, ServiceIndex, ServiceNode};
 
 /// How many events a slow subscriber may fall behind before it gets a `Reset`.
 const EVENT_BUFFER: usize = 4096;
+/// How many reaps one discoverer runs at once (a fleet that crashed at once
+/// must not turn into a burst of thousands of deletes).
+const REAP_CONCURRENCY: usize = 4;
+/// Deadline of one reap.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Default)]
 struct Status {
@@ -38,6 +47,7 @@ struct Status {
 
 struct Inner {
     reader: Arc<dyn StoreReader>,
+    reaper: Option<Arc<dyn Reap>>,
     labels: [(&'static str, String); 2],
     scope: Scope,
     default_window: Duration,
@@ -74,12 +84,22 @@ impl Discoverer {
     }
 
     /// A discoverer over an explicit reader (tests, decorators).
+    ///
+    /// When the reader offers a [`Reap`] capability ([`StoreReader::reaper`]),
+    /// the discoverer also deletes long-dead heartbeat records through it.
     pub fn from_reader(reader: Arc<dyn StoreReader>, scope: Scope, default_window: Duration) -> Self {
         let (status, _) = watch::channel(Status::default());
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let reaper = reader.reaper();
+        let cache = Cache {
+            reaping: reaper.is_some(),
+            reap_after: reaper.as_ref().map_or(DEFAULT_REAP_AFTER, |r| r.reap_after()).max(1),
+            ..Cache::default()
+        };
         Self {
             inner: Arc::new(Inner {
                 reader,
+                reaper,
                 labels: [("namespace", scope.namespace.clone()), ("env", scope.env.clone())],
                 scope,
                 default_window,
@@ -87,7 +107,7 @@ impl Discoverer {
                 status,
                 events,
                 task: Mutex::new(None),
-                cache: Mutex::new(Cache::default()),
+                cache: Mutex::new(cache),
                 skipped: AtomicU64::new(0),
             }),
         }
@@ -233,16 +253,22 @@ fn down(node: Arc<ServiceNode>) -> DiscoveryEvent {
     DiscoveryEvent::Down { key: instance_key(&node), node }
 }
 
-/// The follow task: applies store events in batches and expires heartbeat records.
+/// The follow task: applies store events in batches, expires heartbeat
+/// records and reaps long-dead ones. Reaps run in tasks it owns: stopping it
+/// (unwatch) stops them.
 async fn follow(inner: Arc<Inner>) {
     let mut stream = inner.reader.events();
+    let mut reaps = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(REAP_CONCURRENCY));
     loop {
+        while reaps.try_join_next().is_some() {}
         let deadline = inner.cache.lock().ok().and_then(|c| c.next_deadline());
         let first = match deadline {
             Some(at) => tokio::select! {
                 event = stream.next() => event,
                 _ = tokio::time::sleep_until(at) => {
-                    apply_batch(&inner, Vec::new());
+                    let due = apply_batch(&inner, Vec::new());
+                    spawn_reaps(&inner, due, &permits, &mut reaps);
                     continue;
                 }
             },
@@ -260,12 +286,50 @@ async fn follow(inner: Arc<Inner>) {
                 _ => break,
             }
         }
-        apply_batch(&inner, batch);
+        let due = apply_batch(&inner, batch);
+        spawn_reaps(&inner, due, &permits, &mut reaps);
     }
 }
 
-fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
-    let Ok(mut cache) = inner.cache.lock() else { return };
+/// Hands each record in `due` to the store's reaper, at most
+/// [`REAP_CONCURRENCY`] at once, and counts the outcome.
+fn spawn_reaps(inner: &Inner, due: Vec<RawRecord>, permits: &Arc<Semaphore>, reaps: &mut JoinSet<()>) {
+    let Some(reaper) = &inner.reaper else { return };
+    for record in due {
+        let reaper = Arc::clone(reaper);
+        let permits = Arc::clone(permits);
+        let [namespace, env] = inner.labels.clone();
+        reaps.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            let key = record.key.as_str();
+            let outcome = match tokio::time::timeout(REAP_TIMEOUT, reaper.reap(&record)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(key, "deleted a long-dead heartbeat record");
+                    telemetry::REAP_DELETED
+                }
+                Ok(Err(Error::Conflict { .. })) => {
+                    tracing::debug!(key, "long-dead record changed before its deletion: kept");
+                    telemetry::REAP_RENEWED
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(key, %error, "deleting a long-dead record failed");
+                    telemetry::REAP_FAILED
+                }
+                Err(_) => {
+                    tracing::debug!(key, after = ?REAP_TIMEOUT, "deleting a long-dead record timed out");
+                    telemetry::REAP_FAILED
+                }
+            };
+            let labels = [namespace, env, ("outcome", outcome.to_owned())];
+            metrics::counter!(telemetry::REAPS, &labels).increment(1);
+        });
+    }
+}
+
+/// Applies one batch of store events and publishes the result; returns the
+/// records now due for reaping.
+fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
+    let Ok(mut cache) = inner.cache.lock() else { return Vec::new() };
     let mut out = Vec::new();
     let mut became_ready = false;
     let mut first_error = None;
@@ -327,7 +391,9 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
             }
         }
     }
-    cache.expire(Instant::now(), &mut out);
+    let now = Instant::now();
+    cache.expire(now, &mut out);
+    let due = cache.due_reaps(now);
     if let Some(snapshot) = cache.index.publish() {
         metrics::gauge!(telemetry::CACHE_NODES, &inner.labels).set(snapshot.len() as f64);
         inner.index.store(snapshot);
@@ -361,6 +427,7 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
         }
         changed
     });
+    due
 }
 
 struct Entry {
@@ -370,6 +437,19 @@ struct Entry {
     window: Option<Duration>,
     last_seen: Instant,
     visible: bool,
+    /// The record as last observed, to hand to the reaper once it is long
+    /// dead; `None` when it is not to be reaped (no reaper, store-managed, a
+    /// window the record does not state) or was handed out for this stamp.
+    /// Boxed: most entries never hold one, and the cache is per node.
+    reap: Option<Box<RawRecord>>,
+}
+
+impl Entry {
+    /// When the record counts as long dead, if it is to be reaped.
+    fn reap_at(&self, after: u32) -> Option<Instant> {
+        self.reap.as_ref()?;
+        self.last_seen.checked_add(self.window?.checked_mul(after)?)
+    }
 }
 
 #[derive(Default)]
@@ -386,6 +466,10 @@ struct Cache {
     /// Keys reported malformed during the listing in progress.
     listing_malformed: HashSet<String>,
     degraded_since: Option<Instant>,
+    /// The reader offers a reaper.
+    reaping: bool,
+    /// Windows without a new stamp before a record is reaped.
+    reap_after: u32,
 }
 
 /// True when two nodes differ only in heartbeat fields.
@@ -435,10 +519,15 @@ impl Cache {
 
     fn upsert(&mut self, inner: &Inner, record: RawRecord, out: &mut Vec<DiscoveryEvent>) {
         let stamp = record.stamp_digest();
-        if let Some(entry) = self.records.get(record.key.as_str())
+        if let Some(entry) = self.records.get_mut(record.key.as_str())
             && entry.stamp == stamp
         {
-            // Same write seen again (a relist): not a sign of life.
+            // Same write seen again (a relist, or another change of the object
+            // holding it): not a sign of life; but a reap deletes the version
+            // last observed.
+            if let Some(reap) = entry.reap.as_mut() {
+                **reap = record;
+            }
             return;
         }
         if self.skipped_writes.get(record.key.as_str()) == Some(&stamp) {
@@ -457,21 +546,27 @@ impl Cache {
             return self.reject(inner, &record.key, "empty app_id", stamp, out);
         }
         self.skipped_writes.remove(record.key.as_str());
-        let window = match record.liveness {
-            Liveness::StoreManaged => None,
-            Liveness::Heartbeat { window } => {
-                Some(window.or(node.ttl.map(Duration::from_secs)).unwrap_or(inner.default_window))
-            }
+        let (window, stated) = match record.liveness {
+            Liveness::StoreManaged => (None, false),
+            Liveness::Heartbeat { window } => match window.or(node.ttl.map(Duration::from_secs)) {
+                Some(window) => (Some(window), !window.is_zero()),
+                None => (Some(inner.default_window), false),
+            },
         };
         let now = Instant::now();
         let key: Arc<str> = Arc::from(record.key.as_str());
-        if let Some(entry) = self.records.get_mut(&key) {
+        // Only a window the record states is good enough to delete it by:
+        // hiding is undone by the next heartbeat, a delete is not.
+        let reap = (self.reaping && stated).then(|| Box::new(record));
+        if let Some(entry) = self.records.get_mut(&key)
+            && entry.visible
+            && same_but_heartbeat(&entry.node, &node)
+        {
             entry.stamp = stamp;
             entry.last_seen = now;
             entry.window = window;
-            if entry.visible && same_but_heartbeat(&entry.node, &node) {
-                return;
-            }
+            entry.reap = reap;
+            return;
         }
         let recency = match (self.records.get(&key), self.index.recency(&key)) {
             // An update of a live instance keeps its place in the order.
@@ -481,7 +576,7 @@ impl Cache {
         };
         let node = self.index.upsert(&key, node, recency);
         out.push(up(Arc::clone(&node)));
-        self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true });
+        self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true, reap });
     }
 
     fn delete(&mut self, key: &str, out: &mut Vec<DiscoveryEvent>) {
@@ -511,10 +606,28 @@ impl Cache {
         }
     }
 
+    /// Heartbeat records long dead, each handed out once per observed stamp;
+    /// none while the stream is broken or a listing is in progress (the
+    /// records held then may already have been renewed).
+    fn due_reaps(&mut self, now: Instant) -> Vec<RawRecord> {
+        if !self.reaping || self.degraded_since.is_some() || self.pending.is_some() {
+            return Vec::new();
+        }
+        let after = self.reap_after;
+        self.records
+            .values_mut()
+            .filter(|e| e.reap_at(after).is_some_and(|at| now >= at))
+            .filter_map(|e| e.reap.take().map(|r| *r))
+            .collect()
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         if self.degraded_since.is_some() {
             return None;
         }
-        self.records.values().filter(|e| e.visible).filter_map(|e| e.window.map(|w| e.last_seen + w)).min()
+        let expiry = self.records.values().filter(|e| e.visible).filter_map(|e| e.window.map(|w| e.last_seen + w));
+        // Reaps wait for a listing in progress to complete (not for a timer).
+        let reaps = self.records.values().filter(|_| self.pending.is_none()).filter_map(|e| e.reap_at(self.reap_after));
+        expiry.chain(reaps).min()
     }
 }

@@ -14,6 +14,12 @@
 //! capped backoff while the backend is down). A backend whose client already
 //! has that machinery (kube-runtime's `watcher`) maps its events to
 //! [`StoreEvent`]s directly.
+//!
+//! A store that keeps dead heartbeat records (Kubernetes ConfigMap entries
+//! and Leases) can also hand out a [`Reap`] capability
+//! ([`StoreReader::reaper`]): core decides *when* a record is long dead, on
+//! its own expiry clock, and the adapter deletes it with the store's
+//! precondition so that a live record is never deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +152,10 @@ pub struct RawRecord {
     /// Changes on every write of the record (etcd `mod_revision`, Kubernetes
     /// `renewTime`, …); `None` means "compare `value`".
     pub stamp: Option<String>,
+    /// The store's version of the object holding the record (a Kubernetes
+    /// `resourceVersion`), for a [`Reap`] precondition. Not a sign of life:
+    /// a new version with the same stamp does not renew the record.
+    pub version: Option<String>,
     /// How liveness is judged.
     pub liveness: Liveness,
 }
@@ -166,12 +176,18 @@ impl RawRecord {
 
     /// A store-managed record whose stamp is its value.
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: value.into(), stamp: None, liveness: Liveness::StoreManaged }
+        Self { key: key.into(), value: value.into(), stamp: None, version: None, liveness: Liveness::StoreManaged }
     }
 
     /// Sets the stamp.
     pub fn with_stamp(mut self, stamp: impl Into<String>) -> Self {
         self.stamp = Some(stamp.into());
+        self
+    }
+
+    /// Sets the store's version (see [`RawRecord::version`]).
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
         self
     }
 
@@ -217,6 +233,49 @@ pub trait StoreReader: Send + Sync + 'static {
     /// recovers from errors itself (reporting them as [`StoreEvent::Error`]).
     /// Dropping it stops all work.
     fn events(&self) -> BoxStream<'static, StoreEvent>;
+
+    /// Optional capability of stores that keep dead heartbeat records: deletes
+    /// records core has judged long dead (see [`Reap`]). Default: none —
+    /// dead records are only hidden.
+    fn reaper(&self) -> Option<Arc<dyn Reap>> {
+        None
+    }
+}
+
+/// How many heartbeat windows without a new stamp make a record long dead
+/// (see [`Reap::reap_after`]).
+pub const DEFAULT_REAP_AFTER: u32 = 3;
+
+/// Deletes heartbeat records that core has judged long dead.
+///
+/// The [`crate::Discoverer`] decides, on the same monotonic clock that hides
+/// expired records: a [`Liveness::Heartbeat`] record whose window the record
+/// states itself (the Liveness window, or the node's `ttl`; never the
+/// discoverer's default, which may be shorter than a foreign writer's
+/// heartbeat) and that showed no new stamp for
+/// [`reap_after`](Self::reap_after) windows is handed to
+/// [`reap`](Self::reap) — never while the change stream is broken or a
+/// relisting is in progress (the outage does not count against the record),
+/// and at most once per observed stamp. Outcomes are counted in
+/// [`crate::telemetry::REAPS`].
+#[async_trait]
+pub trait Reap: Send + Sync + 'static {
+    /// How many heartbeat windows without a new stamp make a record long dead
+    /// (default [`DEFAULT_REAP_AFTER`]; 0 counts as 1).
+    fn reap_after(&self) -> u32 {
+        DEFAULT_REAP_AFTER
+    }
+
+    /// Deletes exactly the version of `record` core last observed (as the
+    /// reader reported it: its value, stamp and [`RawRecord::version`]),
+    /// with the store's precondition, so that a record renewed in the
+    /// meantime is never deleted.
+    ///
+    /// Returns `Ok` when the record is gone (deleted now, or already gone),
+    /// [`Error::Conflict`](crate::Error::Conflict) when the precondition
+    /// failed (the record changed: harmless, its new write restarts its
+    /// clock), any other error when the delete failed.
+    async fn reap(&self, record: &RawRecord) -> Result<()>;
 }
 
 /// An entry under the scope's prefix that the adapter cannot even turn into

@@ -19,3 +19,14 @@ pub const SKIPPED: &str = "registry_skipped_records_total";
 pub const PROPAGATION_LAG: &str = "registry_propagation_lag_seconds";
 /// Counter: change-stream errors seen by discovery.
 pub const STREAM_ERRORS: &str = "registry_stream_errors_total";
+/// Counter: deletions of long-dead heartbeat records attempted by discovery
+/// (through a store's [`Reap`](crate::store::Reap) capability), labelled
+/// `outcome`: [`REAP_DELETED`], [`REAP_RENEWED`] or [`REAP_FAILED`].
+pub const REAPS: &str = "registry_reaps_total";
+/// `outcome` of a reap: the record is gone.
+pub const REAP_DELETED: &str = "deleted";
+/// `outcome` of a reap: the store's precondition failed, the record changed
+/// (renewed) after it was judged dead; nothing was deleted.
+pub const REAP_RENEWED: &str = "renewed";
+/// `outcome` of a reap: the delete failed (permission, unavailable, timeout).
+pub const REAP_FAILED: &str = "failed";
