@@ -4,7 +4,7 @@
 //! States: *list* (full listing, announced as `Reset … Synced`) → *watch from
 //! the listing's resume point* → on a broken stream, back off and *resume from
 //! the last point seen*; when the resume point is gone
-//! ([`Error::ResumeLost`](crate::Error::ResumeLost)), *relist*. Backoff is
+//! ([`Error::ResumeLost`]), *relist*. Backoff is
 //! capped and reset by the first successful update, so a down backend is
 //! polled gently, never in a busy loop. Errors are reported as
 //! [`StoreEvent::Error`]; the discoverer keeps its last view meanwhile.

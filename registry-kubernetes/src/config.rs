@@ -91,11 +91,15 @@ pub struct KubernetesConfig {
     pub pod_name: Option<String>,
     /// Kubernetes namespace to use instead of the registry namespace.
     pub namespace: Option<String>,
-    /// Run the janitor in discoverers: delete records (ConfigMap entries,
-    /// Leases) whose heartbeat stopped for [`janitor_after`](Self::janitor_after)
-    /// heartbeat windows, with a precondition that cannot delete a live one.
+    /// Let discoverers delete long-dead records (ConfigMap entries, Leases;
+    /// default on): core's expiry clock hands a record whose heartbeat
+    /// stopped for [`janitor_after`](Self::janitor_after) windows to this
+    /// backend's reaper, which deletes it with a precondition that cannot
+    /// delete a live one. Off (`janitor=false` in the URL), dead records are
+    /// only hidden.
     pub janitor: bool,
-    /// How many heartbeat windows without a change make a record garbage (default 3).
+    /// How many heartbeat windows without a change make a record long dead
+    /// (default 3, `registry_core::store::DEFAULT_REAP_AFTER`).
     pub janitor_after: u32,
     /// Field manager name on every write (default `registry`).
     pub field_manager: String,
@@ -113,7 +117,7 @@ impl Default for KubernetesConfig {
             pod_name: default_pod_name(),
             namespace: None,
             janitor: true,
-            janitor_after: 3,
+            janitor_after: registry_core::store::DEFAULT_REAP_AFTER,
             field_manager: "registry".to_owned(),
             max_conflict_retries: 10,
         }
@@ -189,7 +193,7 @@ impl KubernetesConfig {
         self
     }
 
-    /// Turns the janitor on or off.
+    /// Turns the deletion of long-dead records on or off (see [`janitor`](Self::janitor)).
     pub fn with_janitor(mut self, on: bool) -> Self {
         self.janitor = on;
         self

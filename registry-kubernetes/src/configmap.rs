@@ -11,7 +11,7 @@
 //!   gets 409 AlreadyExists and patches instead), retried up to
 //!   `max_conflict_retries` times, then `Conflict`;
 //! - writers of one process that share a [`crate::KubernetesStore`]
-//!   **coalesce** their entry writes per ConfigMap ([`EntryBatch`]): while one
+//!   **coalesce** their entry writes per ConfigMap (`EntryBatch`): while one
 //!   merge patch is in flight, the entries queued behind it go out together in
 //!   the next one. Every write of one ConfigMap is serialised by the API server
 //!   (each is a full rewrite of the object, and concurrent ones conflict and are
@@ -24,40 +24,39 @@
 //!   `TooLarge` too;
 //! - a heartbeat rewrites the entry with the fresh node (new `run_date` and
 //!   `renewed_at_ms`): there is no server-side TTL, so a crashed instance's
-//!   entry stays until the janitor removes it (see [`crate::janitor`]): a JSON
-//!   patch `test` of the exact value, then `remove`.
+//!   entry stays until a discoverer reaps it ([`ConfigMapReaper`], called by
+//!   core once the entry is long dead): a JSON patch `test` of the exact value
+//!   core last observed, then `remove` — a heartbeat in between changes the
+//!   value, and the patch fails harmlessly.
 //!
 //! Discovery watches the one ConfigMap (field selector `metadata.name`, so
 //! ConfigMaps written by the Go framework without our labels are seen too)
 //! and diffs its entries ([`crate::watch`]); liveness is `Heartbeat` with the
-//! node's own `ttl` as window and the value as stamp.
+//! node's own `ttl` as window and the value as stamp (an entry without `ttl`,
+//! as the Go framework writes them, is hidden by the discoverer's TTL but
+//! never reaped).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use registry_core::store::{Liveness, RawRecord, StoreWriter};
+use registry_core::store::{Liveness, RawRecord, Reap, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::oneshot;
 
 use crate::encode::{Names, configmap_key, configmap_name, parse_configmap_key, pointer_segment};
-use crate::error::{Call, KIND, is_conflict, is_not_found, map};
-use crate::janitor::Target;
+use crate::error::{Call, KIND, MAX_CONFIGMAP_BYTES, is_conflict, is_not_found, map, status_code};
 use crate::watch::{Item, Layout};
-
-/// Kubernetes' limit on a ConfigMap's data (sum of key and value lengths).
-pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
 
 const RESOURCE: &str = "configmaps";
 
 /// The size Kubernetes counts for a ConfigMap's data.
-pub fn data_size(cm: &ConfigMap) -> usize {
+fn data_size(cm: &ConfigMap) -> usize {
     let data: usize = cm.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
     let binary: usize = cm.binary_data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum();
     data + binary
@@ -65,7 +64,7 @@ pub fn data_size(cm: &ConfigMap) -> usize {
 
 /// Why a coalesced entry write failed.
 #[derive(Debug)]
-pub enum EntryError {
+pub(crate) enum EntryError {
     /// The ConfigMap does not exist.
     NotFound,
     /// Anything else, mapped.
@@ -82,7 +81,7 @@ struct Queued {
 
 /// Coalesces the entry writes of one process to one ConfigMap: one merge
 /// patch in flight at a time, carrying every entry queued behind the last one.
-pub struct EntryBatch {
+pub(crate) struct EntryBatch {
     api: Api<ConfigMap>,
     name: String,
     params: PatchParams,
@@ -92,7 +91,7 @@ pub struct EntryBatch {
 
 impl EntryBatch {
     /// A batch for ConfigMap `name` in `api`'s namespace.
-    pub fn new(api: Api<ConfigMap>, name: String, field_manager: &str) -> Self {
+    pub(crate) fn new(api: Api<ConfigMap>, name: String, field_manager: &str) -> Self {
         let params = PatchParams { field_manager: Some(field_manager.to_owned()), ..PatchParams::default() };
         Self { api, name, params, queue: Mutex::new(Vec::new()), flush: tokio::sync::Mutex::new(()) }
     }
@@ -109,7 +108,7 @@ impl EntryBatch {
     /// Sets `data[key] = value` (removes it for `None`), possibly together
     /// with other queued entries. Cancellation-safe: an entry whose flusher
     /// was cancelled is queued again.
-    pub async fn write(&self, key: &str, value: Option<&str>) -> Answer {
+    pub(crate) async fn write(&self, key: &str, value: Option<&str>) -> Answer {
         let mut receiver = self.enqueue(key, value);
         loop {
             let _turn = self.flush.lock().await;
@@ -165,7 +164,7 @@ impl EntryBatch {
 }
 
 /// Writes one instance's entry in `ff-registry-<env>`.
-pub struct ConfigMapWriter {
+pub(crate) struct ConfigMapWriter {
     api: Api<ConfigMap>,
     batch: Arc<EntryBatch>,
     names: Names,
@@ -177,7 +176,7 @@ pub struct ConfigMapWriter {
 
 impl ConfigMapWriter {
     /// A writer for env `env`, in `api`'s namespace, writing entries through `batch`.
-    pub fn new(
+    pub(crate) fn new(
         api: Api<ConfigMap>,
         batch: Arc<EntryBatch>,
         names: Names,
@@ -293,27 +292,20 @@ impl StoreWriter for ConfigMapWriter {
 }
 
 /// The entries of `ff-registry-<env>` as records.
-pub struct ConfigMapLayout {
-    api: Api<ConfigMap>,
+pub(crate) struct ConfigMapLayout {
     name: String,
 }
 
 impl ConfigMapLayout {
-    /// Reads `ff-registry-<env>` through `api`.
-    pub fn new(api: Api<ConfigMap>, env: &str) -> Self {
-        Self { api, name: configmap_name(env) }
+    /// Reads `ff-registry-<env>`.
+    pub(crate) fn new(env: &str) -> Self {
+        Self { name: configmap_name(env) }
     }
 
     /// The watched ConfigMap's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
-}
-
-/// Just the TTL of a node, for the janitor.
-#[derive(serde::Deserialize)]
-struct TtlOnly {
-    ttl: Option<u64>,
 }
 
 impl Layout for ConfigMapLayout {
@@ -330,38 +322,58 @@ impl Layout for ConfigMapLayout {
                 items.push(Item::Malformed { key: key.clone(), reason });
                 continue;
             }
+            // The value is the stamp, and the exact value a reap tests for.
             let record = RawRecord::new(key.clone(), value.clone()).with_liveness(Liveness::Heartbeat { window: None });
-            let window = serde_json::from_str::<TtlOnly>(value).ok().and_then(|t| t.ttl).filter(|t| *t > 0);
-            let reap = window.map(|ttl| {
-                let target = Target {
-                    object: self.name.clone(),
-                    key: key.clone(),
-                    value: value.clone(),
-                    resource_version: None,
-                };
-                (Duration::from_secs(ttl), target)
-            });
-            items.push(Item::Record { record, reap });
+            items.push(Item::Record(record));
         }
         for key in cm.binary_data.iter().flatten().map(|(k, _)| k) {
             items.push(Item::Malformed { key: key.clone(), reason: "binaryData entry".into() });
         }
         items
     }
+}
 
-    fn reap(&self, target: Target) -> BoxFuture<'static, Result<()>> {
-        let api = self.api.clone();
-        Box::pin(async move {
-            let path = format!("/data/{}", pointer_segment(&target.key));
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-                { "op": "test", "path": path, "value": target.value },
-                { "op": "remove", "path": path },
-            ]))
-            .map_err(|e| Error::Encode { reason: e.to_string() })?;
-            api.patch(&target.object, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await
-                .map(|_| ())
-                .map_err(|e| map(e, Call::new("patch", RESOURCE, &target.object)))
-        })
+/// Deletes long-dead entries of `ff-registry-<env>`: a JSON patch whose
+/// `test` operation compares the exact value core last observed before the
+/// `remove`, so a renewed entry is never deleted.
+pub(crate) struct ConfigMapReaper {
+    api: Api<ConfigMap>,
+    name: String,
+    after: u32,
+}
+
+impl ConfigMapReaper {
+    /// Reaps entries of `ff-registry-<env>` in `api`'s namespace after `after`
+    /// heartbeat windows without a change.
+    pub(crate) fn new(api: Api<ConfigMap>, env: &str, after: u32) -> Self {
+        Self { api, name: configmap_name(env), after }
+    }
+}
+
+#[async_trait]
+impl Reap for ConfigMapReaper {
+    fn reap_after(&self) -> u32 {
+        self.after
+    }
+
+    async fn reap(&self, record: &RawRecord) -> Result<()> {
+        let path = format!("/data/{}", pointer_segment(&record.key));
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            { "op": "test", "path": path, "value": record.value },
+            { "op": "remove", "path": path },
+        ]))
+        .map_err(|e| Error::Encode { reason: e.to_string() })?;
+        match self.api.patch(&self.name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+            Ok(_) => Ok(()),
+            // The whole ConfigMap is gone, and the entry with it.
+            Err(e) if is_not_found(&e) => Ok(()),
+            // The `test` failed: the entry was renewed (or removed) since core saw it.
+            Err(e) if status_code(&e) == Some(422) => Err(Error::Conflict {
+                backend: KIND,
+                what: format!("ConfigMap `{}` entry `{}`", self.name, record.key),
+                attempts: 1,
+            }),
+            Err(e) => Err(map(e, Call::new("patch", RESOURCE, &self.name))),
+        }
     }
 }

@@ -23,23 +23,28 @@
 use registry_core::{Error, Result};
 
 /// Longest label name part (after the prefix `/`).
-pub const MAX_LABEL_NAME: usize = 63;
+pub(crate) const MAX_LABEL_NAME: usize = 63;
 /// Longest DNS subdomain (object names, label prefixes).
-pub const MAX_SUBDOMAIN: usize = 253;
+pub(crate) const MAX_SUBDOMAIN: usize = 253;
 /// Longest ConfigMap data key.
-pub const MAX_CONFIGMAP_KEY: usize = 253;
+pub(crate) const MAX_CONFIGMAP_KEY: usize = 253;
 
 /// Value of the `type` label on every object this backend writes (and the seed's Pods).
-pub const TYPE_SERVICE: &str = "service";
+pub(crate) const TYPE_SERVICE: &str = "service";
 
 /// Longest label value, and longest DNS label.
-pub const MAX_LABEL_VALUE: usize = 63;
+pub(crate) const MAX_LABEL_VALUE: usize = 63;
 
 /// Checks the names a registrar or discoverer uses against the API server's
 /// rules: `namespace` (the Kubernetes namespace) a DNS label, `env` and
 /// `app_id` label values. `namespace_field` names where the namespace came
 /// from (`conf.namespace`, or `kubernetes.namespace` when the URL set it).
-pub fn validate_names(namespace_field: &'static str, namespace: &str, env: &str, app_id: Option<&str>) -> Result<()> {
+pub(crate) fn validate_names(
+    namespace_field: &'static str,
+    namespace: &str,
+    env: &str,
+    app_id: Option<&str>,
+) -> Result<()> {
     validate_dns_label(namespace_field, namespace)?;
     validate_label_value("meta.env", env)?;
     if let Some(app_id) = app_id {
@@ -49,7 +54,7 @@ pub fn validate_names(namespace_field: &'static str, namespace: &str, env: &str,
 }
 
 /// Checks a DNS label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, ≤ 63): a namespace name.
-pub fn validate_dns_label(field: &'static str, value: &str) -> Result<()> {
+pub(crate) fn validate_dns_label(field: &'static str, value: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
     if value.is_empty()
         || value.len() > MAX_LABEL_VALUE
@@ -70,7 +75,7 @@ pub fn validate_dns_label(field: &'static str, value: &str) -> Result<()> {
 
 /// Checks a label value (`[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?`, ≤ 63):
 /// env and app id are written into labels as they are.
-pub fn validate_label_value(field: &'static str, value: &str) -> Result<()> {
+pub(crate) fn validate_label_value(field: &'static str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_LABEL_VALUE || !is_label_name(value) {
         return Err(Error::invalid(
             field,
@@ -84,7 +89,7 @@ pub fn validate_label_value(field: &'static str, value: &str) -> Result<()> {
 }
 
 /// Checks a label/annotation prefix: a lowercase DNS subdomain.
-pub fn validate_prefix(prefix: &str) -> Result<()> {
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() || prefix.len() > MAX_SUBDOMAIN || !is_dns_subdomain(prefix) {
         return Err(Error::invalid(
             "kubernetes.prefix",
@@ -95,7 +100,7 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
 }
 
 /// True for a DNS-1123 subdomain: dot-separated labels of `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
-pub fn is_dns_subdomain(value: &str) -> bool {
+pub(crate) fn is_dns_subdomain(value: &str) -> bool {
     value.len() <= MAX_SUBDOMAIN
         && value.split('.').all(|part| {
             !part.is_empty()
@@ -106,7 +111,7 @@ pub fn is_dns_subdomain(value: &str) -> bool {
 }
 
 /// True for the name part of a qualified name (label or annotation key).
-pub fn is_label_name(value: &str) -> bool {
+pub(crate) fn is_label_name(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_LABEL_NAME
         && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -115,7 +120,7 @@ pub fn is_label_name(value: &str) -> bool {
 }
 
 /// True for a ConfigMap data key.
-pub fn is_configmap_key(value: &str) -> bool {
+pub(crate) fn is_configmap_key(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_CONFIGMAP_KEY
         && value != "."
@@ -123,7 +128,10 @@ pub fn is_configmap_key(value: &str) -> bool {
         && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Label, annotation and object names for one prefix.
+/// The label and annotation keys this backend writes, for one prefix
+/// ([`crate::DEFAULT_PREFIX`] unless [`crate::KubernetesConfig::prefix`]
+/// says otherwise): what a tool that creates or inspects registrations next
+/// to this library needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
     prefix: String,
@@ -198,9 +206,11 @@ impl Names {
     }
 }
 
-/// `ff-registry-<env slug>`: the ConfigMap of an env (the Go framework's
-/// ConfigMap layout). A lowercase env is used as it is, so Go and Rust share
-/// the ConfigMap; see [`slug`] for the others.
+/// `ff-registry-<env slug>`: the ConfigMap of an env in `configmap` mode (the
+/// Go framework's ConfigMap layout). A lowercase env is used as it is, so Go
+/// and Rust share the ConfigMap; any other env is lowercased, `_` and `.`
+/// turned into `-`, and a short hash of the exact env appended, so that env
+/// `Prod` gets a ConfigMap of its own apart from `prod`'s.
 pub fn configmap_name(env: &str) -> String {
     format!("ff-registry-{}", slug(env))
 }
@@ -208,14 +218,14 @@ pub fn configmap_name(env: &str) -> String {
 /// A label value as part of an object name: lowercased, `_` and `.` turned
 /// into `-`; when that changed anything, a short hash of the exact value is
 /// appended so that `Orders` and `orders` stay apart.
-pub fn slug(value: &str) -> String {
+pub(crate) fn slug(value: &str) -> String {
     let slug: String =
         value.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     if slug == value { slug } else { format!("{slug}-{:08x}", fnv32(value)) }
 }
 
 /// The ConfigMap data key of an instance: `<app_id>.<lease_id>`.
-pub fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
+pub(crate) fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
     let key = format!("{app_id}.{lease_id}");
     if !is_configmap_key(&key) {
         return Err(Error::invalid("meta.app_id", format!("`{app_id}` cannot be encoded as a ConfigMap key")));
@@ -224,7 +234,7 @@ pub fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
 }
 
 /// App id and lease id of a ConfigMap data key, or why it is not one of ours.
-pub fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64), String> {
+pub(crate) fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64), String> {
     let (app, lease) = key.rsplit_once('.').ok_or_else(|| format!("`{key}` is not `<app_id>.<lease_id>`"))?;
     let lease: i64 = lease.parse().map_err(|_| format!("`{key}`: `{lease}` is not a lease id"))?;
     if app.is_empty() {
@@ -237,7 +247,7 @@ pub fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64), String
 /// [`slug`]). Negative lease ids are written `n<digits>`. Neither env nor app
 /// id is recovered from the name (they are in the labels and the node), the
 /// name only has to be unique and valid.
-pub fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
+pub(crate) fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
     let lease = if lease_id < 0 { format!("n{}", lease_id.unsigned_abs()) } else { lease_id.to_string() };
     format!("{}.{}.{lease}", slug(env), slug(app_id))
 }
@@ -248,7 +258,7 @@ fn fnv32(value: &str) -> u32 {
 }
 
 /// Escapes a JSON-pointer path segment (RFC 6901).
-pub fn pointer_segment(value: &str) -> String {
+pub(crate) fn pointer_segment(value: &str) -> String {
     value.replace('~', "~0").replace('/', "~1")
 }
 

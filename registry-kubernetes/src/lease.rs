@@ -16,33 +16,31 @@
 //! Discovery watches Leases by the label selector `<prefix>/type=service,<prefix>/env=<env>`;
 //! a record's liveness is `Heartbeat { window: leaseDurationSeconds }` with
 //! `renewTime` as stamp, judged on the discoverer's own clock (skew-free).
+//! The record carries the Lease's `resourceVersion`: a Lease long dead is
+//! deleted by a discoverer ([`LeaseReaper`], called by core) with that
+//! version as precondition, so a Lease renewed in the meantime is kept.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
-use registry_core::store::{Liveness, RawRecord, StoreWriter};
+use registry_core::store::{Liveness, RawRecord, Reap, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::OnceCell;
 
 use crate::encode::{Names, TYPE_SERVICE, lease_name};
-use crate::error::{Call, KIND, is_not_found, map};
-use crate::janitor::Target;
+use crate::error::{Call, KIND, MAX_ANNOTATIONS_BYTES, is_not_found, map};
 use crate::watch::{Item, Layout};
-
-/// Kubernetes' limit on the total size of an object's annotations.
-pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
 const RESOURCE: &str = "leases";
 
 /// Writes one instance's Lease.
-pub struct LeaseWriter {
+pub(crate) struct LeaseWriter {
     api: Api<Lease>,
     pods: Api<Pod>,
     names: Names,
@@ -54,7 +52,7 @@ pub struct LeaseWriter {
 
 impl LeaseWriter {
     /// A writer in `env`, with Leases in `api`'s namespace and the Pod looked up in `pods`.
-    pub fn new(
+    pub(crate) fn new(
         api: Api<Lease>,
         pods: Api<Pod>,
         names: Names,
@@ -127,7 +125,7 @@ impl StoreWriter for LeaseWriter {
         let size = annotation.len() + value.len();
         if size > MAX_ANNOTATIONS_BYTES {
             return Err(Error::TooLarge {
-                what: "node JSON in a Lease annotation".into(),
+                what: "node JSON in a Lease annotation (Kubernetes' 256 KiB limit on an object's annotations)".into(),
                 size,
                 limit: MAX_ANNOTATIONS_BYTES,
             });
@@ -186,15 +184,14 @@ impl StoreWriter for LeaseWriter {
 }
 
 /// Leases as records.
-pub struct LeaseLayout {
-    api: Api<Lease>,
+pub(crate) struct LeaseLayout {
     names: Names,
 }
 
 impl LeaseLayout {
-    /// Reads Leases through `api` (whose namespace is the scope's).
-    pub fn new(api: Api<Lease>, names: Names) -> Self {
-        Self { api, names }
+    /// Reads the `<prefix>/node` annotation of Leases.
+    pub(crate) fn new(names: Names) -> Self {
+        Self { names }
     }
 }
 
@@ -215,25 +212,48 @@ impl Layout for LeaseLayout {
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
         let stamp = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
-        let mut record = RawRecord::new(key.clone(), value.clone()).with_liveness(Liveness::Heartbeat { window });
+        let mut record = RawRecord::new(key, value.clone()).with_liveness(Liveness::Heartbeat { window });
         record.stamp = stamp;
-        let reap = window.map(|w| {
-            (w, Target { object: key.clone(), key, value: String::new(), resource_version: lease.resource_version() })
-        });
-        vec![Item::Record { record, reap }]
+        record.version = lease.resource_version();
+        vec![Item::Record(record)]
+    }
+}
+
+/// Deletes long-dead Leases, with the `resourceVersion` core last observed
+/// as precondition: a Lease renewed since is kept (409 Conflict).
+pub(crate) struct LeaseReaper {
+    api: Api<Lease>,
+    after: u32,
+}
+
+impl LeaseReaper {
+    /// Reaps Leases in `api`'s namespace after `after` heartbeat windows without a renewal.
+    pub(crate) fn new(api: Api<Lease>, after: u32) -> Self {
+        Self { api, after }
+    }
+}
+
+#[async_trait]
+impl Reap for LeaseReaper {
+    fn reap_after(&self) -> u32 {
+        self.after
     }
 
-    fn reap(&self, target: Target) -> BoxFuture<'static, Result<()>> {
-        let api = self.api.clone();
-        Box::pin(async move {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions { resource_version: target.resource_version.clone(), uid: None }),
-                ..DeleteParams::default()
-            };
-            api.delete(&target.object, &params)
-                .await
-                .map(|_| ())
-                .map_err(|e| map(e, Call::new("delete", RESOURCE, &target.object)))
-        })
+    async fn reap(&self, record: &RawRecord) -> Result<()> {
+        let name = &record.key;
+        // Without a version there is no precondition, and no delete.
+        let Some(version) = record.version.clone() else {
+            return Err(Error::backend(KIND, format!("Lease `{name}` has no resourceVersion: not deleted")));
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { resource_version: Some(version), uid: None }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 409: the precondition failed, the Lease was renewed.
+            Err(e) => Err(map(e, Call::new("delete", RESOURCE, name))),
+        }
     }
 }

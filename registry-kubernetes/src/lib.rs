@@ -3,14 +3,23 @@
 //!
 //! | mode | record | liveness | change stream |
 //! |---|---|---|---|
-//! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance ([`lease`]) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
-//! | [`Mode::ConfigMap`] (seed 000) | one entry per instance in ConfigMap `ff-registry-<env>` ([`configmap`]) | the entry is rewritten every TTL/2 | watch the ConfigMap |
-//! | [`Mode::Pod`] (seed 003) | labels + an annotation on the registrar's own Pod ([`pod`]) | the Pod is `Running` | watch Pods by label selector |
+//! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance (`lease.rs`) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
+//! | [`Mode::ConfigMap`] (seed 000) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
+//! | [`Mode::Pod`] (seed 003) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running` | watch Pods by label selector |
 //!
-//! Every mode discovers through `kube::runtime::watcher` ([`watch`]): an
+//! Every mode discovers through `kube::runtime::watcher` (`watch.rs`): an
 //! initial list, then a watch, relisting on 410 Gone and backing off while
 //! the API server is down (discovery keeps its last view meanwhile). Errors
-//! map to core's typed errors in [`error`].
+//! map to core's typed errors in `error.rs`, which also holds the size limits
+//! ([`MAX_CONFIGMAP_BYTES`], [`MAX_ANNOTATIONS_BYTES`]).
+//!
+//! Kubernetes keeps a crashed instance's ConfigMap entry or Lease. Core hides
+//! it after one heartbeat window and, unless [`KubernetesConfig::janitor`] is
+//! off, a discoverer deletes it after [`KubernetesConfig::janitor_after`]
+//! windows without a heartbeat (the reader's `StoreReader::reaper`
+//! capability, driven by core's expiry clock), always with a precondition
+//! that cannot delete a live record: the entry's exact value (a JSON patch
+//! `test`), the Lease's `resourceVersion`.
 //!
 //! The registry namespace (`ServiceConf::namespace`) is the Kubernetes
 //! namespace, unless [`KubernetesConfig::namespace`] overrides it. Labels and
@@ -50,13 +59,12 @@
 #![forbid(unsafe_code)]
 
 mod config;
-pub mod configmap;
-pub mod encode;
-pub mod error;
-pub mod janitor;
-pub mod lease;
-pub mod pod;
-pub mod watch;
+mod configmap;
+mod encode;
+mod error;
+mod lease;
+mod pod;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,16 +75,17 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use registry_core::store::{Scope, Store, StoreReader, StoreWriter};
+use registry_core::store::{Reap, Scope, Store, StoreReader, StoreWriter};
 use registry_core::{Error, Result};
 
 pub use config::{ClusterSource, DEFAULT_PREFIX, KubernetesConfig, Mode};
+pub use encode::{Names, configmap_name};
+pub use error::{MAX_ANNOTATIONS_BYTES, MAX_CONFIGMAP_BYTES};
 pub use registry_core;
 
-use crate::configmap::{ConfigMapLayout, ConfigMapWriter, EntryBatch};
-use crate::encode::Names;
+use crate::configmap::{ConfigMapLayout, ConfigMapReaper, ConfigMapWriter, EntryBatch};
 use crate::error::{Call, KIND};
-use crate::lease::{LeaseLayout, LeaseWriter};
+use crate::lease::{LeaseLayout, LeaseReaper, LeaseWriter};
 use crate::pod::{PodLayout, PodWriter};
 use crate::watch::WatchReader;
 
@@ -183,8 +192,9 @@ impl KubernetesStore {
         Ok(Arc::clone(batch))
     }
 
-    fn janitor(&self) -> Option<u32> {
-        self.config.janitor.then_some(self.config.janitor_after)
+    /// The reaper of long-dead records, unless [`KubernetesConfig::janitor`] is off.
+    fn reaper(&self, reaper: impl FnOnce(u32) -> Arc<dyn Reap>) -> Option<Arc<dyn Reap>> {
+        self.config.janitor.then(|| reaper(self.config.janitor_after))
     }
 }
 
@@ -194,8 +204,8 @@ impl Store for KubernetesStore {
     }
 
     /// The API server's rules: the namespace a DNS label, env and app id label
-    /// values (object names are derived from them, see [`encode::slug`]); in
-    /// pod mode the app id must also fit a label key.
+    /// values (object names are derived from them); in pod mode the app id
+    /// must also fit a label key.
     fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
         let (field, namespace) = self.config.namespace_source(&scope.namespace);
         encode::validate_names(field, namespace, &scope.env, app_id)?;
@@ -250,15 +260,17 @@ impl Store for KubernetesStore {
         Ok(match self.config.mode {
             Mode::Lease => {
                 let api = self.api::<Lease>(scope);
-                let layout = LeaseLayout::new(api.clone(), self.names.clone());
-                Arc::new(WatchReader::new(layout, api, watcher::Config::default().labels(&selector), self.janitor()))
+                let reaper = self.reaper(|after| Arc::new(LeaseReaper::new(api.clone(), after)));
+                let layout = LeaseLayout::new(self.names.clone());
+                Arc::new(WatchReader::new(layout, api, watcher::Config::default().labels(&selector), reaper))
             }
             Mode::ConfigMap => {
                 let api = self.api::<ConfigMap>(scope);
-                let layout = ConfigMapLayout::new(api.clone(), &scope.env);
+                let reaper = self.reaper(|after| Arc::new(ConfigMapReaper::new(api.clone(), &scope.env, after)));
+                let layout = ConfigMapLayout::new(&scope.env);
                 // By name, not by label: a ConfigMap written by the Go framework carries no labels of ours.
                 let fields = format!("metadata.name={}", layout.name());
-                Arc::new(WatchReader::new(layout, api, watcher::Config::default().fields(&fields), self.janitor()))
+                Arc::new(WatchReader::new(layout, api, watcher::Config::default().fields(&fields), reaper))
             }
             Mode::Pod => {
                 let api = self.api::<Pod>(scope);

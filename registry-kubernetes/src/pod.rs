@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -29,15 +28,13 @@ use registry_core::store::{RawRecord, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 
 use crate::encode::{Names, TYPE_SERVICE};
-use crate::error::{Call, KIND, is_conflict, is_not_found, map};
-use crate::janitor::Target;
-use crate::lease::MAX_ANNOTATIONS_BYTES;
+use crate::error::{Call, KIND, MAX_ANNOTATIONS_BYTES, is_conflict, is_not_found, map};
 use crate::watch::{Item, Layout};
 
 const RESOURCE: &str = "pods";
 
 /// Writes one app's registration onto the registrar's Pod.
-pub struct PodWriter {
+pub(crate) struct PodWriter {
     api: Api<Pod>,
     names: Names,
     env: String,
@@ -48,7 +45,7 @@ pub struct PodWriter {
 
 impl PodWriter {
     /// A writer for env `env` on Pod `pod_name` in `api`'s namespace.
-    pub fn new(
+    pub(crate) fn new(
         api: Api<Pod>,
         names: Names,
         env: String,
@@ -157,19 +154,19 @@ impl StoreWriter for PodWriter {
 }
 
 /// The registrations on Running Pods as records (key `<pod>/<app_id>`).
-pub struct PodLayout {
+pub(crate) struct PodLayout {
     names: Names,
 }
 
 impl PodLayout {
     /// Reads `<prefix>/service-*` annotations.
-    pub fn new(names: Names) -> Self {
+    pub(crate) fn new(names: Names) -> Self {
         Self { names }
     }
 }
 
 /// True when the Pod counts: phase `Running` and not being deleted.
-pub fn is_running(pod: &Pod) -> bool {
+fn is_running(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
@@ -186,13 +183,8 @@ impl Layout for PodLayout {
             .iter()
             .filter_map(|(key, value)| {
                 let app = self.names.app_of_service_annotation(key)?;
-                Some(Item::Record { record: RawRecord::new(format!("{name}/{app}"), value.clone()), reap: None })
+                Some(Item::Record(RawRecord::new(format!("{name}/{app}"), value.clone())))
             })
             .collect()
-    }
-
-    fn reap(&self, _target: Target) -> BoxFuture<'static, Result<()>> {
-        // Pod records are store-managed: nothing is ever due.
-        Box::pin(async { Ok(()) })
     }
 }

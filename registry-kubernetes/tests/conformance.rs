@@ -29,8 +29,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Register, Registrar, ServiceConf, ServiceNode};
-use registry_kubernetes::encode::{Names, configmap_name};
-use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode};
+use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode, Names, configmap_name};
 
 /// A storage mode, as a type.
 trait StorageMode: Send + Sync + 'static {

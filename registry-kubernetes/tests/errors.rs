@@ -9,8 +9,7 @@ use conformance::env::kube::KubeServer;
 use conformance::env::{free_port, required};
 use conformance::fixtures::{conf, meta, unique};
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar, ServiceNode};
-use registry_kubernetes::configmap::MAX_CONFIGMAP_BYTES;
-use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
+use registry_kubernetes::{KubernetesConfig, KubernetesStore, MAX_CONFIGMAP_BYTES, Mode};
 
 /// A kubeconfig for a loopback port where nothing listens.
 fn unreachable_kubeconfig() -> (tempfile::TempDir, std::path::PathBuf) {
