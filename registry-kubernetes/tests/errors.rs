@@ -78,8 +78,12 @@ async fn unencodable_app_id_in_pod_mode_is_invalid_config() {
     let (_dir, store) = offline_store(Mode::Pod).await;
     // Valid for core (≤ 63 characters), but `selector-<app_id>` is longer than a label name may be.
     let app = "a".repeat(60);
-    let registrar = Registrar::new(&store, meta("dev", &app), conf("default")).unwrap();
-    let err = registrar.install(support_node()).await.unwrap_err();
+    // The store checks names when the registrar is built, so the error comes
+    // before any write (install would report the same).
+    let err = match Registrar::new(&store, meta("dev", &app), conf("default")) {
+        Err(err) => err,
+        Ok(registrar) => registrar.install(support_node()).await.unwrap_err(),
+    };
     match err {
         Error::InvalidConfig { field, reason } => {
             assert_eq!(field, "meta.app_id");
