@@ -52,6 +52,6 @@ step "grpc_balance example (tonic load balancing over discovery)"
 cargo run --quiet -p registry --features tonic --example grpc_balance
 
 step "registryctl bench --backend memory"
-cargo run --quiet -p registry --bin registryctl -- bench --backend memory --instances 100 --samples 200
+cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --samples 200
 
 step "all checks passed"

@@ -28,7 +28,7 @@ impl Backend for Memory {
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
-        Ok(self.store.put_raw(&format!("{}{name}", MemoryStore::prefix(scope)), value)?)
+        Ok(self.store.put_raw(&format!("{}{name}", scope.key_prefix()), value)?)
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

@@ -31,18 +31,19 @@
 //! [`WatchUpdate::Replace`]; core's [`ListWatchReader`] retries with backoff
 //! and keeps the last view while the agent is away.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use registry_core::list_watch::ListWatchReader;
-use registry_core::store::{ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate};
+use registry_core::store::{
+    ListWatch, Listing, Malformed, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate,
+};
 use registry_core::{Error, Result, ServiceNode};
 
 use crate::agent::{Agent, Block, HealthEntry, HealthService, KvEntry, ServiceRegistration, TtlCheck, go_duration};
@@ -60,26 +61,6 @@ pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// Shortest pause between two blocking rounds that brought nothing new, so a
 /// misbehaving index can never turn the watch into a busy loop.
 const IDLE_ROUND: Duration = Duration::from_millis(50);
-/// Resume points remembered for [`ListWatch::watch`].
-const REMEMBERED: usize = 32;
-
-/// Lease ids: nanoseconds since the epoch, strictly increasing in the process
-/// (the Go framework's ids are nanosecond timestamps too).
-fn next_lease_id() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX - 1))
-        .unwrap_or(1);
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(last.saturating_add(1));
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while these locks are held; a poisoned one still holds valid data.
@@ -216,16 +197,6 @@ impl ConsulStore {
     pub fn service_id(scope: &Scope, app_id: &str, lease_id: i64) -> String {
         format!("{}-{}-{app_id}-{lease_id}", scope.namespace, scope.env)
     }
-
-    /// KV prefix of a scope: `<namespace>/<env>/`.
-    pub fn kv_prefix(scope: &Scope) -> String {
-        format!("{}/{}/", scope.namespace, scope.env)
-    }
-
-    /// KV key of one instance: `<namespace>/<env>/<app_id>/<lease_id>`.
-    pub fn kv_key(scope: &Scope, app_id: &str, lease_id: i64) -> String {
-        format!("{}{app_id}/{lease_id}", Self::kv_prefix(scope))
-    }
 }
 
 impl Store for ConsulStore {
@@ -243,9 +214,7 @@ impl Store for ConsulStore {
                 client: Arc::clone(&self.client),
                 scope: scope.clone(),
                 service: Self::service_name(scope),
-                prefix: Self::kv_prefix(scope),
-                remembered: Mutex::new(VecDeque::new()),
-                generation: AtomicU64::new(0),
+                prefix: scope.key_prefix(),
             }),
         };
         Ok(Arc::new(ListWatchReader::new(Arc::new(source))))
@@ -287,7 +256,7 @@ impl ConsulWriter {
         let service_id = ConsulStore::service_id(&self.scope, &node.meta.app_id, node.lease_id);
         Ids {
             check_id: format!("service:{service_id}"),
-            key: ConsulStore::kv_key(&self.scope, &node.meta.app_id, node.lease_id),
+            key: self.scope.record_key(&node.meta.app_id, node.lease_id),
             service_id,
         }
     }
@@ -380,7 +349,7 @@ impl StoreWriter for ConsulWriter {
     }
 
     async fn grant(&self, _ttl: Duration) -> Result<i64> {
-        Ok(next_lease_id())
+        Ok(registry_core::store::next_instance_id())
     }
 
     async fn put(&self, node: &ServiceNode, ttl: Duration) -> Result<()> {
@@ -452,9 +421,9 @@ impl StoreWriter for ConsulWriter {
 
 // ---------------------------------------------------------------- reading
 
-/// The indexes of both halves of a view.
+/// The indexes of both halves of a view: the reader's resume point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Indexes {
+pub(crate) struct Indexes {
     health: u64,
     kv: u64,
 }
@@ -471,9 +440,6 @@ struct ReaderShared {
     scope: Scope,
     service: String,
     prefix: String,
-    /// Resume points handed out (generation → indexes), newest last.
-    remembered: Mutex<VecDeque<(u64, Indexes)>>,
-    generation: AtomicU64,
 }
 
 struct ConsulReader {
@@ -489,20 +455,10 @@ impl ReaderShared {
         Ok(View { health, kv, at: Indexes { health: health_index, kv: kv_index } })
     }
 
-    /// A listing of `view`, with a fresh resume point remembered for it.
-    fn listing(&self, view: &View) -> Listing {
-        let revision = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut remembered = lock(&self.remembered);
-        if remembered.len() == REMEMBERED {
-            remembered.pop_front();
-        }
-        remembered.push_back((revision, view.at));
-        drop(remembered);
-        Listing { records: join(&self.scope, &self.prefix, &view.health, &view.kv), revision }
-    }
-
-    fn recall(&self, revision: u64) -> Option<Indexes> {
-        lock(&self.remembered).iter().rev().find(|(r, _)| *r == revision).map(|(_, at)| *at)
+    /// A listing of `view`, resumable from its indexes.
+    fn listing(&self, view: &View) -> Listing<Indexes> {
+        let (records, malformed) = join(&self.scope, &self.prefix, &view.health, &view.kv);
+        Listing { records, malformed, resume: view.at }
     }
 }
 
@@ -512,16 +468,18 @@ impl ListWatch for ConsulReader {
         KIND
     }
 
-    async fn list(&self) -> Result<Listing> {
+    type Resume = Indexes;
+
+    async fn list(&self) -> Result<Listing<Indexes>> {
         let view = self.shared.fetch().await?;
         Ok(self.shared.listing(&view))
     }
 
-    /// Blocking queries from the indexes behind `revision`. An unknown
-    /// revision (or indexes that went backwards: the agent restarted) starts
-    /// with a fresh read, answered at once when it differs from what core has.
-    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate>>> {
-        let watch = Watch::new(Arc::clone(&self.shared), self.shared.recall(revision));
+    /// Blocking queries from `from`. The watch starts with a fresh read of
+    /// both halves, answered at once when its indexes differ from `from` (or
+    /// went backwards: the agent restarted with fresh state).
+    async fn watch(&self, from: Indexes) -> Result<BoxStream<'static, Result<WatchUpdate<Indexes>>>> {
+        let watch = Watch::new(Arc::clone(&self.shared), from);
         let stream = futures::stream::unfold(Some(watch), |state| async move {
             let mut watch = state?;
             match watch.next().await {
@@ -551,7 +509,7 @@ type Pending<T> = Pin<Box<dyn Future<Output = Result<(Vec<T>, u64)>> + Send>>;
 /// until its wait ran out, and cost a new connection).
 struct Watch {
     shared: Arc<ReaderShared>,
-    /// Indexes of the listing core already has, if known.
+    /// Indexes of the listing core already has, until the first read.
     known: Option<Indexes>,
     view: Option<View>,
     health: Option<Pending<HealthEntry>>,
@@ -559,8 +517,8 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(shared: Arc<ReaderShared>, known: Option<Indexes>) -> Self {
-        Self { shared, known, view: None, health: None, kv: None }
+    fn new(shared: Arc<ReaderShared>, known: Indexes) -> Self {
+        Self { shared, known: Some(known), view: None, health: None, kv: None }
     }
 
     fn block_health(&self, index: u64) -> Pending<HealthEntry> {
@@ -580,7 +538,7 @@ impl Watch {
     }
 
     /// The next changed listing.
-    async fn next(&mut self) -> Result<Listing> {
+    async fn next(&mut self) -> Result<Listing<Indexes>> {
         let shared = Arc::clone(&self.shared);
         loop {
             let Some(at) = self.view.as_ref().map(|v| v.at) else {
@@ -663,14 +621,6 @@ async fn pace(started: Instant) {
 
 // ---------------------------------------------------------------- joining
 
-/// A record that core will skip and count: its value is a JSON string (not a
-/// node object) carrying the reason, which core's skip warning shows.
-/// (`Listing` has no place for `StoreEvent::Malformed`; see the crate docs.)
-fn malformed(key: String, reason: String) -> RawRecord {
-    let value = serde_json::Value::String(format!("not a registry record: {reason}")).to_string();
-    RawRecord::new(key, value)
-}
-
 /// `<app_id>/<lease_id>` below the prefix.
 fn instance_of(relative: &str) -> Option<(&str, i64)> {
     let (app_id, lease) = relative.split_once('/')?;
@@ -700,12 +650,13 @@ fn in_scope(scope: &Scope, service: &HealthService) -> bool {
 /// - passing instance of ours whose KV entry is not written yet → nothing yet
 ///   (its `node` meta is the Go-shaped copy, without our fields);
 /// - KV entry whose instance is not passing → nothing (it is expiring);
-/// - anything else under the prefix or the service name → a record core
-///   skips and counts.
-fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> Vec<RawRecord> {
+/// - anything else under the prefix or the service name → a [`Malformed`]
+///   entry core skips and counts.
+fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> (Vec<RawRecord>, Vec<Malformed>) {
     let passing: HashMap<&str, &HealthService> = health.iter().map(|e| (e.service.id.as_str(), &e.service)).collect();
     let mut used: HashSet<&str> = HashSet::new();
     let mut records = Vec::with_capacity(health.len());
+    let mut malformed = Vec::new();
     for entry in kv {
         let relative = entry.key.strip_prefix(prefix).unwrap_or(&entry.key);
         if relative.is_empty() || relative.ends_with('/') {
@@ -715,7 +666,7 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
         let ours = instance_of(relative).filter(|_| entry.session.is_some());
         let Some((app_id, lease_id)) = ours else {
             let reason = format!("KV entry `{}` is not `<app_id>/<lease_id>` held by a registry session", entry.key);
-            records.push(malformed(format!("kv:{}", entry.key), reason));
+            malformed.push(Malformed::new(format!("kv:{}", entry.key), reason));
             continue;
         };
         let service_id = ConsulStore::service_id(scope, app_id, lease_id);
@@ -729,12 +680,12 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
             Some(Ok(bytes)) => match String::from_utf8(bytes) {
                 Ok(text) => text,
                 Err(_) => {
-                    records.push(malformed(service_id, format!("KV entry `{}` is not UTF-8", entry.key)));
+                    malformed.push(Malformed::new(service_id, format!("KV entry `{}` is not UTF-8", entry.key)));
                     continue;
                 }
             },
             Some(Err(e)) => {
-                records.push(malformed(service_id, format!("KV entry `{}` is not base64: {e}", entry.key)));
+                malformed.push(Malformed::new(service_id, format!("KV entry `{}` is not base64: {e}", entry.key)));
                 continue;
             }
         };
@@ -760,10 +711,10 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
                 "service instance `{}` of `{}` on node `{}` has no registry meta and no KV record",
                 service.id, service.service, entry.node.node
             );
-            records.push(malformed(service.id.clone(), reason));
+            malformed.push(Malformed::new(service.id.clone(), reason));
         }
     }
-    records
+    (records, malformed)
 }
 
 #[cfg(test)]
@@ -796,9 +747,13 @@ mod tests {
     }
 
     fn records(health: &[HealthEntry], kv: &[KvEntry]) -> Vec<(String, String)> {
-        let mut out: Vec<_> = join(&scope(), "ns/dev/", health, kv).into_iter().map(|r| (r.key, r.value)).collect();
+        let mut out: Vec<_> = join(&scope(), "ns/dev/", health, kv).0.into_iter().map(|r| (r.key, r.value)).collect();
         out.sort();
         out
+    }
+
+    fn malformed(health: &[HealthEntry], kv: &[KvEntry]) -> Vec<Malformed> {
+        join(&scope(), "ns/dev/", health, kv).1
     }
 
     const OURS: &[(&str, &str)] = &[("app_id", "app"), ("env", "dev"), ("namespace", "ns")];
@@ -837,31 +792,23 @@ mod tests {
     }
 
     #[test]
-    fn foreign_entries_become_records_core_skips() {
-        let got = records(
-            &[service("web-1", &[("owner", "someone")])],
-            &[kv("ns/dev/garbage", "{not json", None), kv("ns/dev/app/1", "{}", None), kv("ns/dev/", "", None)],
-        );
-        assert_eq!(got.len(), 3, "{got:?}");
-        for (_, value) in &got {
-            assert!(ServiceNode::from_json(value).is_err(), "{value}");
-            assert!(value.contains("not a registry record"), "{value}");
-        }
+    fn foreign_entries_are_reported_malformed_not_records() {
+        let health = [service("web-1", &[("owner", "someone")])];
+        let kv = [kv("ns/dev/garbage", "{not json", None), kv("ns/dev/app/1", "{}", None), kv("ns/dev/", "", None)];
+        assert!(records(&health, &kv).is_empty());
+        let got = malformed(&health, &kv);
+        let mut keys: Vec<&str> = got.iter().map(|m| m.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["kv:ns/dev/app/1", "kv:ns/dev/garbage", "web-1"], "{got:?}");
+        assert!(got.iter().all(|m| !m.reason.is_empty()));
     }
 
     #[test]
     fn instances_of_another_namespace_with_the_same_service_name_are_not_joined() {
         let other = [("app_id", "app"), ("env", "dev"), ("namespace", "ns2")];
-        let got = records(&[service("ns-dev-app-1", &other)], &[kv("ns/dev/app/1", "{}", Some("s"))]);
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].1.contains("not a registry record"), "{got:?}");
-    }
-
-    #[test]
-    fn lease_ids_increase() {
-        let a = next_lease_id();
-        let b = next_lease_id();
-        assert!(b > a && a > 0);
+        let (health, kv) = ([service("ns-dev-app-1", &other)], [kv("ns/dev/app/1", "{}", Some("s"))]);
+        assert!(records(&health, &kv).is_empty());
+        assert_eq!(malformed(&health, &kv).len(), 1);
     }
 
     #[test]

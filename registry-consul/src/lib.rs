@@ -89,3 +89,18 @@ pub use config::{
     ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
 };
 pub use registry_core;
+
+use std::sync::Arc;
+
+use registry_core::store::{BackendSpec, Store};
+
+/// The Consul backend: `consul://…` and `consuls://…` URLs ([`ConsulConfig::from_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: "consul",
+    schemes: &["consul", "consuls"],
+    connect: |url| {
+        Box::pin(
+            async move { Ok(Arc::new(ConsulStore::connect(url.parse::<ConsulConfig>()?).await?) as Arc<dyn Store>) },
+        )
+    },
+};

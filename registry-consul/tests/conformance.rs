@@ -89,7 +89,7 @@ impl Backend for Consul {
             self.call("PUT", "/v1/session/create", r#"{"Name":"foreign","TTL":"60s","Behavior":"delete"}"#).await?;
         let session: serde_json::Value = serde_json::from_str(&session)?;
         let session = session["ID"].as_str().ok_or_else(|| anyhow::anyhow!("no session ID in {session}"))?;
-        let key = format!("{}{name}", ConsulStore::kv_prefix(scope));
+        let key = format!("{}{name}", scope.key_prefix());
         let acquired = self.call("PUT", &format!("/v1/kv/{key}?acquire={session}"), value).await?;
         anyhow::ensure!(acquired.trim() == "true", "foreign KV entry {key} not written: {acquired}");
         Ok(())

@@ -192,7 +192,7 @@ async fn kv_record_released_behind_our_back_is_written_again() {
         async move { r.sustain_lease().await }
     });
 
-    let key = ConsulStore::kv_key(&scope, "sturdy", installed.lease_id);
+    let key = scope.record_key("sturdy", installed.lease_id);
     let first = kv_session(&server, &key).await.expect("KV record held by a session");
     let (status, body) = server.request("PUT", &format!("/v1/session/destroy/{first}"), None).await.expect("destroyed");
     assert_eq!(status, 200, "{body}");

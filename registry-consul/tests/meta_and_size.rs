@@ -90,7 +90,7 @@ async fn five_hundred_method_node_round_trips() {
     let entry = health_entry(&server, &scope, &service_id).await;
     assert!(entry["Service"]["Meta"].get("node").is_none(), "node meta present on a large node");
     assert_eq!(entry["Service"]["Meta"]["app_id"], "big");
-    let key = ConsulStore::kv_key(&scope, "big", installed.lease_id);
+    let key = scope.record_key("big", installed.lease_id);
     let (status, raw) = server.request("GET", &format!("/v1/kv/{key}?raw"), None).await.expect("kv read");
     assert_eq!(status, 200);
     assert_eq!(ServiceNode::from_json(&raw).expect("node JSON in KV").methods, installed.methods);

@@ -163,7 +163,10 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.contains('/') {
-        return Err(Error::invalid(field, format!("`{value}` contains `/`, which separates the parts of a record key")));
+        return Err(Error::invalid(
+            field,
+            format!("`{value}` contains `/`, which separates the parts of a record key"),
+        ));
     }
     if let Some(bad) = value.chars().find(|c| c.is_control()) {
         return Err(Error::invalid(field, format!("{value:?} contains the control character {bad:?}")));

@@ -8,7 +8,6 @@
 //! never take a lock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -296,7 +295,7 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) {
                 }
             }
             StoreEvent::Malformed { key, reason } => {
-                let stamp = stamp_of(&RawRecord::new(key.as_str(), reason.as_str()));
+                let stamp = RawRecord::new(key.as_str(), reason.as_str()).stamp_digest();
                 if cache.pending.is_some() {
                     cache.listing_malformed.insert(key.clone());
                 }
@@ -389,12 +388,6 @@ struct Cache {
     degraded_since: Option<Instant>,
 }
 
-fn stamp_of(record: &RawRecord) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    record.stamp.as_deref().unwrap_or(&record.value).hash(&mut h);
-    h.finish()
-}
-
 /// True when two nodes differ only in heartbeat fields.
 fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
     a.proto_count == b.proto_count
@@ -441,7 +434,7 @@ impl Cache {
     }
 
     fn upsert(&mut self, inner: &Inner, record: RawRecord, out: &mut Vec<DiscoveryEvent>) {
-        let stamp = stamp_of(&record);
+        let stamp = record.stamp_digest();
         if let Some(entry) = self.records.get(record.key.as_str())
             && entry.stamp == stamp
         {

@@ -29,6 +29,7 @@ pub mod list_watch;
 pub mod memory;
 pub mod merge;
 mod model;
+pub mod options;
 mod register;
 mod registrar;
 pub mod store;

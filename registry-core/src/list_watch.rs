@@ -2,8 +2,8 @@
 //! [`StoreEvent`] stream a [`crate::Discoverer`] consumes.
 //!
 //! States: *list* (full listing, announced as `Reset … Synced`) → *watch from
-//! the listing's revision* → on a broken stream, back off and *resume from the
-//! last revision seen*; when the resume point is gone
+//! the listing's resume point* → on a broken stream, back off and *resume from
+//! the last point seen*; when the resume point is gone
 //! ([`Error::ResumeLost`](crate::Error::ResumeLost)), *relist*. Backoff is
 //! capped and reset by the first successful update, so a down backend is
 //! polled gently, never in a busy loop. Errors are reported as
@@ -16,6 +16,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
+use crate::Error;
 use crate::backoff::Backoff;
 use crate::store::{Change, ListWatch, Listing, StoreEvent, StoreReader, WatchUpdate};
 
@@ -23,34 +24,54 @@ use crate::store::{Change, ListWatch, Listing, StoreEvent, StoreReader, WatchUpd
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// Longest delay between retries while a backend is down.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest a full listing may take before it counts as failed and is retried
+/// (a silently dead connection must not stall discovery forever).
+pub const DEFAULT_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A [`StoreReader`] over any [`ListWatch`].
-pub struct ListWatchReader {
-    source: Arc<dyn ListWatch>,
-    retry_initial: Duration,
-    retry_max: Duration,
+pub struct ListWatchReader<L> {
+    source: Arc<L>,
+    policy: Policy,
 }
 
-impl ListWatchReader {
-    /// A reader with the default retry policy.
-    pub fn new(source: Arc<dyn ListWatch>) -> Self {
-        Self { source, retry_initial: DEFAULT_RETRY_INITIAL, retry_max: DEFAULT_RETRY_MAX }
+#[derive(Clone, Copy)]
+struct Policy {
+    retry_initial: Duration,
+    retry_max: Duration,
+    list_timeout: Duration,
+}
+
+impl<L: ListWatch> ListWatchReader<L> {
+    /// A reader with the default retry policy and list deadline.
+    pub fn new(source: Arc<L>) -> Self {
+        Self {
+            source,
+            policy: Policy {
+                retry_initial: DEFAULT_RETRY_INITIAL,
+                retry_max: DEFAULT_RETRY_MAX,
+                list_timeout: DEFAULT_LIST_TIMEOUT,
+            },
+        }
     }
 
     /// Sets the retry policy (first delay, cap).
     pub fn with_retry(mut self, initial: Duration, max: Duration) -> Self {
-        self.retry_initial = initial;
-        self.retry_max = max;
+        self.policy.retry_initial = initial;
+        self.policy.retry_max = max;
+        self
+    }
+
+    /// Sets the deadline of one full listing.
+    pub fn with_list_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.list_timeout = timeout;
         self
     }
 }
 
-impl StoreReader for ListWatchReader {
+impl<L: ListWatch> StoreReader for ListWatchReader<L> {
     fn events(&self) -> BoxStream<'static, StoreEvent> {
         let (tx, rx) = mpsc::channel(1024);
-        let source = Arc::clone(&self.source);
-        let backoff = Backoff::new(self.retry_initial, self.retry_max);
-        tokio::spawn(drive(source, tx, backoff));
+        tokio::spawn(drive(Arc::clone(&self.source), tx, self.policy));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 }
@@ -62,13 +83,16 @@ async fn emit(tx: &mpsc::Sender<StoreEvent>, event: StoreEvent) -> Result<(), Go
 
 struct Gone;
 
-async fn emit_listing(tx: &mpsc::Sender<StoreEvent>, listing: Listing) -> Result<u64, Gone> {
+async fn emit_listing<R>(tx: &mpsc::Sender<StoreEvent>, listing: Listing<R>) -> Result<R, Gone> {
     emit(tx, StoreEvent::Reset).await?;
     for record in listing.records {
         emit(tx, StoreEvent::Upsert(record)).await?;
     }
+    for entry in listing.malformed {
+        emit(tx, StoreEvent::Malformed { key: entry.key, reason: entry.reason }).await?;
+    }
     emit(tx, StoreEvent::Synced).await?;
-    Ok(listing.revision)
+    Ok(listing.resume)
 }
 
 /// Sleeps `delay` unless the consumer goes away first.
@@ -79,27 +103,30 @@ async fn pause(tx: &mpsc::Sender<StoreEvent>, delay: Duration) -> Result<(), Gon
     }
 }
 
-async fn drive(source: Arc<dyn ListWatch>, tx: mpsc::Sender<StoreEvent>, backoff: Backoff) {
+async fn drive<L: ListWatch>(source: Arc<L>, tx: mpsc::Sender<StoreEvent>, policy: Policy) {
     // `Err(Gone)` only means the discoverer dropped the stream: stop quietly.
-    let _ = run(source, tx, backoff).await;
+    let _ = run(source, tx, policy).await;
 }
 
-async fn run(source: Arc<dyn ListWatch>, tx: mpsc::Sender<StoreEvent>, mut backoff: Backoff) -> Result<(), Gone> {
+async fn run<L: ListWatch>(source: Arc<L>, tx: mpsc::Sender<StoreEvent>, policy: Policy) -> Result<(), Gone> {
     let kind = source.kind();
-    let mut revision: Option<u64> = None;
+    let mut backoff = Backoff::new(policy.retry_initial, policy.retry_max);
+    let mut resume: Option<L::Resume> = None;
     loop {
-        let from = match revision {
+        let from = match resume.clone() {
             Some(r) => r,
             None => {
                 let listed = tokio::select! {
                     _ = tx.closed() => return Err(Gone),
-                    listed = source.list() => listed,
+                    listed = tokio::time::timeout(policy.list_timeout, source.list()) => {
+                        listed.unwrap_or_else(|_| Err(Error::Timeout { backend: kind, operation: "list", after: policy.list_timeout }))
+                    }
                 };
                 match listed {
                     Ok(listing) => {
                         backoff.reset();
                         let r = emit_listing(&tx, listing).await?;
-                        revision = Some(r);
+                        resume = Some(r.clone());
                         r
                     }
                     Err(e) => {
@@ -113,15 +140,15 @@ async fn run(source: Arc<dyn ListWatch>, tx: mpsc::Sender<StoreEvent>, mut backo
         };
         let opened = tokio::select! {
             _ = tx.closed() => return Err(Gone),
-            opened = source.watch(from) => opened,
+            opened = source.watch(from.clone()) => opened,
         };
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(e) => {
                 if e.needs_relist() {
-                    revision = None;
+                    resume = None;
                 }
-                tracing::warn!(backend = kind, revision = from, error = %e, "watch failed; retrying");
+                tracing::warn!(backend = kind, resume = ?from, error = %e, "watch failed; retrying");
                 emit(&tx, StoreEvent::Error(e)).await?;
                 pause(&tx, backoff.next_delay()).await?;
                 continue;
@@ -133,24 +160,25 @@ async fn run(source: Arc<dyn ListWatch>, tx: mpsc::Sender<StoreEvent>, mut backo
                 item = stream.next() => item,
             };
             match item {
-                Some(Ok(WatchUpdate::Changes { changes, revision: r })) => {
+                Some(Ok(WatchUpdate::Changes { changes, resume: r })) => {
                     backoff.reset();
                     for change in changes {
                         let event = match change {
                             Change::Upsert(record) => StoreEvent::Upsert(record),
                             Change::Delete { key } => StoreEvent::Delete { key },
+                            Change::Malformed(entry) => StoreEvent::Malformed { key: entry.key, reason: entry.reason },
                         };
                         emit(&tx, event).await?;
                     }
-                    revision = Some(r);
+                    resume = Some(r);
                 }
                 Some(Ok(WatchUpdate::Replace(listing))) => {
                     backoff.reset();
-                    revision = Some(emit_listing(&tx, listing).await?);
+                    resume = Some(emit_listing(&tx, listing).await?);
                 }
                 Some(Err(e)) => {
                     if e.needs_relist() {
-                        revision = None;
+                        resume = None;
                     }
                     tracing::warn!(backend = kind, error = %e, "change stream broke; resuming");
                     emit(&tx, StoreEvent::Error(e)).await?;

@@ -7,7 +7,7 @@
 //! the quickstart, and it runs the whole conformance suite.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::list_watch::ListWatchReader;
-use crate::store::{Change, ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate};
+use crate::store::{
+    BackendSpec, Change, ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate,
+};
 use crate::{Error, Result, ServiceNode};
 
 const KIND: &str = "memory";
@@ -93,7 +95,6 @@ struct Shared {
     /// Latest revision, for watchers and for waking the reaper.
     revision: watch::Sender<u64>,
     reaper: Mutex<Option<JoinHandle<()>>>,
-    next_lease: AtomicI64,
     /// False during a simulated outage.
     reachable: AtomicBool,
 }
@@ -126,9 +127,6 @@ impl MemoryStore {
     /// from (older resume points get `ResumeLost`, like etcd compaction).
     pub fn with_history(changes: usize) -> Self {
         let (revision, _) = watch::channel(0);
-        // Lease ids start at a time-based value, like the Go framework's
-        // nanosecond ids, so they are unique across restarts in practice.
-        let seed = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1).max(1);
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -140,10 +138,29 @@ impl MemoryStore {
                 }),
                 revision,
                 reaper: Mutex::new(None),
-                next_lease: AtomicI64::new(seed),
                 reachable: AtomicBool::new(true),
             }),
         }
+    }
+
+    /// The store a `memory://[name]` URL names: the process-wide one for no
+    /// name, else one per name, shared by every URL with that name.
+    pub fn named(name: &str) -> Result<Self> {
+        static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+        if name.is_empty() {
+            return Ok(Self::global());
+        }
+        let mut named =
+            NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend(KIND, "lock poisoned"))?;
+        Ok(named.entry(name.to_owned()).or_default().clone())
+    }
+
+    /// The store of a `memory://[name]` URL (see [`MemoryStore::named`]).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.split_once("://").map(|(_, rest)| rest).ok_or_else(|| Error::invalid("url", "no scheme"))?;
+        let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+        crate::options::UrlOptions::from_query(query).finish()?;
+        Self::named(name.trim_end_matches('/'))
     }
 
     /// The process-wide registry that `memory://` URLs share.
@@ -177,11 +194,6 @@ impl MemoryStore {
         } else {
             Err(Error::unavailable(KIND, "memory store is unreachable (simulated outage)"))
         }
-    }
-
-    /// The key prefix of a scope: `<namespace>/<env>/`.
-    pub fn prefix(scope: &Scope) -> String {
-        format!("{}/{}/", scope.namespace, scope.env)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -236,29 +248,36 @@ async fn reap(shared: Weak<Shared>) {
     }
 }
 
+/// The embedded backend: `memory://` (the process-wide store) or `memory://name`.
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: KIND,
+    schemes: &["memory"],
+    connect: |url| Box::pin(async move { Ok(Arc::new(MemoryStore::from_url(&url)?) as Arc<dyn Store>) }),
+};
+
 impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         KIND
     }
 
     fn writer(&self, scope: &Scope) -> Result<Arc<dyn StoreWriter>> {
-        Ok(Arc::new(MemoryWriter { store: self.clone(), prefix: Self::prefix(scope) }))
+        Ok(Arc::new(MemoryWriter { store: self.clone(), scope: scope.clone() }))
     }
 
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
-        let source = Arc::new(MemoryReader { store: self.clone(), prefix: Self::prefix(scope) });
+        let source = Arc::new(MemoryReader { store: self.clone(), prefix: scope.key_prefix() });
         Ok(Arc::new(ListWatchReader::new(source)))
     }
 }
 
 struct MemoryWriter {
     store: MemoryStore,
-    prefix: String,
+    scope: Scope,
 }
 
 impl MemoryWriter {
     fn key(&self, node: &ServiceNode) -> String {
-        format!("{}{}/{}", self.prefix, node.meta.app_id, node.lease_id)
+        self.scope.record_key(&node.meta.app_id, node.lease_id)
     }
 }
 
@@ -269,7 +288,7 @@ impl StoreWriter for MemoryWriter {
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let id = self.store.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let id = crate::store::next_instance_id();
         self.store.lock()?.leases.insert(id, Lease { deadline: Instant::now() + ttl, keys: Vec::new() });
         self.store.ensure_reaper();
         // Wake the reaper so it sees the new deadline.
@@ -333,7 +352,9 @@ impl ListWatch for MemoryReader {
         KIND
     }
 
-    async fn list(&self) -> Result<Listing> {
+    type Resume = u64;
+
+    async fn list(&self) -> Result<Listing<u64>> {
         let state = self.store.lock()?;
         let records = state
             .records
@@ -341,10 +362,10 @@ impl ListWatch for MemoryReader {
             .take_while(|(k, _)| k.starts_with(&self.prefix))
             .map(|(k, r)| Self::record(k, &r.value, r.mod_revision))
             .collect();
-        Ok(Listing { records, revision: state.revision })
+        Ok(Listing::new(records, state.revision))
     }
 
-    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate>>> {
+    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate<u64>>>> {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         let notify = store.shared.revision.subscribe();
@@ -386,7 +407,7 @@ impl ListWatch for MemoryReader {
                 let advanced = latest > cursor;
                 cursor = latest;
                 if !changes.is_empty() {
-                    let update = WatchUpdate::Changes { changes, revision: cursor };
+                    let update = WatchUpdate::Changes { changes, resume: cursor };
                     return Some((Ok(update), (store, prefix, notify, cursor, false)));
                 }
                 if !advanced && notify.changed().await.is_err() {

@@ -332,9 +332,10 @@ mod tests {
         node.renewed_at_ms = Some(2);
         node.ttl = Some(10);
         let go = node.to_go_json().expect("encodes");
-        let fields: Vec<&str> = ["proto_count", "lease_id", "weight", "run_date", "methods", "network", "kernel", "meta"]
-            .into_iter()
-            .collect();
+        let fields: Vec<&str> =
+            ["proto_count", "lease_id", "weight", "run_date", "methods", "network", "kernel", "meta"]
+                .into_iter()
+                .collect();
         let mut at = 0;
         for field in &fields {
             let pos = go.find(&format!("\"{field}\":")).unwrap_or_else(|| panic!("missing {field} in {go}"));

@@ -37,6 +37,60 @@ impl Scope {
     pub fn new(namespace: impl Into<String>, env: impl Into<String>) -> Self {
         Self { namespace: namespace.into(), env: env.into() }
     }
+
+    /// The Go framework's key prefix of the scope's records, `<namespace>/<env>/`.
+    ///
+    /// The trailing slash matters: the Go reader lists `<namespace>/<env>`
+    /// and so also sees env `production` when it asks for `prod`; we do not.
+    pub fn key_prefix(&self) -> String {
+        format!("{}/{}/", self.namespace, self.env)
+    }
+
+    /// The Go framework's key of an instance, `<namespace>/<env>/<app_id>/<lease_id>`
+    /// (etcd keys, Consul KV keys, the embedded store's keys).
+    pub fn record_key(&self, app_id: &str, lease_id: i64) -> String {
+        format!("{}/{}/{app_id}/{lease_id}", self.namespace, self.env)
+    }
+}
+
+/// A process-unique instance id, for stores without server-granted leases:
+/// nanoseconds since the Unix epoch at first use, then counting up, like the
+/// Go framework's ids — unique across restarts in practice, and increasing.
+pub fn next_instance_id() -> i64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: OnceLock<AtomicI64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX / 2))
+            .unwrap_or(1);
+        AtomicI64::new(nanos.max(1))
+    });
+    next.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How the facade, `registryctl` and the conformance runner know a backend:
+/// its name, the URL schemes it answers to, and how to connect from a URL.
+/// Every backend crate exports one as `BACKEND`; adding a backend to the
+/// facade is one line in its list.
+#[derive(Clone, Copy)]
+pub struct BackendSpec {
+    /// Short name (`etcd`), also the cargo feature of the `registry` crate.
+    pub name: &'static str,
+    /// URL schemes (`etcd`, `etcds`), lowercase.
+    pub schemes: &'static [&'static str],
+    /// Connects from a full URL of one of `schemes`.
+    pub connect: ConnectFn,
+}
+
+/// Connects a [`BackendSpec`]'s store from a URL.
+pub type ConnectFn = fn(String) -> futures::future::BoxFuture<'static, Result<Arc<dyn Store>>>;
+
+impl std::fmt::Debug for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSpec").field("name", &self.name).field("schemes", &self.schemes).finish()
+    }
 }
 
 /// A backend: hands out writers and readers scoped to a namespace and env.
@@ -120,6 +174,19 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
+    /// A 64-bit digest of what makes this write distinct: the stamp when the
+    /// store has one, else the value. Heartbeat liveness compares digests,
+    /// never writers' clocks.
+    pub fn stamp_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match &self.stamp {
+            Some(stamp) => stamp.hash(&mut hasher),
+            None => self.value.hash(&mut hasher),
+        }
+        hasher.finish()
+    }
+
     /// A store-managed record whose stamp is its value.
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
         Self { key: key.into(), value: value.into(), stamp: None, liveness: Liveness::StoreManaged }
@@ -175,28 +242,55 @@ pub trait StoreReader: Send + Sync + 'static {
     fn events(&self) -> BoxStream<'static, StoreEvent>;
 }
 
-/// A full listing and the revision it was taken at.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
+/// An entry under the scope's prefix that the adapter cannot even turn into
+/// a record (a foreign key, an undecodable value): core skips and counts it,
+/// and it never hides the other records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    /// The store's key of the entry.
+    pub key: String,
+    /// Why it is not a record.
+    pub reason: String,
+}
+
+impl Malformed {
+    /// A malformed entry.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// A full listing and the point to resume watching from.
+#[derive(Clone, Debug)]
+pub struct Listing<R> {
     /// Every record in scope.
     pub records: Vec<RawRecord>,
+    /// Entries in scope that are not records.
+    pub malformed: Vec<Malformed>,
     /// Resume point: changes after it are streamed by [`ListWatch::watch`].
-    pub revision: u64,
+    pub resume: R,
+}
+
+impl<R> Listing<R> {
+    /// A listing of `records` (and no malformed entries) taken at `resume`.
+    pub fn new(records: Vec<RawRecord>, resume: R) -> Self {
+        Self { records, malformed: Vec::new(), resume }
+    }
 }
 
 /// A batch of changes from [`ListWatch::watch`].
 #[derive(Clone, Debug)]
-pub enum WatchUpdate {
-    /// Incremental changes, and the revision they bring the view to.
+pub enum WatchUpdate<R> {
+    /// Incremental changes, and the resume point they bring the view to.
     Changes {
-        /// Upserts and deletes, in order.
+        /// Upserts, deletes and malformed entries, in order.
         changes: Vec<Change>,
         /// New resume point.
-        revision: u64,
+        resume: R,
     },
     /// A complete new listing (stores whose change stream answers with full
     /// sets, like Consul's blocking queries).
-    Replace(Listing),
+    Replace(Listing<R>),
 }
 
 /// One incremental change.
@@ -209,21 +303,29 @@ pub enum Change {
         /// Its key.
         key: String,
     },
+    /// Written, but not a record: skipped and counted (and whatever record
+    /// the key held before is gone).
+    Malformed(Malformed),
 }
 
 /// A store with list and watch, driven by core's state machine
 /// ([`crate::list_watch::ListWatchReader`]).
 #[async_trait]
 pub trait ListWatch: Send + Sync + 'static {
+    /// The store's own resume point, opaque to core: etcd a revision, Consul
+    /// the pair of blocking-query indexes, Kubernetes a resourceVersion.
+    type Resume: Clone + std::fmt::Debug + Send + Sync + 'static;
+
     /// Backend name for errors.
     fn kind(&self) -> &'static str;
 
-    /// Lists every record in scope.
-    async fn list(&self) -> Result<Listing>;
+    /// Lists every record in scope. Core bounds the call with its list
+    /// deadline ([`crate::list_watch::DEFAULT_LIST_TIMEOUT`]).
+    async fn list(&self) -> Result<Listing<Self::Resume>>;
 
-    /// Streams changes strictly after `revision`. Returns (or yields)
-    /// [`Error::ResumeLost`](crate::Error::ResumeLost) when that revision is
-    /// no longer available; any other error makes core back off and resume
-    /// from the last revision it saw.
-    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate>>>;
+    /// Streams changes strictly after `from`. Returns (or yields)
+    /// [`Error::ResumeLost`](crate::Error::ResumeLost) when that point is no
+    /// longer available; any other error makes core back off and resume
+    /// from the last point it saw.
+    async fn watch(&self, from: Self::Resume) -> Result<BoxStream<'static, Result<WatchUpdate<Self::Resume>>>>;
 }

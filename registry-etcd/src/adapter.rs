@@ -89,28 +89,22 @@ impl EtcdStore {
         self.client.clone()
     }
 
-    /// The key prefix of a scope, `<namespace>/<env>/`: everything discovery
-    /// of that scope lists and watches.
-    pub fn prefix(scope: &Scope) -> String {
-        format!("{}/{}/", scope.namespace, scope.env)
-    }
-
     /// The raw list/watch source of a scope, for a
     /// [`ListWatchReader`] with another retry policy (`reader` uses core's
     /// defaults). `watch(revision)` fails with [`Error::ResumeLost`] when
     /// etcd compacted `revision + 1` away.
-    pub fn list_watch(&self, scope: &Scope) -> Arc<dyn ListWatch> {
+    pub fn list_watch(&self, scope: &Scope) -> Arc<impl ListWatch<Resume = u64> + use<>> {
         Arc::new(EtcdReader {
             kv: self.client.kv_client().max_decoding_message_size(MAX_DECODING_BYTES),
             watch: self.client.watch_client().max_decoding_message_size(MAX_DECODING_BYTES),
-            prefix: Self::prefix(scope),
+            prefix: scope.key_prefix(),
             timeout: self.request_timeout,
         })
     }
 
     /// The key of one instance: `<namespace>/<env>/<app_id>/<lease_id>`.
     pub fn key(scope: &Scope, node: &ServiceNode) -> String {
-        format!("{}{}/{}", Self::prefix(scope), node.meta.app_id, node.lease_id)
+        scope.record_key(&node.meta.app_id, node.lease_id)
     }
 }
 
@@ -342,7 +336,9 @@ impl ListWatch for EtcdReader {
         KIND
     }
 
-    async fn list(&self) -> Result<Listing> {
+    type Resume = u64;
+
+    async fn list(&self) -> Result<Listing<u64>> {
         let call = Call::new("list", self.timeout);
         let end = prefix_end(self.prefix.as_bytes());
         let mut kv = self.kv.clone();
@@ -364,12 +360,12 @@ impl ListWatch for EtcdReader {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(Listing { records, revision: to_revision(at) }),
+                _ => return Ok(Listing::new(records, to_revision(at))),
             }
         }
     }
 
-    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate>>> {
+    async fn watch(&self, revision: u64) -> Result<BoxStream<'static, Result<WatchUpdate<u64>>>> {
         let call = Call::new("watch", self.timeout);
         let start = i64::try_from(revision.saturating_add(1)).unwrap_or(i64::MAX);
         let options = WatchOptions::new().with_prefix().with_start_revision(start).with_prev_key();
@@ -400,7 +396,7 @@ enum Step {
     /// Nothing new (a response with no events and no newer revision).
     Skip,
     /// An update or the error that ends the stream.
-    Yield(Result<WatchUpdate>),
+    Yield(Result<WatchUpdate<u64>>),
 }
 
 /// An open watch and the revision it has delivered up to.
@@ -412,7 +408,7 @@ struct Follow {
 }
 
 impl Follow {
-    async fn next(&mut self) -> Option<Result<WatchUpdate>> {
+    async fn next(&mut self) -> Option<Result<WatchUpdate<u64>>> {
         if self.done {
             return None;
         }
@@ -462,7 +458,7 @@ impl Follow {
             return Step::Skip;
         };
         self.revision = self.revision.max(revision);
-        Step::Yield(Ok(WatchUpdate::Changes { changes, revision: self.revision }))
+        Step::Yield(Ok(WatchUpdate::Changes { changes, resume: self.revision }))
     }
 }
 
@@ -483,7 +479,7 @@ mod tests {
         let mut node = ServiceNode::default();
         node.meta.app_id = "user-service".into();
         node.lease_id = 7587869532745834261;
-        assert_eq!(EtcdStore::prefix(&scope), "ns/prod/");
+        assert_eq!(scope.key_prefix(), "ns/prod/");
         assert_eq!(EtcdStore::key(&scope, &node), "ns/prod/user-service/7587869532745834261");
     }
 }

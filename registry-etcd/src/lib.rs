@@ -18,7 +18,7 @@
 //! Connection options ([`EtcdConfig`]): several endpoints, user/password,
 //! TLS (CA, client certificate and key), connect and request timeouts,
 //! HTTP/2 keepalive — also as a URL:
-//! `etcd://user:pass@h1:2379,h2:2379?tls=true&ca=/etc/etcd/ca.pem&request_timeout_ms=2000`.
+//! `etcd://user:pass@h1:2379,h2:2379?tls=true&ca=/etc/etcd/ca.pem&timeout=2s`.
 //!
 //! ```no_run
 //! # async fn demo() -> registry_core::Result<()> {
@@ -49,3 +49,16 @@ pub use config::{
 pub use error::DEFAULT_MAX_REQUEST_BYTES;
 pub use etcd_client;
 pub use registry_core;
+
+use std::sync::Arc;
+
+use registry_core::store::{BackendSpec, Store};
+
+/// The etcd backend: `etcd://…` and `etcds://…` URLs ([`EtcdConfig::parse_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: "etcd",
+    schemes: &["etcd", "etcds"],
+    connect: |url| {
+        Box::pin(async move { Ok(Arc::new(EtcdStore::connect(url.parse::<EtcdConfig>()?).await?) as Arc<dyn Store>) })
+    },
+};

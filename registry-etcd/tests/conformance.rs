@@ -55,7 +55,7 @@ impl Backend for Etcd {
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
         // A plain put, no lease: what another writer (or a human with etcdctl) leaves behind.
-        let key = format!("{}{name}", EtcdStore::prefix(scope));
+        let key = format!("{}{name}", scope.key_prefix());
         self.store.client().put(key, value, None).await?;
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use conformance::env::free_port;
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
 use etcd_client::{Permission, PutOptions};
-use registry_core::store::Scope;
+use registry_core::store::{ListWatch, Scope};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore};
 use support::{Needs, Test, conf, config, local_etcd, raw_client, store};
@@ -107,7 +107,7 @@ async fn unreachable_endpoint_with_auth_fails_connect() -> anyhow::Result<()> {
 
 /// `Debug` of a config with a password shows everything but the password.
 async fn config_debug_hides_the_password() -> anyhow::Result<()> {
-    let config = EtcdConfig::parse_url("etcd://registry:hunter2@h1:2379,h2:2379?request_timeout_ms=1500")?;
+    let config = EtcdConfig::parse_url("etcd://registry:hunter2@h1:2379,h2:2379?timeout=1500ms")?;
     let debug = format!("{config:?}");
     anyhow::ensure!(!debug.contains("hunter2"), "password printed: {debug}");
     anyhow::ensure!(debug.contains("registry") && debug.contains("h2:2379"), "useful fields missing: {debug}");
@@ -218,15 +218,15 @@ async fn compacted_resume_point_is_resume_lost() -> anyhow::Result<()> {
     let store = store(&server).await?;
     let mut client = raw_client(&server).await?;
     let scope = Scope::new(unique("ns"), unique("env"));
-    let prefix = EtcdStore::prefix(&scope);
+    let prefix = scope.key_prefix();
     let source = store.list_watch(&scope);
-    let before = source.list().await?.revision;
+    let before = source.list().await?.resume;
     for i in 0..3 {
         client.put(format!("{prefix}app/{i}"), "{}", None).await?;
     }
     let now = source.list().await?;
-    anyhow::ensure!(now.records.len() == 3 && now.revision >= before + 3, "listing {now:?}");
-    client.compact(i64::try_from(now.revision)?, None).await?;
+    anyhow::ensure!(now.records.len() == 3 && now.resume >= before + 3, "listing {now:?}");
+    client.compact(i64::try_from(now.resume)?, None).await?;
 
     let lost = match source.watch(before).await {
         Err(e) => e,
@@ -237,13 +237,13 @@ async fn compacted_resume_point_is_resume_lost() -> anyhow::Result<()> {
     };
     anyhow::ensure!(matches!(lost, Error::ResumeLost { backend: "etcd", revision } if revision == before), "{lost:?}");
 
-    let mut stream = source.watch(now.revision).await?;
+    let mut stream = source.watch(now.resume).await?;
     client.put(format!("{prefix}app/late"), "{}", Some(PutOptions::new())).await?;
     let update = tokio::time::timeout(PROPAGATION, futures::StreamExt::next(&mut stream)).await?;
-    let Some(Ok(registry_core::store::WatchUpdate::Changes { changes, revision })) = update else {
+    let Some(Ok(registry_core::store::WatchUpdate::Changes { changes, resume: revision })) = update else {
         anyhow::bail!("expected changes, got {update:?}");
     };
-    anyhow::ensure!(changes.len() == 1 && revision == now.revision + 1, "changes {changes:?} at {revision}");
+    anyhow::ensure!(changes.len() == 1 && revision == now.resume + 1, "changes {changes:?} at {revision}");
     Ok(())
 }
 

@@ -273,6 +273,17 @@ fn parse_bool(field: &'static str, value: &str) -> Result<bool> {
     }
 }
 
+impl std::str::FromStr for KubernetesConfig {
+    type Err = Error;
+
+    /// Same as [`KubernetesConfig::from_url`], from a string.
+    fn from_str(url: &str) -> Result<Self> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::invalid("url", format!("not a kubernetes:// URL: {e}")))?;
+        Self::from_url(&parsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,7 +230,7 @@ impl StoreWriter for ConfigMapWriter {
     }
 
     async fn grant(&self, _ttl: Duration) -> Result<i64> {
-        Ok(crate::encode::next_instance_id())
+        Ok(registry_core::store::next_instance_id())
     }
 
     async fn put(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {

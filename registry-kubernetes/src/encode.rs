@@ -247,23 +247,6 @@ fn fnv32(value: &str) -> u32 {
     value.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
-/// A process-unique instance id (the `lease_id` of modes without server
-/// leases): nanoseconds since the Unix epoch at first use, then counting up,
-/// like the Go framework's ids — unique across restarts in practice.
-pub fn next_instance_id() -> i64 {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static NEXT: OnceLock<AtomicI64> = OnceLock::new();
-    let next = NEXT.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX / 2))
-            .unwrap_or(1);
-        AtomicI64::new(nanos.max(1))
-    });
-    next.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Escapes a JSON-pointer path segment (RFC 6901).
 pub fn pointer_segment(value: &str) -> String {
     value.replace('~', "~0").replace('/', "~1")

@@ -67,7 +67,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use registry_core::store::{Scope, Store, StoreReader, StoreWriter};
+use registry_core::store::{BackendSpec, Scope, Store, StoreReader, StoreWriter};
 use registry_core::{Error, Result};
 
 pub use config::{ClusterSource, DEFAULT_PREFIX, KubernetesConfig, Mode};
@@ -187,6 +187,18 @@ impl KubernetesStore {
         self.config.janitor.then_some(self.config.janitor_after)
     }
 }
+
+/// The Kubernetes backend: `kubernetes://[?mode=…]` (also `k8s://`) URLs
+/// ([`KubernetesConfig::from_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: KIND,
+    schemes: &["kubernetes", "k8s"],
+    connect: |url| {
+        Box::pin(async move {
+            Ok(Arc::new(KubernetesStore::connect(url.parse::<KubernetesConfig>()?).await?) as Arc<dyn Store>)
+        })
+    },
+};
 
 impl Store for KubernetesStore {
     fn kind(&self) -> &'static str {

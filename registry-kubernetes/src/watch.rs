@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,7 +200,7 @@ impl<L: Layout> Differ<L> {
                     if let Some((janitor, after)) = &mut self.janitor {
                         match reap {
                             Some((window, target)) => {
-                                janitor.observe(&record.key, stamp_of(&record), window * *after, target, now)
+                                janitor.observe(&record.key, record.stamp_digest(), window * *after, target, now)
                             }
                             None => janitor.forget(&record.key),
                         }
@@ -228,11 +227,4 @@ impl<L: Layout> Differ<L> {
             });
         }
     }
-}
-
-/// The record's stamp, or its value when it has none, hashed.
-fn stamp_of(record: &RawRecord) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    record.stamp.as_deref().unwrap_or(&record.value).hash(&mut h);
-    h.finish()
 }

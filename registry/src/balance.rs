@@ -86,7 +86,8 @@ impl Picker {
             total += slot.weight;
         }
         // The first highest score wins, so ties go in insertion order.
-        let best = (0..self.slots.len()).reduce(|b, i| if self.slots[i].score > self.slots[b].score { i } else { b })?;
+        let best =
+            (0..self.slots.len()).reduce(|b, i| if self.slots[i].score > self.slots[b].score { i } else { b })?;
         self.slots[best].score -= total;
         Some(best)
     }

@@ -24,8 +24,9 @@
 //! ```
 //!
 //! Cargo features choose which backends are compiled in: `memory` (default),
-//! `etcd`, `consul`, `kubernetes`. A URL whose backend is not compiled in is
-//! a clear [`Error::BackendNotCompiled`] naming the feature.
+//! `etcd`, `consul`, `kubernetes` ([`backends`] lists them). A URL whose
+//! backend is not compiled in is a clear [`Error::InvalidConfig`] naming the
+//! feature to enable.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
 
@@ -33,7 +34,7 @@
 pub mod balance;
 mod connect;
 
-pub use connect::{Registry, Target, connect};
+pub use connect::{Registry, Target, backends, connect};
 pub use registry_core::*;
 
 #[cfg(feature = "consul")]

@@ -39,9 +39,8 @@ async fn three_to_one_weights_split_calls_three_to_one() -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for weight in [300, 100] {
         let (addr, served) = start_server().await?;
-        let conf = ServiceConf::default()
-            .with_weight(weight)
-            .with_network(Network { internal: addr, ..Default::default() });
+        let conf =
+            ServiceConf::default().with_weight(weight).with_network(Network { internal: addr, ..Default::default() });
         let registrar = registry.registrar(Meta::new("dev", format!("health-{weight}"), "v1"), conf)?;
         registrar.install(services.clone().into_node()).await?;
         servers.push((registrar, served));
@@ -65,10 +64,17 @@ async fn three_to_one_weights_split_calls_three_to_one() -> anyhow::Result<()> {
     }
     let heavy = servers[0].1.load(Ordering::Relaxed);
     let light = servers[1].1.load(Ordering::Relaxed);
-    println!("weights 300:100 over {CALLS} calls: heavy={heavy} light={light} ({:.1} %)", heavy as f64 * 100.0 / CALLS as f64);
+    println!(
+        "weights 300:100 over {CALLS} calls: heavy={heavy} light={light} ({:.1} %)",
+        heavy as f64 * 100.0 / CALLS as f64
+    );
     assert_eq!(heavy + light, CALLS, "every call answered by one of the two");
     let share = heavy as f64 / CALLS as f64;
-    assert!((0.70..=0.80).contains(&share), "heavy server got {:.1} % of the calls, expected 75 % ± 5 %", share * 100.0);
+    assert!(
+        (0.70..=0.80).contains(&share),
+        "heavy server got {:.1} % of the calls, expected 75 % ± 5 %",
+        share * 100.0
+    );
     for (registrar, _) in &servers {
         registrar.uninstall().await?;
     }

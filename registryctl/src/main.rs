@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let cli = match cli.command {
         Command::Conformance(args) => {
             return conformance::run(args).unwrap_or_else(|e| {
-                eprintln!("registryctl: {e:#}");
+                eprintln!("registryctl: {}", report(&e));
                 ExitCode::FAILURE
             });
         }
@@ -78,29 +78,39 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("registryctl: {e:#}");
+            eprintln!("registryctl: {}", report(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// A backend URL for display: credentials (`user:pass@`, `token@`) become `***`.
-/// Works on every scheme, including multi-host etcd URLs a URL parser rejects.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.split_once('@')) {
-        (Some((scheme, _)), Some((_, rest))) => format!("{scheme}://***@{rest}"),
-        _ => url.to_owned(),
+/// An error and its causes on one line, each cause once: a cause whose text
+/// the message already contains (the library's errors embed their source,
+/// so `{e}` alone is useful to library users) is not printed again.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
     }
+    line
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::report;
 
     #[test]
-    fn credentials_are_hidden_on_every_scheme() {
-        assert_eq!(redact("etcd://root:s3cret@h1:2379,h2:2379"), "etcd://***@h1:2379,h2:2379");
-        assert_eq!(redact("consul://token-123@10.0.0.6:8500"), "consul://***@10.0.0.6:8500");
-        assert_eq!(redact("kubernetes://?mode=lease"), "kubernetes://?mode=lease");
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let embedded = registry::Error::unavailable("etcd", io);
+        let e = anyhow::Error::new(embedded).context("cannot list shop/prod");
+        assert_eq!(report(&e), "cannot list shop/prod: etcd is unavailable: connection refused");
     }
 }

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use registry::{DiscoveryEvent, Register, Registry, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
-use crate::redact;
+use registry::options::redact;
 
 /// Options of `registryctl migrate`.
 #[derive(Args, Debug)]

@@ -18,7 +18,7 @@ use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
 
-use crate::redact;
+use registry::options::redact;
 
 /// Options of `registryctl conformance`.
 #[derive(Args, Debug)]
