@@ -81,16 +81,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
-mod adapter;
 mod agent;
+mod client;
 mod config;
 mod error;
+mod reader;
+mod store;
+mod writer;
 
-pub use adapter::{ConsulStore, KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
 pub use config::{
     ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
 };
+pub use error::{KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
 pub use registry_core;
+pub use store::ConsulStore;
 
 use std::sync::Arc;
 
