@@ -38,17 +38,19 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
 
-mod adapter;
 mod config;
 mod error;
+mod reader;
+mod store;
+mod writer;
 
-pub use adapter::EtcdStore;
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, EtcdConfig, EtcdTls, Keepalive,
 };
 pub use error::DEFAULT_MAX_REQUEST_BYTES;
 pub use etcd_client;
 pub use registry_core;
+pub use store::EtcdStore;
 
 use std::sync::Arc;
 
