@@ -98,7 +98,7 @@ impl ListWatch for ConsulReader {
 }
 
 /// Which half answered a blocking round.
-enum Answer {
+enum HalfAnswer {
     Health(Vec<HealthEntry>, u64),
     Kv(Vec<KvEntry>, u64),
 }
@@ -167,22 +167,22 @@ impl Watch {
             let started = Instant::now();
             let answer = match (self.health.as_mut(), self.kv.as_mut()) {
                 (Some(health), Some(kv)) => tokio::select! {
-                    answer = health => answer.map(|(entries, index)| Answer::Health(entries, index)),
-                    answer = kv => answer.map(|(entries, index)| Answer::Kv(entries, index)),
+                    answer = health => answer.map(|(entries, index)| HalfAnswer::Health(entries, index)),
+                    answer = kv => answer.map(|(entries, index)| HalfAnswer::Kv(entries, index)),
                 },
                 // Both were set just above.
                 _ => continue,
             };
             // A finished future is never polled again.
             match &answer {
-                Ok(Answer::Health(..)) => self.health = None,
-                Ok(Answer::Kv(..)) => self.kv = None,
+                Ok(HalfAnswer::Health(..)) => self.health = None,
+                Ok(HalfAnswer::Kv(..)) => self.kv = None,
                 Err(_) => {}
             }
             let answer = answer?;
             let (index, previous) = match &answer {
-                Answer::Health(_, index) => (*index, at.health),
-                Answer::Kv(_, index) => (*index, at.kv),
+                HalfAnswer::Health(_, index) => (*index, at.health),
+                HalfAnswer::Kv(_, index) => (*index, at.kv),
             };
             if index == 0 || index < previous {
                 // The index went backwards (the agent restarted with fresh
@@ -194,13 +194,13 @@ impl Watch {
             }
             let Some(view) = self.view.as_mut() else { continue };
             let changed = match answer {
-                Answer::Health(entries, index) => {
+                HalfAnswer::Health(entries, index) => {
                     let changed = entries != view.health;
                     view.at.health = index;
                     view.health = entries;
                     changed
                 }
-                Answer::Kv(entries, index) => {
+                HalfAnswer::Kv(entries, index) => {
                     let changed = entries != view.kv;
                     view.at.kv = index;
                     view.kv = entries;

@@ -36,13 +36,13 @@ pub mod store;
 pub mod telemetry;
 
 pub use conf::ServiceConf;
-pub use discoverer::{Discoverer, instance_key};
+pub use discoverer::{Discoverer, app_lease_key};
 pub use discovery::{Discovery, DiscoveryEvent};
 pub use error::{BoxError, Error, Result};
 pub use fanout::FanoutRegistrar;
 pub use grpc::GrpcServices;
 pub use index::{Nodes, ServiceIndex};
-pub use merge::{instance_identity, merged_discovery};
+pub use merge::{cross_backend_identity, merged_discovery};
 pub use model::{DEFAULT_WEIGHT, Kernel, Meta, Methods, Network, ServiceNode};
 pub use register::{Register, RetryHooks, RetryInfo};
 pub use registrar::Registrar;

@@ -97,9 +97,9 @@ impl ListWatch for EtcdReader {
         // The first answer says whether the watch exists (or why not: a
         // compacted start revision, refused credentials, no leader).
         let first = call.run(stream.message()).await?;
-        let mut follow = Follow { stream, revision, timeout: self.timeout, done: false };
+        let mut open_watch = OpenWatch { stream, revision, timeout: self.timeout, done: false };
         let first = match first {
-            Some(response) => follow.translate(&response),
+            Some(response) => open_watch.translate(&response),
             None => return Err(Error::unavailable(KIND, "watch stream closed before it was created")),
         };
         let head = match first {
@@ -107,9 +107,9 @@ impl ListWatch for EtcdReader {
             Step::Yield(Ok(update)) => Some(Ok(update)),
             Step::Yield(Err(e)) => return Err(e),
         };
-        let rest = futures::stream::unfold(follow, |mut follow| async move {
-            let item = follow.next().await?;
-            Some((item, follow))
+        let rest = futures::stream::unfold(open_watch, |mut open_watch| async move {
+            let item = open_watch.next().await?;
+            Some((item, open_watch))
         });
         Ok(futures::stream::iter(head).chain(rest).boxed())
     }
@@ -123,14 +123,14 @@ enum Step {
 }
 
 /// An open watch and the revision it has delivered up to.
-struct Follow {
+struct OpenWatch {
     stream: WatchStream,
     revision: u64,
     timeout: Duration,
     done: bool,
 }
 
-impl Follow {
+impl OpenWatch {
     async fn next(&mut self) -> Option<Result<WatchUpdate<u64>>> {
         if self.done {
             return None;

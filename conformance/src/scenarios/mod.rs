@@ -1,4 +1,4 @@
-//! The scenarios of DESIGN.md, one behaviour each, generic over [`Backend`].
+//! The shared conformance scenarios, one behaviour each, generic over [`Backend`].
 //!
 //! Each scenario works in its own random namespace and env, asserts only on
 //! what it wrote, and cleans up best-effort. [`all`] lists them for the runner.
