@@ -36,6 +36,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-Dwarnings" cargo doc --workspace --all-features --no-deps --quiet
 
+step "cargo package (every crate packages; metadata complete)"
+cargo package --workspace --no-verify --allow-dirty --quiet
+
 step "cargo test (all features, real servers required)"
 cargo test --workspace --all-features --no-fail-fast
 

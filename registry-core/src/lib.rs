@@ -14,6 +14,7 @@
 //! - The embedded backend: [`memory`].
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
 pub mod conf;
@@ -26,6 +27,7 @@ mod grpc;
 pub mod index;
 pub mod list_watch;
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
 pub mod merge;
 mod model;
