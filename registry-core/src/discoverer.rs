@@ -399,6 +399,8 @@ fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
         && a.meta == b.meta
         && a.registered_at_ms == b.registered_at_ms
         && a.ttl == b.ttl
+        && a.weight == b.weight
+        && a.draining == b.draining
 }
 
 impl Cache {

@@ -180,6 +180,12 @@ pub struct ServiceNode {
     /// for the next change before hiding the node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// The instance is shutting down: registered, finishing its calls, and
+    /// taking no new ones ([`crate::Register::drain`]). Written only while
+    /// true. Go readers ignore the field, so a Go gateway keeps sending to a
+    /// draining Rust instance until it uninstalls.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl Default for ServiceNode {
@@ -196,6 +202,7 @@ impl Default for ServiceNode {
             registered_at_ms: None,
             renewed_at_ms: None,
             ttl: None,
+            draining: false,
         }
     }
 }
