@@ -35,6 +35,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod balance;
 mod connect;
+#[cfg(feature = "tonic-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic-server")))]
+pub mod serve;
 
 pub use connect::{Registry, Target, backends, connect};
 pub use registry_core::*;
