@@ -5,6 +5,7 @@
 #   $REGISTRY_TESTENV/bin/consul         Consul 1.8 from Debian bullseye
 #   $REGISTRY_TESTENV/bin/kube-apiserver built with Go from scripts/kube-apiserver
 #   protoc + well-known types            Debian protobuf-compiler, libprotobuf-dev (system install)
+#   nft                                  Debian nftables (system install): silent partitions
 #
 # REGISTRY_TESTENV defaults to $HOME/.cache/registry-testenv.
 #
@@ -248,6 +249,27 @@ else
   as_root apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev
 fi
 
+# --- nftables -----------------------------------------------------------------
+
+# `nft` makes the silent partitions of the cluster fault scenarios
+# (conformance::env::partition): loopback packets dropped, never refused.
+NFT="$(command -v nft || true)"
+[ -n "$NFT" ] || NFT=/usr/sbin/nft
+if [ -x "$NFT" ]; then
+  log "nftables: already installed"
+else
+  log "installing nftables (system package)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache show nftables >/dev/null 2>&1; then
+    as_root apt-get update -q
+  fi
+  as_root apt-get install -y -q --no-install-recommends nftables
+  NFT="$(command -v nft || true)"
+  [ -n "$NFT" ] || NFT=/usr/sbin/nft
+fi
+nft_version="$(first_line "$NFT" --version)"
+[[ "$nft_version" == "nftables v"* ]] || die "nft does not run: $nft_version"
+
 # --- kube-apiserver -----------------------------------------------------------
 
 KUBE_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$KUBE_MOD_DIR/go.mod")"
@@ -306,3 +328,4 @@ echo "etcdctl        $BIN/etcdctl  $(first_line "$BIN/etcdctl" version)"
 echo "consul         $BIN/consul  $(first_line "$BIN/consul" version)"
 echo "kube-apiserver $BIN/kube-apiserver  $("$BIN/kube-apiserver" --version)"
 echo "protoc         $(command -v protoc)  $(protoc --version)"
+echo "nft            $NFT  $nft_version"

@@ -15,6 +15,13 @@
 //!   watches it from the listing's revision + 1; a compacted revision makes
 //!   core list again.
 //!
+//! Members that go silent (partitioned: packets dropped, no reset) are
+//! noticed without waiting for the HTTP/2 keepalive: a watch that delivers
+//! nothing for [`WATCH_PROGRESS_AFTER`] asks for a progress report and is
+//! resumed elsewhere when none comes within the request timeout (7 s with
+//! the defaults), and a lease renewal is tried in slices of TTL/8 on fresh
+//! keepalive streams, so a silent member costs an attempt, not the lease.
+//!
 //! Connection options ([`EtcdConfig`]): several endpoints, user/password,
 //! TLS (CA, client certificate and key), connect and request timeouts,
 //! HTTP/2 keepalive — also as a URL:
@@ -49,6 +56,7 @@ pub use config::{
 };
 pub use error::DEFAULT_MAX_REQUEST_BYTES;
 pub use etcd_client;
+pub use reader::WATCH_PROGRESS_AFTER;
 pub use registry_core;
 pub use store::EtcdStore;
 

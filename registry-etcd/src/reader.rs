@@ -15,6 +15,16 @@ use crate::error::{Call, KIND, watch_canceled};
 /// Keys fetched per page of a listing (pages share one revision).
 const LIST_PAGE: i64 = 500;
 
+/// How long an open watch may deliver nothing before it is asked for a
+/// progress report (a `progress_request`, which a live member answers at
+/// once). No answer within the request timeout after that ends the watch
+/// with [`Error::Timeout`], and core resumes it from its last revision — on
+/// another member when this one went silent. So a watch whose member is cut
+/// off without a reset is noticed within this plus the request timeout (7 s
+/// with the defaults), where the HTTP/2 keepalive alone takes its interval
+/// plus its timeout (15 s).
+pub const WATCH_PROGRESS_AFTER: Duration = Duration::from_secs(2);
+
 /// Lists and watches one scope's prefix.
 pub(crate) struct EtcdReader {
     kv: KvClient,
@@ -131,12 +141,36 @@ struct OpenWatch {
 }
 
 impl OpenWatch {
+    /// The next update. A stream silent for [`WATCH_PROGRESS_AFTER`] is
+    /// asked for progress; one still silent a request timeout later ends
+    /// with [`Error::Timeout`].
     async fn next(&mut self) -> Option<Result<WatchUpdate<u64>>> {
         if self.done {
             return None;
         }
+        let mut asked: Option<tokio::time::Instant> = None;
         loop {
-            let response = match self.stream.message().await {
+            let wait = asked.map_or(WATCH_PROGRESS_AFTER, |at| self.timeout.saturating_sub(at.elapsed()));
+            let message = match tokio::time::timeout(wait, self.stream.message()).await {
+                Ok(message) => message,
+                Err(_) if asked.is_none() => {
+                    let ask = Call::new("watch progress request", self.timeout);
+                    if let Err(e) = ask.run(self.stream.request_progress()).await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    asked = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                Err(_) => {
+                    self.done = true;
+                    let silent = WATCH_PROGRESS_AFTER + self.timeout;
+                    tracing::warn!(revision = self.revision, ?silent, "watch silent; ending it to resume elsewhere");
+                    return Some(Err(Call::new("watch (no progress report)", silent).timed_out()));
+                }
+            };
+            asked = None;
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return None,
                 Err(e) => {

@@ -12,6 +12,9 @@ use tokio::sync::Mutex;
 use crate::error::{Call, KIND};
 use crate::store::EtcdStore;
 
+/// Shortest attempt of a lease renewal (see [`EtcdWriter`]'s `renew`).
+const MIN_RENEW_ATTEMPT: Duration = Duration::from_millis(200);
+
 /// An open keepalive stream for one lease.
 struct LeaseKeepalive {
     id: i64,
@@ -117,11 +120,34 @@ impl StoreWriter for EtcdWriter {
         }
     }
 
-    async fn renew(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
-        let call = self.call("keepalive");
-        tokio::time::timeout(call.limit, self.renew_lease(node.lease_id))
-            .await
-            .unwrap_or_else(|_| Err(call.timed_out()))
+    /// Renews the lease in attempts of TTL/8 (at least 200 ms) until one
+    /// answers or TTL/2 (at most the request timeout) has passed.
+    ///
+    /// A keepalive stream whose member went silent (cut off, not closed)
+    /// never answers. Waiting on it for the whole renewal would cost the
+    /// lease: the registrar renews TTL/2 after the last success and allows
+    /// the renewal TTL/2, so the lease expires just as the renewal gives up.
+    /// A timed-out attempt drops its stream and the next opens a fresh one,
+    /// which the balanced channel may send to another member: a silent
+    /// member costs an attempt, not the lease.
+    async fn renew(&self, node: &ServiceNode, ttl: Duration) -> Result<()> {
+        let budget = self.timeout.min(ttl / 2).max(MIN_RENEW_ATTEMPT);
+        let slice = (ttl / 8).max(MIN_RENEW_ATTEMPT).min(budget);
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = budget.saturating_sub(started.elapsed());
+            match tokio::time::timeout(slice.min(left), self.renew_lease(node.lease_id)).await {
+                Ok(result) => return result,
+                Err(_) if left > slice => {
+                    tracing::debug!(
+                        lease_id = node.lease_id,
+                        ?slice,
+                        "keepalive attempt timed out; retrying on a fresh stream"
+                    );
+                }
+                Err(_) => return Err(Call::new("keepalive", budget).timed_out()),
+            }
+        }
     }
 
     async fn remove(&self, node: &ServiceNode) -> Result<()> {
