@@ -54,6 +54,9 @@ cargo run --quiet -p registry --example quickstart
 step "grpc_balance example (tonic load balancing over discovery)"
 cargo run --quiet -p registry --features tonic --example grpc_balance
 
+step "graceful example (drain, grace period, uninstall, stop)"
+cargo run --quiet -p registry --features tonic-server --example graceful -- --once
+
 step "registryctl bench --backend memory"
 cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --samples 200
 
