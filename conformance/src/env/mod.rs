@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod etcd_cluster;
 pub mod faults;
 pub mod kube;
+pub mod kube_node;
 pub mod member;
 pub mod partition;
 pub mod process;
