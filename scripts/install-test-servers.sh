@@ -4,28 +4,47 @@
 #   $REGISTRY_TESTENV/bin/etcd, etcdctl  etcd 3.5 from Debian trixie (etcd-server, etcd-client)
 #   $REGISTRY_TESTENV/bin/consul         Consul 1.8 from Debian bullseye
 #   $REGISTRY_TESTENV/bin/kube-apiserver built with Go from scripts/kube-apiserver
+#   $REGISTRY_TESTENV/bin/kubelet, kube-controller-manager, kube-scheduler
+#                                        built with Go from scripts/kube-node
+#   $REGISTRY_TESTENV/cni/bin/*          CNI plugins (bridge, host-local, loopback, ...)
+#                                        unpacked from Debian containernetworking-plugins
 #   protoc + well-known types            Debian protobuf-compiler, libprotobuf-dev (system install)
+#   nft                                  Debian nftables (system install): silent partitions
+#   containerd 1.6, runc 1.1, busybox-static
+#                                        Debian packages (system install) for the
+#                                        single-node Kubernetes cluster (conformance::env::kube_node)
 #
 # REGISTRY_TESTENV defaults to $HOME/.cache/registry-testenv.
 #
-# The Debian packages are fetched with `apt-get download` through a private apt
+# etcd and Consul are fetched with `apt-get download` through a private apt
 # configuration under $REGISTRY_TESTENV/apt (own sources list, state, lists and
 # cache dirs) and unpacked with `dpkg -x`; nothing is installed into the system
 # and the machine's own apt sources are never modified. The Debian mirror is
 # taken from the machine's apt sources (override: REGISTRY_DEBIAN_MIRROR).
+# The CNI plugins are downloaded from the machine's own Debian release and
+# unpacked the same way. protoc, containerd, runc and busybox-static are system
+# packages (apt-get install). The containerd package starts no service here:
+# the test environment runs a private containerd instance of its own.
 #
 # Idempotent: every step is skipped when its binary already exists and runs, so
 # a second run takes seconds. The kube-apiserver build (first run only) takes
-# 20-40 minutes on 2 cores; Go's module and build caches live under
-# ${REGISTRY_GO_CACHE:-$HOME/.cache/registry-testenv/go}.
+# 20-40 minutes on 2 cores; kubelet, kube-controller-manager and
+# kube-scheduler then take about 3.5 more (they share most packages with
+# kube-apiserver in the Go build cache; 18 minutes from an empty cache on a
+# busy 2-core VM). Go's module and build caches live under
+# ${REGISTRY_GO_CACHE:-$HOME/.cache/registry-testenv/go}. Go builds run at
+# `nice -n 19`; the binaries are reproducible (-trimpath, same sha256 from a
+# cold or warm cache).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 KUBE_MOD_DIR="$REPO_ROOT/scripts/kube-apiserver"
+KUBE_NODE_MOD_DIR="$REPO_ROOT/scripts/kube-node"
 
 TESTENV="${REGISTRY_TESTENV:-$HOME/.cache/registry-testenv}"
 BIN="$TESTENV/bin"
+CNI_DIR="$TESTENV/cni"
 APT_DIR="$TESTENV/apt"
 GO_CACHE_ROOT="${REGISTRY_GO_CACHE:-$HOME/.cache/registry-testenv/go}"
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -233,6 +252,26 @@ fi
 consul_version="$(first_line "$BIN/consul" version)"
 [[ "$consul_version" == "Consul v1.8."* ]] || die "expected Consul 1.8.x, got: $consul_version"
 
+# --- system packages ----------------------------------------------------------
+
+# system_install PACKAGE...: apt-get install from the machine's own apt sources
+# (apt-get update first only when apt does not know a package yet).
+system_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache show "$@" >/dev/null 2>&1; then
+    as_root apt-get update -q
+  fi
+  as_root apt-get install -y -q --no-install-recommends "$@"
+}
+
+# Prints "<version>" of an installed Debian package, or nothing.
+deb_installed_version() {
+  local out
+  out="$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$1" 2>/dev/null)" || true
+  [[ "$out" == "installed "* ]] && printf '%s\n' "${out#installed }"
+  return 0
+}
+
 # --- protoc -------------------------------------------------------------------
 
 # etcd-client's build script runs protoc and needs the well-known types
@@ -241,22 +280,47 @@ if command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/descri
   log "protoc: already installed"
 else
   log "installing protobuf-compiler and libprotobuf-dev (system packages)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-cache show protobuf-compiler libprotobuf-dev >/dev/null 2>&1; then
-    as_root apt-get update -q
-  fi
-  as_root apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev
+  system_install protobuf-compiler libprotobuf-dev
 fi
 
-# --- kube-apiserver -----------------------------------------------------------
+# --- nftables -----------------------------------------------------------------
+
+# `nft` makes the silent partitions of the cluster fault scenarios
+# (conformance::env::partition): loopback packets dropped, never refused.
+NFT="$(command -v nft || true)"
+[ -n "$NFT" ] || NFT=/usr/sbin/nft
+if [ -x "$NFT" ]; then
+  log "nftables: already installed"
+else
+  log "installing nftables (system package)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache show nftables >/dev/null 2>&1; then
+    as_root apt-get update -q
+  fi
+  as_root apt-get install -y -q --no-install-recommends nftables
+  NFT="$(command -v nft || true)"
+  [ -n "$NFT" ] || NFT=/usr/sbin/nft
+fi
+nft_version="$(first_line "$NFT" --version)"
+[[ "$nft_version" == "nftables v"* ]] || die "nft does not run: $nft_version"
+
+# --- Go builds (kube-apiserver, kubelet, kube-controller-manager, kube-scheduler)
 
 KUBE_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$KUBE_MOD_DIR/go.mod")"
 [ -n "$KUBE_VERSION" ] || die "cannot read the k8s.io/kubernetes version from $KUBE_MOD_DIR/go.mod"
+KUBE_NODE_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$KUBE_NODE_MOD_DIR/go.mod")"
+[ "$KUBE_NODE_VERSION" = "$KUBE_VERSION" ] ||
+  die "$KUBE_NODE_MOD_DIR/go.mod pins k8s.io/kubernetes $KUBE_NODE_VERSION, $KUBE_MOD_DIR/go.mod $KUBE_VERSION"
 
-if [ -x "$BIN/kube-apiserver" ] &&
-   [ "$("$BIN/kube-apiserver" --version 2>/dev/null)" = "Kubernetes $KUBE_VERSION" ]; then
-  log "kube-apiserver: $KUBE_VERSION already built"
-else
+# True when "$BIN/$1" is the pinned Kubernetes version.
+kube_built() {
+  [ -x "$BIN/$1" ] && [ "$("$BIN/$1" --version 2>/dev/null)" = "Kubernetes $KUBE_VERSION" ]
+}
+
+GO_READY=""
+# Go toolchain, caches and the version ldflags, once per script run.
+go_prepare() {
+  [ -n "$GO_READY" ] && return
   if ! command -v go >/dev/null 2>&1; then
     [ -x /usr/local/go/bin/go ] || die "Go toolchain not found (need go on PATH or /usr/local/go/bin/go)"
     export PATH="$PATH:/usr/local/go/bin"
@@ -268,21 +332,31 @@ else
 
   # Versions stamped into the binary, as Kubernetes' hack/lib/version.sh does.
   # The compatibility/emulation version logic and /version read them.
+  local minor major pkg
   minor="${KUBE_VERSION#v*.}"
   minor="${minor%%.*}"
   major="${KUBE_VERSION#v}"
   major="${major%%.*}"
-  ldflags="-s -w"
+  LDFLAGS="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean"
+    LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    LDFLAGS+=" -X $pkg.gitTreeState=clean"
   done
+  GO_READY=1
+}
 
-  cd "$KUBE_MOD_DIR"
+# go_build MODULE_DIR COMMAND...: builds k8s.io/kubernetes/cmd/COMMAND for
+# each COMMAND in one `go build` (at nice 19) into $BIN.
+go_build() {
+  local dir="$1"
+  shift
+  go_prepare
+  cd "$dir"
   # All checksums are in the committed go.sum, so the checksum database is
   # normally not consulted. If it is needed but unreachable, retry with
   # GOSUMDB=off for this build only, relying on the committed go.sum.
-  log "go mod download (kube-apiserver $KUBE_VERSION module graph)"
+  log "go mod download ($(basename "$dir") module graph, k8s.io/kubernetes $KUBE_VERSION)"
+  local dl_log
   if ! dl_log="$(go mod download 2>&1)"; then
     printf '%s\n' "$dl_log" >&2
     if grep -qiE 'checksum database|verifying (module|go\.mod)|sumdb' <<<"$dl_log"; then
@@ -293,10 +367,109 @@ else
       die "go mod download failed"
     fi
   fi
-  log "building kube-apiserver $KUBE_VERSION with $(go version) (20-40 min on 2 cores on the first run)"
-  go build -trimpath -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  mv -f "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+  local out="$BIN/.build.$$" cmd pkgs=() started=$SECONDS
+  for cmd in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+  rm -rf "$out"
+  mkdir -p "$out"
+  log "building $* $KUBE_VERSION with $(go version) at nice 19"
+  nice -n 19 go build -trimpath -ldflags "$LDFLAGS" -o "$out/" "${pkgs[@]}"
+  for cmd in "$@"; do
+    [ -x "$out/$cmd" ] || die "go build produced no $cmd"
+    mv -f "$out/$cmd" "$BIN/$cmd"
+  done
+  rm -rf "$out"
+  log "built $* in $((SECONDS - started)) s"
   cd - >/dev/null
+}
+
+# --- kube-apiserver -----------------------------------------------------------
+
+if kube_built kube-apiserver; then
+  log "kube-apiserver: $KUBE_VERSION already built"
+else
+  # 20-40 min on 2 cores on the first run
+  go_build "$KUBE_MOD_DIR" kube-apiserver
+fi
+
+# --- kubelet, kube-controller-manager, kube-scheduler ------------------------
+
+node_missing=()
+for cmd in kubelet kube-controller-manager kube-scheduler; do
+  if kube_built "$cmd"; then
+    log "$cmd: $KUBE_VERSION already built"
+  else
+    node_missing+=("$cmd")
+  fi
+done
+if [ "${#node_missing[@]}" -gt 0 ]; then
+  # ~3.5 min after kube-apiserver (shared Go build cache), 18 min from an empty one
+  go_build "$KUBE_NODE_MOD_DIR" "${node_missing[@]}"
+fi
+
+# --- containerd, runc, busybox-static (system packages) -----------------------
+
+# containerd 1.6 and runc 1.1 (Debian 12) run the Pods of the test cluster;
+# busybox-static (/bin/busybox) is the content of the test images, which the
+# test environment builds itself (no registry is ever contacted).
+node_pkgs=()
+for spec in containerd:1.6. runc:1.1. busybox-static:; do
+  pkg="${spec%%:*}"
+  want="${spec#*:}"
+  have="$(deb_installed_version "$pkg")"
+  if [ -n "$have" ] && { [ -z "$want" ] || [[ "$have" == "$want"* ]]; }; then
+    log "$pkg: $have already installed"
+  else
+    node_pkgs+=("$pkg")
+  fi
+done
+if [ "${#node_pkgs[@]}" -gt 0 ]; then
+  log "installing ${node_pkgs[*]} (system packages)"
+  system_install "${node_pkgs[@]}"
+fi
+containerd_version="$(first_line containerd --version)"
+[[ "$containerd_version" == *" 1.6."* ]] || die "expected containerd 1.6.x, got: $containerd_version"
+runc_version="$(first_line "$(command -v runc || echo /usr/sbin/runc)" --version)"
+[[ "$runc_version" == "runc version 1.1."* ]] || die "expected runc 1.1.x, got: $runc_version"
+[ -x /bin/busybox ] || die "busybox-static installed but /bin/busybox is missing"
+
+# --- CNI plugins --------------------------------------------------------------
+
+# The bridge, host-local and loopback plugins from Debian's
+# containernetworking-plugins, unpacked into $CNI_DIR/bin (not installed).
+CNI_PKG=containernetworking-plugins
+# Debian builds them without a version stamp ("CNI bridge plugin version
+# unknown"), so the package version is kept next to them in $CNI_DIR/VERSION.
+cni_ok() {
+  local p
+  for p in bridge host-local loopback; do
+    [ -x "$CNI_DIR/bin/$p" ] || return 1
+  done
+  [ -r "$CNI_DIR/VERSION" ] && [[ "$(<"$CNI_DIR/VERSION")" == 1.* ]] &&
+    [[ "$(CNI_COMMAND=VERSION "$CNI_DIR/bin/bridge" 2>/dev/null)" == *'"1.0.0"'* ]]
+}
+if cni_ok; then
+  log "CNI plugins: $CNI_PKG $(<"$CNI_DIR/VERSION") already unpacked"
+else
+  if ! apt-cache show "$CNI_PKG" >/dev/null 2>&1; then
+    as_root apt-get update -q
+  fi
+  tmp="$(mktemp -d)"
+  log "apt-get download $CNI_PKG (machine's apt sources)"
+  (cd "$tmp" && apt-get -q -o "APT::Sandbox::User=$(id -un)" download "$CNI_PKG" >&2)
+  for deb in "$tmp"/*.deb; do
+    log "unpacking $(basename "$deb")"
+    dpkg -x "$deb" "$tmp/root"
+    cni_version="$(dpkg-deb -f "$deb" Version)"
+  done
+  [ -x "$tmp/root/usr/lib/cni/bridge" ] || die "$CNI_PKG has no /usr/lib/cni/bridge"
+  rm -rf "$CNI_DIR/bin.tmp"
+  mkdir -p "$CNI_DIR"
+  cp -a "$tmp/root/usr/lib/cni" "$CNI_DIR/bin.tmp"
+  rm -rf "$CNI_DIR/bin"
+  mv "$CNI_DIR/bin.tmp" "$CNI_DIR/bin"
+  printf '%s\n' "$cni_version" >"$CNI_DIR/VERSION"
+  rm -rf "$tmp"
+  cni_ok || die "CNI plugins in $CNI_DIR/bin do not run (or $CNI_PKG $cni_version is not 1.x)"
 fi
 
 # --- summary ------------------------------------------------------------------
@@ -305,4 +478,12 @@ echo "etcd           $BIN/etcd  $(first_line "$BIN/etcd" --version)"
 echo "etcdctl        $BIN/etcdctl  $(first_line "$BIN/etcdctl" version)"
 echo "consul         $BIN/consul  $(first_line "$BIN/consul" version)"
 echo "kube-apiserver $BIN/kube-apiserver  $("$BIN/kube-apiserver" --version)"
+echo "kubelet        $BIN/kubelet  $("$BIN/kubelet" --version)"
+echo "kube-controller-manager $BIN/kube-controller-manager  $("$BIN/kube-controller-manager" --version)"
+echo "kube-scheduler $BIN/kube-scheduler  $("$BIN/kube-scheduler" --version)"
+echo "containerd     $(command -v containerd)  $containerd_version"
+echo "runc           $(command -v runc || echo /usr/sbin/runc)  $runc_version"
+echo "busybox        /bin/busybox  $(first_line /bin/busybox)"
+echo "CNI plugins    $CNI_DIR/bin  $CNI_PKG $(<"$CNI_DIR/VERSION")"
 echo "protoc         $(command -v protoc)  $(protoc --version)"
+echo "nft            $NFT  $nft_version"

@@ -36,6 +36,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-Dwarnings" cargo doc --workspace --all-features --no-deps --quiet
 
+step "cargo package (every crate packages; metadata complete)"
+cargo package --workspace --no-verify --allow-dirty --quiet
+
 step "cargo test (all features, real servers required)"
 cargo test --workspace --all-features --no-fail-fast
 
@@ -50,6 +53,9 @@ cargo run --quiet -p registry --example quickstart
 
 step "grpc_balance example (tonic load balancing over discovery)"
 cargo run --quiet -p registry --features tonic --example grpc_balance
+
+step "graceful example (drain, grace period, uninstall, stop)"
+cargo run --quiet -p registry --features tonic-server --example graceful -- --once
 
 step "registryctl bench --backend memory"
 cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --samples 200

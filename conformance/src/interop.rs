@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use registry_core::ServiceNode;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -136,6 +137,58 @@ pub fn go_consul_read(health: &Value, env: &str) -> Vec<GoServiceNode> {
         .collect()
 }
 
+impl GoServiceNode {
+    /// Decodes a node JSON the way a Go reader does (`None`: a Go reader skips it).
+    pub fn decode(json: &str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+}
+
+/// Checks that `node` (as this library read a record) carries every field
+/// of `go` (as a Go reader reads the same record) with the same value; Go's
+/// `null` (methods, network, kernel, meta) equals empty. Names every field
+/// that differs.
+pub fn same_fields(node: &ServiceNode, go: &GoServiceNode) -> anyhow::Result<()> {
+    let mut differ = Vec::new();
+    let mut check = |field: &str, ours: String, theirs: String| {
+        if ours != theirs {
+            differ.push(format!("{field}: ours {ours}, Go {theirs}"));
+        }
+    };
+    check("proto_count", node.proto_count.to_string(), go.proto_count.to_string());
+    check("lease_id", node.lease_id.to_string(), go.lease_id.to_string());
+    check("weight", node.weight.to_string(), go.weight.to_string());
+    check("run_date", node.run_date.clone(), go.run_date.clone());
+    check("methods", format!("{:?}", *node.methods), format!("{:?}", go.methods.clone().unwrap_or_default()));
+    let network = go.network.clone().unwrap_or_default();
+    check("network.sn", node.network.sn.clone(), network.sn);
+    check("network.internal", node.network.internal.clone(), network.internal);
+    check("network.external", node.network.external.clone(), network.external);
+    let kernel = go.kernel.clone().unwrap_or_default();
+    check("kernel.language", node.kernel.language.clone(), kernel.language);
+    check("kernel.version", node.kernel.version.clone(), kernel.version);
+    let meta = go.meta.clone().unwrap_or_default();
+    check("meta.env", node.meta.env.clone(), meta.env);
+    check("meta.app_id", node.meta.app_id.clone(), meta.app_id);
+    check("meta.version", node.meta.version.clone(), meta.version);
+    anyhow::ensure!(differ.is_empty(), "node {} differs from the Go reading: {}", node.lease_id, differ.join("; "));
+    Ok(())
+}
+
+/// Checks what a Go reader needs to use a node it decoded: `methods` an
+/// object (not `null`), `network`, `kernel` and `meta` present, `meta.app_id`
+/// and `meta.env` non-empty, `network.internal` set.
+pub fn usable_by_go(go: &GoServiceNode) -> anyhow::Result<()> {
+    anyhow::ensure!(go.methods.is_some(), "methods is null: {go:?}");
+    let network = go.network.as_ref().ok_or_else(|| anyhow::anyhow!("network is null: {go:?}"))?;
+    anyhow::ensure!(!network.internal.is_empty() && !network.sn.is_empty(), "network {network:?}");
+    let kernel = go.kernel.as_ref().ok_or_else(|| anyhow::anyhow!("kernel is null: {go:?}"))?;
+    anyhow::ensure!(!kernel.language.is_empty(), "kernel {kernel:?}");
+    let meta = go.meta.as_ref().ok_or_else(|| anyhow::anyhow!("meta is null: {go:?}"))?;
+    anyhow::ensure!(!meta.app_id.is_empty() && !meta.env.is_empty(), "meta {meta:?}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +207,21 @@ mod tests {
         assert_eq!(nodes[0].weight, 50);
         assert!(go_consul_read(&health, "staging").is_empty());
         assert_eq!(consul_agent_services().len(), 1);
+    }
+
+    #[test]
+    fn our_parse_of_each_capture_has_the_go_fields() {
+        for record in etcd_records() {
+            let go = GoServiceNode::decode(&record.value).expect("Go decodes it");
+            let ours = ServiceNode::from_json(&record.value).expect("we parse it");
+            same_fields(&ours, &go).expect("same fields");
+        }
+        let mut other = ServiceNode::from_json(&etcd_records()[1].value).expect("parses");
+        other.weight = 7;
+        let go = GoServiceNode::decode(&etcd_records()[1].value).expect("decodes");
+        assert!(same_fields(&other, &go).is_err(), "a different weight is noticed");
+        assert!(usable_by_go(&go).is_ok());
+        let bare = GoServiceNode::decode(&etcd_records()[0].value).expect("decodes");
+        assert!(usable_by_go(&bare).is_err(), "methods: null is not usable");
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use registry_core::options::{UrlOptions, parse_bool};
 use registry_core::{Error, Result};
 
 /// The agent a client talks to when nothing else is said (Consul's own default).
@@ -72,14 +73,6 @@ fn with_scheme(address: &str, tls: bool) -> String {
     }
 }
 
-fn truthy(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 impl ConsulConfig {
     /// An agent at `address` (`http://host:port`, `https://host:port`, or
     /// `host:port` meaning plain HTTP), no token, default timeouts.
@@ -97,7 +90,7 @@ impl ConsulConfig {
     /// [`DEFAULT_ADDRESS`]), `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let tls = var("CONSUL_HTTP_SSL").and_then(|v| truthy(&v)).unwrap_or(false);
+        let tls = var("CONSUL_HTTP_SSL").and_then(|v| parse_bool("CONSUL_HTTP_SSL", &v).ok()).unwrap_or(false);
         let address = var("CONSUL_HTTP_ADDR").map_or_else(|| DEFAULT_ADDRESS.to_owned(), |a| with_scheme(&a, tls));
         let mut config = Self::new(address);
         config.token = var("CONSUL_HTTP_TOKEN");
@@ -130,7 +123,10 @@ impl ConsulConfig {
         self
     }
 
-    /// Parses `consul://[token@]host[:port][?dc=…&timeout_ms=…&wait_ms=…&tls=…]`.
+    /// Parses `consul://[token@]host[:port][?dc=…&timeout=…&wait=…&tls=…]`
+    /// (`consuls://` is the same with TLS on). Options follow core's
+    /// [`UrlOptions`] convention: `timeout=5s` (each request), `wait=5m`
+    /// (blocking-query wait), `tls=true|false`, `dc=NAME`.
     ///
     /// The token is the URL's user name (percent-encoded), or its password
     /// when the user name is empty (`consul://:token@host`). `tls=true`, or
@@ -139,7 +135,7 @@ impl ConsulConfig {
     ///
     /// ```
     /// use registry_consul::ConsulConfig;
-    /// let url = url::Url::parse("consul://s3cret@10.0.0.5:8501?dc=eu1&tls=true&timeout_ms=2000").unwrap();
+    /// let url = url::Url::parse("consul://s3cret@10.0.0.5:8501?dc=eu1&tls=true&timeout=2s").unwrap();
     /// let config = ConsulConfig::from_url(&url).unwrap();
     /// assert_eq!(config.address, "https://10.0.0.5:8501");
     /// assert_eq!(config.token.as_deref(), Some("s3cret"));
@@ -165,29 +161,18 @@ impl ConsulConfig {
         };
         let mut config = Self::new("");
         config.token = token.filter(|t| !t.is_empty());
-        for (key, value) in url.query_pairs() {
-            let millis =
-                |field: &'static str| {
-                    value.parse::<u64>().ok().filter(|ms| *ms > 0).map(Duration::from_millis).ok_or_else(|| {
-                        Error::invalid(field, format!("`{value}` is not a positive number of milliseconds"))
-                    })
-                };
-            match key.as_ref() {
-                "dc" => config.datacenter = (!value.is_empty()).then(|| value.to_string()),
-                "timeout_ms" => config.request_timeout = millis("url.timeout_ms")?,
-                "wait_ms" => config.watch_wait = millis("url.wait_ms")?,
-                "tls" => {
-                    tls = truthy(&value)
-                        .ok_or_else(|| Error::invalid("url.tls", format!("`{value}` is not true or false")))?;
-                }
-                other => {
-                    return Err(Error::invalid(
-                        "url",
-                        format!("unknown parameter `{other}` (known: dc, timeout_ms, wait_ms, tls)"),
-                    ));
-                }
-            }
+        let mut options = UrlOptions::from_query(url.query().unwrap_or(""));
+        config.datacenter = options.string("dc").filter(|dc| !dc.is_empty());
+        if let Some(timeout) = options.duration("timeout")? {
+            config.request_timeout = timeout;
         }
+        if let Some(wait) = options.duration("wait")? {
+            config.watch_wait = wait;
+        }
+        if let Some(on) = options.bool("tls")? {
+            tls = on;
+        }
+        options.finish()?;
         let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
         config.address = format!("{}://{host}:{port}", if tls { "https" } else { "http" });
         config.validate()?;
@@ -237,6 +222,16 @@ impl ConsulConfig {
     }
 }
 
+impl std::str::FromStr for ConsulConfig {
+    type Err = Error;
+
+    /// Same as [`ConsulConfig::from_url`], from a string.
+    fn from_str(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::invalid("url", format!("not a consul:// URL: {e}")))?;
+        Self::from_url(&parsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +242,7 @@ mod tests {
 
     #[test]
     fn url_with_everything() {
-        let c = parse("consul://to%2Fken@consul.local:8600?dc=dc2&timeout_ms=1500&wait_ms=30000&tls=1").expect("ok");
+        let c = parse("consul://to%2Fken@consul.local:8600?dc=dc2&timeout=1500ms&wait=30s&tls=1").expect("ok");
         assert_eq!(c.address, "https://consul.local:8600");
         assert_eq!(c.token.as_deref(), Some("to/ken"));
         assert_eq!(c.datacenter.as_deref(), Some("dc2"));
@@ -291,8 +286,10 @@ mod tests {
         };
         assert_eq!(field(parse("etcd://s3cret@h:1")), "url");
         assert_eq!(field(parse("consul://s3cret@h:1?colour=red")), "url");
-        assert_eq!(field(parse("consul://s3cret@h:1?timeout_ms=soon")), "url.timeout_ms");
-        assert_eq!(field(parse("consul://s3cret@h:1?tls=maybe")), "url.tls");
+        assert_eq!(field(parse("consul://s3cret@h:1?timeout=soon")), "url");
+        assert_eq!(field(parse("consul://s3cret@h:1?tls=maybe")), "url");
+        let reason = |r: Result<ConsulConfig>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(reason(parse("consul://h:1?timeout=5")).contains("`timeout`"), "the option is named");
         assert_eq!(field(parse("consul://s3cret@h:1/kv")), "url");
     }
 

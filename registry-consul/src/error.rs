@@ -21,6 +21,14 @@ use registry_core::Error;
 /// Backend name in errors and logs.
 pub(crate) const KIND: &str = "consul";
 
+/// Largest KV value Consul accepts by default (`kv_max_value_size`, 512 KiB).
+pub const KV_VALUE_LIMIT: usize = 512 * 1024;
+/// Largest service-meta value Consul accepts (bytes; Consul says "characters").
+pub const META_VALUE_LIMIT: usize = 512;
+/// Consul's floor for `DeregisterCriticalServiceAfter`: shorter values are
+/// raised to it by the agent (with a warning), so we ask for it directly.
+pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+
 /// Longest piece of a Consul answer quoted in an error.
 const MAX_QUOTE: usize = 300;
 

@@ -51,7 +51,9 @@
 //! 512 bytes**: Go readers look only at meta `node` (with meta `env` equal to
 //! theirs), and that JSON is what the Go writer itself would write for the
 //! node (its fields, its order), so the limit is the one at which the Go
-//! writer fails with HTTP 400 — about 7 methods with typical names. A larger
+//! writer fails with HTTP 400: 6 methods named like `/shop.v1.Orders/MethodNN`
+//! (490 bytes; each such method adds 32), measured by
+//! `registry-consul/tests/interop.rs` on a real agent. A larger
 //! Rust node is still fully discovered by Rust readers (from KV), but is
 //! invisible to Go readers; `ServiceNode::to_go_json().len()` tells in advance.
 //!
@@ -79,13 +81,32 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
-mod adapter;
 mod agent;
+mod client;
 mod config;
 mod error;
+mod reader;
+mod store;
+mod writer;
 
-pub use adapter::{ConsulStore, KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
 pub use config::{
     ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
 };
+pub use error::{KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
 pub use registry_core;
+pub use store::ConsulStore;
+
+use std::sync::Arc;
+
+use registry_core::store::{BackendSpec, Store};
+
+/// The Consul backend: `consul://…` and `consuls://…` URLs ([`ConsulConfig::from_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: "consul",
+    schemes: &["consul", "consuls"],
+    connect: |url| {
+        Box::pin(
+            async move { Ok(Arc::new(ConsulStore::connect(url.parse::<ConsulConfig>()?).await?) as Arc<dyn Store>) },
+        )
+    },
+};

@@ -1,7 +1,7 @@
 //! Node size on a real agent: the full node JSON lives in KV, so a 500-method
 //! node round-trips; a node small enough for Consul's 512-byte meta limit is
-//! also readable from the `node` meta alone (the Go framework's reader), and
-//! a node written only that way (by the Go framework) is discovered.
+//! also readable from the `node` meta alone (the Go framework's reader).
+//! Nodes written by the Go framework itself: `tests/interop.rs`.
 // Test code: failed expectations panic.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -126,43 +126,6 @@ async fn small_node_is_readable_from_node_meta_alone() {
     assert_eq!(from_meta.network, installed.network);
 
     registrar.uninstall().await.expect("uninstalled");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn node_registered_by_the_go_framework_without_kv_is_discovered() {
-    let Some(server) = agent().await else { return };
-    let store = store(&server).await;
-    let (namespace, env) = (unique("ns"), unique("env"));
-    let scope = Scope::new(namespace.clone(), env.clone());
-    let discoverer = Discoverer::new(&store, &env, conf(&namespace)).expect("discoverer");
-    discoverer.watcher().await.expect("watching");
-
-    let go_node = format!(
-        r#"{{"proto_count":1,"lease_id":7587869532745834261,"run_date":"2025-06-01 12:30:45","methods":{{"/user.UserService/Login":true}},"network":{{"sn":"default","internal":"10.0.0.7:9090","external":""}},"kernel":{{"language":"go","version":"v1.4.0"}},"meta":{{"env":"{env}","app_id":"user-service","version":"v1"}}}}"#
-    );
-    let id = ConsulStore::service_id(&scope, "user-service", 7587869532745834261);
-    let registration = serde_json::json!({
-        "ID": id,
-        "Name": ConsulStore::service_name(&scope),
-        "Tags": ["user-service", "v1"],
-        "Meta": { "app_id": "user-service", "env": env, "version": "v1", "node": go_node },
-        "Check": { "CheckID": format!("service:{id}"), "TTL": "30s", "Status": "passing", "DeregisterCriticalServiceAfter": "1m" },
-    });
-    let (status, body) =
-        server.request("PUT", "/v1/agent/service/register", Some(&registration.to_string())).await.expect("registered");
-    assert_eq!(status, 200, "{body}");
-
-    let m = "/user.UserService/Login";
-    eventually(PROPAGATION, "Go node visible", || leases_for(&discoverer, m) == [7587869532745834261])
-        .await
-        .expect("visible");
-    assert_eq!(discoverer.get_service(m).expect("found")[0].kernel.language, "go");
-
-    let (status, _) =
-        server.request("PUT", &format!("/v1/agent/service/deregister/{id}"), None).await.expect("deregistered");
-    assert_eq!(status, 200);
-    eventually(PROPAGATION, "Go node gone", || leases_for(&discoverer, m).is_empty()).await.expect("gone");
-    discoverer.unwatch();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -240,17 +240,18 @@ fn current_ups(index: &ServiceIndex) -> VecDeque<DiscoveryEvent> {
     index.all_nodes().into_iter().map(up).collect()
 }
 
-/// Identity of an instance in events: `app_id/lease_id`.
-pub fn instance_key(node: &ServiceNode) -> Arc<str> {
+/// `app_id/lease_id`: identifies an instance within one backend (lease ids
+/// are per backend). Across backends use [`crate::cross_backend_identity`].
+pub fn app_lease_key(node: &ServiceNode) -> Arc<str> {
     Arc::from(format!("{}/{}", node.meta.app_id, node.lease_id))
 }
 
 fn up(node: Arc<ServiceNode>) -> DiscoveryEvent {
-    DiscoveryEvent::Up { key: instance_key(&node), node }
+    DiscoveryEvent::Up { key: app_lease_key(&node), node }
 }
 
 fn down(node: Arc<ServiceNode>) -> DiscoveryEvent {
-    DiscoveryEvent::Down { key: instance_key(&node), node }
+    DiscoveryEvent::Down { key: app_lease_key(&node), node }
 }
 
 /// The follow task: applies store events in batches, expires heartbeat
@@ -482,6 +483,8 @@ fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
         && a.meta == b.meta
         && a.registered_at_ms == b.registered_at_ms
         && a.ttl == b.ttl
+        && a.weight == b.weight
+        && a.draining == b.draining
 }
 
 impl Cache {

@@ -101,14 +101,6 @@ pub enum Error {
         #[source]
         last: Box<Error>,
     },
-    /// The URL names a backend that is not compiled in.
-    #[error("backend `{backend}` is not compiled in; enable the cargo feature `{feature}` of the `registry` crate")]
-    BackendNotCompiled {
-        /// Scheme of the URL.
-        backend: String,
-        /// Feature to enable.
-        feature: &'static str,
-    },
     /// A node could not be encoded.
     #[error("cannot encode node: {reason}")]
     Encode {
@@ -190,9 +182,6 @@ impl Error {
             }
             Error::NotReady => Error::NotReady,
             Error::GaveUp { attempts, last } => Error::GaveUp { attempts: *attempts, last: Box::new(last.duplicate()) },
-            Error::BackendNotCompiled { backend, feature } => {
-                Error::BackendNotCompiled { backend: backend.clone(), feature }
-            }
             Error::Encode { reason } => Error::Encode { reason: reason.clone() },
             Error::Timeout { backend, operation, after } => Error::Timeout { backend, operation, after: *after },
             Error::Backend { backend, message, source } => Error::Backend {

@@ -80,6 +80,16 @@ impl Register for FanoutRegistrar {
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
     }
 
+    async fn drain(&self) -> Result<()> {
+        let results = join_all(self.members.iter().map(|m| m.drain())).await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+    }
+
+    async fn undrain(&self) -> Result<()> {
+        let results = join_all(self.members.iter().map(|m| m.undrain())).await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+    }
+
     fn set_hooks(&self, hooks: RetryHooks) {
         for m in &self.members {
             m.set_hooks(hooks.clone());

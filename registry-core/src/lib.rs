@@ -14,6 +14,7 @@
 //! - The embedded backend: [`memory`].
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
 pub mod conf;
@@ -26,22 +27,24 @@ mod grpc;
 pub mod index;
 pub mod list_watch;
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
 pub mod merge;
 mod model;
+pub mod options;
 mod register;
 mod registrar;
 pub mod store;
 pub mod telemetry;
 
 pub use conf::ServiceConf;
-pub use discoverer::{Discoverer, instance_key};
+pub use discoverer::{Discoverer, app_lease_key};
 pub use discovery::{Discovery, DiscoveryEvent};
 pub use error::{BoxError, Error, Result};
 pub use fanout::FanoutRegistrar;
 pub use grpc::GrpcServices;
 pub use index::{Nodes, ServiceIndex};
-pub use merge::{instance_identity, merged_discovery};
+pub use merge::{cross_backend_identity, merged_discovery};
 pub use model::{DEFAULT_WEIGHT, Kernel, Meta, Methods, Network, ServiceNode};
 pub use register::{Register, RetryHooks, RetryInfo};
 pub use registrar::Registrar;

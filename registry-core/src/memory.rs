@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::list_watch::ListWatchReader;
-use crate::store::{Change, ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate};
+use crate::store::{
+    BackendSpec, Change, ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate,
+};
 use crate::{Error, Result, ServiceNode};
 
 const KIND: &str = "memory";
@@ -141,6 +143,26 @@ impl MemoryStore {
         }
     }
 
+    /// The store a `memory://[name]` URL names: the process-wide one for no
+    /// name, else one per name, shared by every URL with that name.
+    pub fn named(name: &str) -> Result<Self> {
+        static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+        if name.is_empty() {
+            return Ok(Self::global());
+        }
+        let mut named =
+            NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend(KIND, "lock poisoned"))?;
+        Ok(named.entry(name.to_owned()).or_default().clone())
+    }
+
+    /// The store of a `memory://[name]` URL (see [`MemoryStore::named`]).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.split_once("://").map(|(_, rest)| rest).ok_or_else(|| Error::invalid("url", "no scheme"))?;
+        let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+        crate::options::UrlOptions::from_query(query).finish()?;
+        Self::named(name.trim_end_matches('/'))
+    }
+
     /// The process-wide registry that `memory://` URLs share.
     pub fn global() -> Self {
         static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
@@ -225,6 +247,13 @@ async fn reap(shared: Weak<Shared>) {
         }
     }
 }
+
+/// The embedded backend: `memory://` (the process-wide store) or `memory://name`.
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: KIND,
+    schemes: &["memory"],
+    connect: |url| Box::pin(async move { Ok(Arc::new(MemoryStore::from_url(&url)?) as Arc<dyn Store>) }),
+};
 
 impl Store for MemoryStore {
     fn kind(&self) -> &'static str {

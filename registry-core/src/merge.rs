@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use crate::store::{RawRecord, Scope, StoreEvent, StoreReader};
 use crate::{Discoverer, Discovery, DiscoveryEvent, Error, Result, ServiceNode};
 
-/// Identity of an instance across backends: the same process registered on
-/// etcd and on Kubernetes has different lease ids, but the same app and
-/// address. `app_id@network.internal`, or `app_id/lease_id` when the node
-/// has no internal address.
-pub fn instance_identity(node: &ServiceNode) -> String {
+/// Identity of an instance across backends, `app_id@network.internal`: the
+/// same process registered on etcd and on Kubernetes has different lease ids
+/// (so different [`crate::app_lease_key`]s) but the same app and address.
+/// `app_id/lease_id` when the node has no internal address.
+pub fn cross_backend_identity(node: &ServiceNode) -> String {
     if node.network.internal.is_empty() {
         format!("{}/{}", node.meta.app_id, node.lease_id)
     } else {
@@ -27,7 +27,7 @@ pub fn instance_identity(node: &ServiceNode) -> String {
 }
 
 /// A discoverer of the union of `sources` (all of one env): nodes are
-/// de-duplicated by [`instance_identity`] — when several sources list one
+/// de-duplicated by [`cross_backend_identity`] — when several sources list one
 /// instance, the earliest source in `sources` wins — and every source's
 /// changes are followed. `scope` names the merged view (its env must be the
 /// sources' env); `window` is unused for expiry (sources expire their own
@@ -48,7 +48,7 @@ struct MergedReader {
 impl StoreReader for MergedReader {
     fn events(&self) -> BoxStream<'static, StoreEvent> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(follow(self.sources.clone(), tx));
+        tokio::spawn(merge_sources(self.sources.clone(), tx));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 }
@@ -65,7 +65,7 @@ impl Holdings {
     }
 
     fn add(&mut self, source: usize, node: Arc<ServiceNode>) -> String {
-        let identity = instance_identity(&node);
+        let identity = cross_backend_identity(&node);
         self.by_identity.entry(identity.clone()).or_default().insert(source, node);
         identity
     }
@@ -98,7 +98,7 @@ fn record_of(holdings: &Holdings, identity: &str) -> StoreEvent {
     }
 }
 
-async fn follow(sources: Vec<Arc<dyn Discovery>>, tx: mpsc::Sender<StoreEvent>) {
+async fn merge_sources(sources: Vec<Arc<dyn Discovery>>, tx: mpsc::Sender<StoreEvent>) {
     for source in &sources {
         if let Err(e) = source.watcher().await {
             // The source keeps retrying on its own; merge what the others have.
@@ -133,7 +133,7 @@ async fn follow(sources: Vec<Arc<dyn Discovery>>, tx: mpsc::Sender<StoreEvent>) 
         let touched: Vec<String> = match event {
             DiscoveryEvent::Up { node, .. } => vec![holdings.add(source, node)],
             DiscoveryEvent::Down { node, .. } => {
-                let identity = instance_identity(&node);
+                let identity = cross_backend_identity(&node);
                 holdings.remove(source, &identity);
                 vec![identity]
             }

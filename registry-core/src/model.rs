@@ -129,7 +129,7 @@ pub struct Network {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Kernel {
-    /// Implementation language (`rust` for services using this library, `go` for the Go framework).
+    /// Implementation language (`rust` for services using this library; the Go framework writes `Golang`).
     pub language: String,
     /// Version of the framework or library.
     pub version: String,
@@ -180,6 +180,12 @@ pub struct ServiceNode {
     /// for the next change before hiding the node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// The instance is shutting down: registered, finishing its calls, and
+    /// taking no new ones ([`crate::Register::drain`]). Written only while
+    /// true. Go readers ignore the field, so a Go gateway keeps sending to a
+    /// draining Rust instance until it uninstalls.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl Default for ServiceNode {
@@ -196,6 +202,7 @@ impl Default for ServiceNode {
             registered_at_ms: None,
             renewed_at_ms: None,
             ttl: None,
+            draining: false,
         }
     }
 }
@@ -262,29 +269,23 @@ pub(crate) fn go_run_date(now: chrono::DateTime<chrono::Local>) -> String {
 mod tests {
     use super::*;
 
-    /// A record exactly as the Go framework writes it, plus a field from a
-    /// newer Go version that we do not know.
-    const GO_NODE: &str = r#"{
-        "proto_count": 2,
-        "lease_id": 7587869532745834261,
-        "run_date": "2025-06-01 12:30:45",
-        "methods": {"/user.UserService/GetProfile": true, "/user.UserService/Login": true},
-        "network": {"sn": "default", "internal": "10.0.0.7:9090", "external": ""},
-        "kernel": {"language": "go", "version": "v1.4.0"},
-        "meta": {"env": "prod", "app_id": "user-service", "version": "v1"},
-        "weight": 100
-    }"#;
+    /// The `orders` record the real Go framework wrote to etcd, byte for byte
+    /// (`conformance/interop/go-framework/etcd-records.json`), plus a field
+    /// from a newer Go version that we do not know.
+    const GO_NODE: &str = r#"{"proto_count":1,"lease_id":8109190794186803717,"weight":50,"run_date":"2026-11-25 00:33:49","methods":{"/shop.v1.Orders/Create":true,"/shop.v1.Orders/Get":true,"/shop.v1.Orders/List":true},"network":{"sn":"firefly-main-network","internal":"10.1.2.3:9001","external":"127.0.0.1"},"kernel":{"language":"Golang","version":"v0.0.1"},"meta":{"env":"prod","app_id":"orders","version":"v1"},"zone":"eu-1"}"#;
 
     #[test]
     fn go_record_deserialises_with_unknown_fields_ignored() {
         let node = ServiceNode::from_json(GO_NODE).expect("Go shape parses");
-        assert_eq!(node.proto_count, 2);
-        assert_eq!(node.lease_id, 7587869532745834261);
-        assert_eq!(node.run_date, "2025-06-01 12:30:45");
-        assert!(node.serves("/user.UserService/Login"));
-        assert_eq!(node.network.internal, "10.0.0.7:9090");
-        assert_eq!(node.kernel.language, "go");
-        assert_eq!(node.meta, Meta::new("prod", "user-service", "v1"));
+        assert_eq!(node.proto_count, 1);
+        assert_eq!(node.lease_id, 8109190794186803717);
+        assert_eq!(node.weight, 50);
+        assert_eq!(node.run_date, "2026-11-25 00:33:49");
+        assert!(node.serves("/shop.v1.Orders/List"));
+        assert_eq!(node.network.internal, "10.1.2.3:9001");
+        assert_eq!(node.network.external, "127.0.0.1");
+        assert_eq!(node.kernel.language, "Golang");
+        assert_eq!(node.meta, Meta::new("prod", "orders", "v1"));
         assert_eq!(node.registered_at_ms, None);
     }
 
@@ -295,10 +296,11 @@ mod tests {
         for field in ["proto_count", "lease_id", "run_date", "methods", "network", "kernel", "meta"] {
             assert!(value.get(field).is_some(), "missing {field}");
         }
-        assert_eq!(value["network"]["sn"], "default");
-        assert_eq!(value["kernel"]["version"], "v1.4.0");
-        assert_eq!(value["meta"]["app_id"], "user-service");
-        assert_eq!(value["methods"]["/user.UserService/GetProfile"], true);
+        assert_eq!(value["network"]["sn"], "firefly-main-network");
+        assert_eq!(value["kernel"]["version"], "v0.0.1");
+        assert_eq!(value["meta"]["app_id"], "orders");
+        assert_eq!(value["methods"]["/shop.v1.Orders/Get"], true);
+        assert_eq!(value["weight"], 50);
         // Optional additions are left out when unset, so Go-written nodes round-trip byte-compatible.
         assert!(value.get("registered_at_ms").is_none());
         let back = ServiceNode::from_json(&node.to_json().expect("encodes")).expect("parses");
@@ -344,7 +346,8 @@ mod tests {
         }
         let value: serde_json::Value = serde_json::from_str(&go).expect("json");
         assert_eq!(value.as_object().map(|o| o.len()), Some(fields.len()), "{go}");
-        assert_eq!(ServiceNode::from_json(&go).expect("parses").weight, 100);
+        // What the Go writer wrote, byte for byte (less the unknown field).
+        assert_eq!(go, GO_NODE.replace(r#","zone":"eu-1""#, ""));
     }
 
     #[test]

@@ -22,6 +22,10 @@ use crate::{Error, Result, ServiceNode};
 ///   again, so a registration is back within one TTL after the backend recovers.
 /// - [`uninstall`](Register::uninstall) stops the heartbeat and removes the
 ///   record; it is idempotent and harmless before `install`.
+/// - [`drain`](Register::drain) keeps the instance registered but marks its
+///   record draining: discovery events report it, `registry::balance` sends
+///   it no new calls. Graceful shutdown is drain → grace period → uninstall →
+///   stop the server. [`undrain`](Register::undrain) takes it back.
 ///
 /// The trait is object-safe: `Arc<dyn Register>` is what
 /// `registry::connect` returns.
@@ -37,6 +41,13 @@ pub trait Register: Send + Sync {
 
     /// Stops the heartbeat and removes the record. Idempotent.
     async fn uninstall(&self) -> Result<()>;
+
+    /// Marks the instance draining (written at once; kept by later installs
+    /// and heartbeats). Before `install`, the first install writes it draining.
+    async fn drain(&self) -> Result<()>;
+
+    /// Marks the instance serving again.
+    async fn undrain(&self) -> Result<()>;
 
     /// Replaces the retry hooks.
     fn set_hooks(&self, hooks: RetryHooks);

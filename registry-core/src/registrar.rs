@@ -34,6 +34,8 @@ struct State {
     /// False after `LeaseExpired`, or before the first grant.
     lease_valid: bool,
     registered_at_ms: Option<i64>,
+    /// Set by `drain`, cleared by `undrain`; applied to every write.
+    draining: bool,
 }
 
 struct Inner {
@@ -112,7 +114,12 @@ impl Registrar {
                 labels,
                 meta,
                 conf,
-                state: tokio::sync::Mutex::new(State { node: None, lease_valid: false, registered_at_ms: None }),
+                state: tokio::sync::Mutex::new(State {
+                    node: None,
+                    lease_valid: false,
+                    registered_at_ms: None,
+                    draining: false,
+                }),
                 phase,
                 hooks: Mutex::new(RetryHooks::default()),
                 last_node: ArcSwapOption::empty(),
@@ -165,6 +172,23 @@ impl Registrar {
         Err(Error::LeaseExpired { backend: self.inner.writer.kind() })
     }
 
+    /// Sets the draining mark and writes the node with it (if installed).
+    async fn set_draining(&self, draining: bool) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        state.draining = draining;
+        let Some(mut node) = state.node.clone() else { return Ok(()) };
+        if node.draining == draining {
+            return Ok(());
+        }
+        node.draining = draining;
+        stamp_heartbeat(&mut node);
+        self.write(&mut state, &mut node).await?;
+        tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, draining, "drain state written");
+        self.inner.last_node.store(Some(Arc::new(node.clone())));
+        state.node = Some(node);
+        Ok(())
+    }
+
     /// One heartbeat: renew, or re-create the record when its lease is gone.
     async fn heartbeat(&self) -> Result<()> {
         let mut state = self.inner.state.lock().await;
@@ -207,6 +231,7 @@ impl Register for Registrar {
         node.weight = conf.weight;
         node.ttl = Some(conf.ttl.as_secs());
         let mut state = self.inner.state.lock().await;
+        node.draining = state.draining;
         let registered = *state.registered_at_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
         node.registered_at_ms = Some(registered);
         if let Some(previous) = &state.node {
@@ -288,6 +313,14 @@ impl Register for Registrar {
         let result = self.bounded("remove", self.inner.conf.ttl, self.inner.writer.remove(&node)).await;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
         result
+    }
+
+    async fn drain(&self) -> Result<()> {
+        self.set_draining(true).await
+    }
+
+    async fn undrain(&self) -> Result<()> {
+        self.set_draining(false).await
     }
 
     fn set_hooks(&self, hooks: RetryHooks) {

@@ -76,6 +76,29 @@ pub fn next_instance_id() -> i64 {
     next.fetch_add(1, Ordering::Relaxed)
 }
 
+/// How the facade, `registryctl` and the conformance runner know a backend:
+/// its name, the URL schemes it answers to, and how to connect from a URL.
+/// Every backend crate exports one as `BACKEND`; adding a backend to the
+/// facade is one line in its list.
+#[derive(Clone, Copy)]
+pub struct BackendSpec {
+    /// Short name (`etcd`), also the cargo feature of the `registry` crate.
+    pub name: &'static str,
+    /// URL schemes (`etcd`, `etcds`), lowercase.
+    pub schemes: &'static [&'static str],
+    /// Connects from a full URL of one of `schemes`.
+    pub connect: ConnectFn,
+}
+
+/// Connects a [`BackendSpec`]'s store from a URL.
+pub type ConnectFn = fn(String) -> futures::future::BoxFuture<'static, Result<Arc<dyn Store>>>;
+
+impl std::fmt::Debug for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSpec").field("name", &self.name).field("schemes", &self.schemes).finish()
+    }
+}
+
 /// A backend: hands out writers and readers scoped to a namespace and env.
 pub trait Store: Send + Sync + 'static {
     /// Short backend name for errors and logs (`etcd`, `consul`, `kubernetes`, `memory`).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use registry_core::options::{UrlOptions, redact};
 use registry_core::{Error, Result};
 
 /// Port used for a URL host without one.
@@ -30,7 +31,7 @@ pub const DEFAULT_KEEPALIVE: Keepalive =
 /// // The password never appears in `Debug` output.
 /// assert!(!format!("{config:?}").contains("s3cret"));
 ///
-/// let same = EtcdConfig::parse_url("etcd://registry:s3cret@10.0.0.1:2379,10.0.0.2:2379?request_timeout_ms=2000")?;
+/// let same = EtcdConfig::parse_url("etcd://registry:s3cret@10.0.0.1:2379,10.0.0.2:2379?timeout=2s")?;
 /// assert_eq!(same.endpoints, config.endpoints);
 /// # Ok::<(), registry_core::Error>(())
 /// ```
@@ -218,11 +219,12 @@ impl EtcdConfig {
     /// (`etcds://` is the same with TLS on).
     ///
     /// Hosts without a port use 2379; user and password are
-    /// percent-decoded. Options (all optional): `tls=true|false`, `ca=PATH`,
-    /// `cert=PATH`, `key=PATH`, `domain=NAME` (any of `ca`, `cert`, `key`,
-    /// `domain` turns TLS on), `connect_timeout_ms=N`, `request_timeout_ms=N`,
-    /// `keepalive_ms=N` (`0` disables keepalive). An unknown option is an
-    /// error, so a typo is never silently ignored.
+    /// percent-decoded. Options (all optional, parsed with core's
+    /// [`UrlOptions`]): `tls=true|false`, `ca=PATH`, `cert=PATH`, `key=PATH`,
+    /// `domain=NAME` (any of `ca`, `cert`, `key`, `domain` turns TLS on),
+    /// `connect_timeout=2s`, `timeout=5s` (each request), `keepalive=10s`
+    /// (`0s` disables keepalive). An unknown option is an error, so a typo is
+    /// never silently ignored.
     ///
     /// This takes a string because a host list with ports
     /// (`h1:2379,h2:2379`) is not a valid authority for [`url::Url`].
@@ -267,35 +269,26 @@ impl EtcdConfig {
 
     /// Applies the URL's options; `secure` (an `etcds://` URL) turns TLS on.
     fn apply_query(&mut self, query: &str, secure: bool) -> Result<()> {
-        let mut tls_flag: Option<bool> = None;
-        let mut tls = EtcdTls::default();
-        let mut tls_wanted = secure;
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let value = value.into_owned();
-            match name.as_ref() {
-                "tls" => tls_flag = Some(parse_bool("tls", &value)?),
-                "ca" => (tls.ca, tls_wanted) = (Some(PathBuf::from(value)), true),
-                "cert" => (tls.cert, tls_wanted) = (Some(PathBuf::from(value)), true),
-                "key" => (tls.key, tls_wanted) = (Some(PathBuf::from(value)), true),
-                "domain" => (tls.domain, tls_wanted) = (Some(value), true),
-                "connect_timeout_ms" => self.connect_timeout = parse_millis("connect_timeout_ms", &value)?,
-                "request_timeout_ms" => self.request_timeout = parse_millis("request_timeout_ms", &value)?,
-                "keepalive_ms" => {
-                    let interval = parse_millis("keepalive_ms", &value)?;
-                    self.keepalive = (!interval.is_zero()).then(|| {
-                        Keepalive::new(interval, self.keepalive.map_or(DEFAULT_KEEPALIVE.timeout, |k| k.timeout))
-                    });
-                }
-                other => {
-                    return Err(Error::invalid(
-                        "url",
-                        format!(
-                            "unknown etcd URL option `{other}` (known: tls, ca, cert, key, domain, connect_timeout_ms, request_timeout_ms, keepalive_ms)"
-                        ),
-                    ));
-                }
-            }
+        let mut options = UrlOptions::from_query(query);
+        let tls_flag = options.bool("tls")?;
+        let tls = EtcdTls {
+            ca: options.string("ca").map(PathBuf::from),
+            cert: options.string("cert").map(PathBuf::from),
+            key: options.string("key").map(PathBuf::from),
+            domain: options.string("domain"),
+        };
+        let tls_wanted = secure || tls != EtcdTls::default();
+        if let Some(timeout) = options.duration("connect_timeout")? {
+            self.connect_timeout = timeout;
         }
+        if let Some(timeout) = options.duration("timeout")? {
+            self.request_timeout = timeout;
+        }
+        if let Some(interval) = options.duration("keepalive")? {
+            self.keepalive = (!interval.is_zero())
+                .then(|| Keepalive::new(interval, self.keepalive.map_or(DEFAULT_KEEPALIVE.timeout, |k| k.timeout)));
+        }
+        options.finish()?;
         match (tls_flag, tls_wanted) {
             (Some(false), true) => {
                 return Err(Error::invalid(
@@ -356,21 +349,6 @@ fn with_default_port(host: &str) -> Result<String> {
     Ok(if has_port { host.to_owned() } else { format!("{host}:{DEFAULT_PORT}") })
 }
 
-fn parse_bool(field: &'static str, value: &str) -> Result<bool> {
-    match value {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        other => Err(Error::invalid("url", format!("`{field}` must be true or false, not `{other}`"))),
-    }
-}
-
-fn parse_millis(field: &'static str, value: &str) -> Result<Duration> {
-    value
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| Error::invalid("url", format!("`{field}` must be a whole number of milliseconds, not `{value}`")))
-}
-
 /// Decodes `%XX` escapes (not `+`, which stays a plus in user info).
 fn percent_decode(s: &str) -> Result<String> {
     let bytes = s.as_bytes();
@@ -392,20 +370,6 @@ fn percent_decode(s: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| Error::invalid("url", "the etcd URL's user info is not UTF-8"))
 }
 
-/// The URL with any password replaced, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +377,7 @@ mod tests {
     #[test]
     fn multi_host_url_with_credentials_and_options() {
         let config = EtcdConfig::parse_url(
-            "etcd://alice:p%40ss%3Aword@h1:2379,h2,[::1]:2380?connect_timeout_ms=250&request_timeout_ms=1500&keepalive_ms=0",
+            "etcd://alice:p%40ss%3Aword@h1:2379,h2,[::1]:2380?connect_timeout=250ms&timeout=1500ms&keepalive=0s",
         )
         .expect("parses");
         assert_eq!(config.endpoints, ["h1:2379", "h2:2379", "[::1]:2380"]);
@@ -458,8 +422,9 @@ mod tests {
             ("etcd://h1:99999", "invalid port"),
             ("etcd://h1:2379,,h2", "empty host"),
             ("etcd://h1:2379/some/path", "no path"),
-            ("etcd://h1?request_timeout_ms=soon", "request_timeout_ms"),
-            ("etcd://h1?request_timeout_ms=0", "request_timeout"),
+            ("etcd://h1?timeout=soon", "`timeout`"),
+            ("etcd://h1?timeout=1500", "`timeout`"),
+            ("etcd://h1?timeout=0s", "request_timeout"),
         ] {
             let err = EtcdConfig::parse_url(url).expect_err(url);
             assert!(matches!(err, Error::InvalidConfig { .. }), "{url}: {err:?}");

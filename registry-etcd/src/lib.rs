@@ -15,10 +15,17 @@
 //!   watches it from the listing's revision + 1; a compacted revision makes
 //!   core list again.
 //!
+//! Members that go silent (partitioned: packets dropped, no reset) are
+//! noticed without waiting for the HTTP/2 keepalive: a watch that delivers
+//! nothing for [`WATCH_PROGRESS_AFTER`] asks for a progress report and is
+//! resumed elsewhere when none comes within the request timeout (7 s with
+//! the defaults), and a lease renewal is tried in slices of TTL/8 on fresh
+//! keepalive streams, so a silent member costs an attempt, not the lease.
+//!
 //! Connection options ([`EtcdConfig`]): several endpoints, user/password,
 //! TLS (CA, client certificate and key), connect and request timeouts,
 //! HTTP/2 keepalive — also as a URL:
-//! `etcd://user:pass@h1:2379,h2:2379?tls=true&ca=/etc/etcd/ca.pem&request_timeout_ms=2000`.
+//! `etcd://user:pass@h1:2379,h2:2379?tls=true&ca=/etc/etcd/ca.pem&timeout=2s`.
 //!
 //! ```no_run
 //! # async fn demo() -> registry_core::Result<()> {
@@ -38,14 +45,30 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
 
-mod adapter;
 mod config;
 mod error;
+mod reader;
+mod store;
+mod writer;
 
-pub use adapter::EtcdStore;
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, EtcdConfig, EtcdTls, Keepalive,
 };
 pub use error::DEFAULT_MAX_REQUEST_BYTES;
 pub use etcd_client;
+pub use reader::WATCH_PROGRESS_AFTER;
 pub use registry_core;
+pub use store::EtcdStore;
+
+use std::sync::Arc;
+
+use registry_core::store::{BackendSpec, Store};
+
+/// The etcd backend: `etcd://…` and `etcds://…` URLs ([`EtcdConfig::parse_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: "etcd",
+    schemes: &["etcd", "etcds"],
+    connect: |url| {
+        Box::pin(async move { Ok(Arc::new(EtcdStore::connect(url.parse::<EtcdConfig>()?).await?) as Arc<dyn Store>) })
+    },
+};

@@ -107,7 +107,7 @@ async fn unreachable_endpoint_with_auth_fails_connect() -> anyhow::Result<()> {
 
 /// `Debug` of a config with a password shows everything but the password.
 async fn config_debug_hides_the_password() -> anyhow::Result<()> {
-    let config = EtcdConfig::parse_url("etcd://registry:hunter2@h1:2379,h2:2379?request_timeout_ms=1500")?;
+    let config = EtcdConfig::parse_url("etcd://registry:hunter2@h1:2379,h2:2379?timeout=1500ms")?;
     let debug = format!("{config:?}");
     anyhow::ensure!(!debug.contains("hunter2"), "password printed: {debug}");
     anyhow::ensure!(debug.contains("registry") && debug.contains("h2:2379"), "useful fields missing: {debug}");

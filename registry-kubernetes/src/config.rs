@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
+use registry_core::options::UrlOptions;
 use registry_core::{Error, Result};
 
 /// Label and annotation prefix used when none is configured.
 ///
 /// Every label and annotation this backend writes is `<prefix>/<name>`; a
-/// fleet that must share Pods with the Go framework of seed 003 sets the
+/// fleet that must share Pods with go-micro's Pod registry sets the
 /// prefix that framework used (`micro.mu`).
 pub const DEFAULT_PREFIX: &str = "registry.fireflycore.io";
 
@@ -219,23 +220,30 @@ impl KubernetesConfig {
                 ));
             }
         }
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "mode" => config.mode = Mode::parse(&value)?,
-                "kubeconfig" => config.cluster = ClusterSource::Kubeconfig(PathBuf::from(value.as_ref())),
-                "incluster" | "in-cluster" => {
-                    if parse_bool("url.incluster", &value)? {
-                        config.cluster = ClusterSource::InCluster;
-                    }
-                }
-                "context" => config.context = Some(value.into_owned()),
-                "prefix" => config.prefix = value.into_owned(),
-                "pod" | "pod_name" => config.pod_name = Some(value.into_owned()).filter(|v| !v.is_empty()),
-                "namespace" => config.namespace = Some(value.into_owned()).filter(|v| !v.is_empty()),
-                "janitor" => config.janitor = parse_bool("url.janitor", &value)?,
-                other => return Err(Error::invalid("url", format!("unknown kubernetes:// parameter `{other}`"))),
-            }
+        let mut options = UrlOptions::from_query(url.query().unwrap_or(""));
+        if let Some(mode) = options.string("mode") {
+            config.mode = Mode::parse(&mode)?;
         }
+        if let Some(path) = options.string("kubeconfig") {
+            config.cluster = ClusterSource::Kubeconfig(PathBuf::from(path));
+        }
+        if options.bool("incluster")? == Some(true) {
+            config.cluster = ClusterSource::InCluster;
+        }
+        config.context = options.string("context").or(config.context);
+        if let Some(prefix) = options.string("prefix") {
+            config.prefix = prefix;
+        }
+        if let Some(pod) = options.string("pod") {
+            config.pod_name = Some(pod).filter(|v| !v.is_empty());
+        }
+        if let Some(namespace) = options.string("namespace") {
+            config.namespace = Some(namespace).filter(|v| !v.is_empty());
+        }
+        if let Some(on) = options.bool("janitor")? {
+            config.janitor = on;
+        }
+        options.finish()?;
         config.validate()?;
         Ok(config)
     }
@@ -269,11 +277,14 @@ impl KubernetesConfig {
     }
 }
 
-fn parse_bool(field: &'static str, value: &str) -> Result<bool> {
-    match value {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(Error::invalid(field, format!("`{other}` is not a boolean"))),
+impl std::str::FromStr for KubernetesConfig {
+    type Err = Error;
+
+    /// Same as [`KubernetesConfig::from_url`], from a string.
+    fn from_str(url: &str) -> Result<Self> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::invalid("url", format!("not a kubernetes:// URL: {e}")))?;
+        Self::from_url(&parsed)
     }
 }
 

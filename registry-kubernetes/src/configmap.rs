@@ -1,4 +1,4 @@
-//! `configmap` mode (seed 000): one ConfigMap `ff-registry-<env>` per env,
+//! `configmap` mode (the Go framework's ConfigMap layout): one ConfigMap `ff-registry-<env>` per env,
 //! one data entry per instance.
 //!
 //! - key `<app_id>.<lease_id>` ([`crate::encode::configmap_key`]; the seed's

@@ -173,13 +173,13 @@ impl Names {
         format!("{}={TYPE_SERVICE},{}={env}", self.type_label(), self.env_label())
     }
 
-    /// `<prefix>/selector-<app_id>` (seed 003), or `InvalidConfig` when the
+    /// `<prefix>/selector-<app_id>` (the Pod-label layout of go-micro's Kubernetes registry), or `InvalidConfig` when the
     /// app id makes the label name longer than 63 characters.
     pub fn selector_label(&self, app_id: &str) -> Result<String> {
         self.pod_key("selector-", app_id)
     }
 
-    /// `<prefix>/service-<app_id>` (seed 003): the node JSON on a Pod.
+    /// `<prefix>/service-<app_id>` (the Pod-label layout of go-micro's Kubernetes registry): the node JSON on a Pod.
     pub fn service_annotation(&self, app_id: &str) -> Result<String> {
         self.pod_key("service-", app_id)
     }
@@ -225,7 +225,7 @@ pub(crate) fn slug(value: &str) -> String {
 }
 
 /// The ConfigMap data key of an instance: `<app_id>.<lease_id>`.
-pub(crate) fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
+pub fn configmap_key(app_id: &str, lease_id: i64) -> Result<String> {
     let key = format!("{app_id}.{lease_id}");
     if !is_configmap_key(&key) {
         return Err(Error::invalid("meta.app_id", format!("`{app_id}` cannot be encoded as a ConfigMap key")));
@@ -247,7 +247,7 @@ pub(crate) fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64),
 /// [`slug`]). Negative lease ids are written `n<digits>`. Neither env nor app
 /// id is recovered from the name (they are in the labels and the node), the
 /// name only has to be unique and valid.
-pub(crate) fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
+pub fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
     let lease = if lease_id < 0 { format!("n{}", lease_id.unsigned_abs()) } else { lease_id.to_string() };
     format!("{}.{}.{lease}", slug(env), slug(app_id))
 }

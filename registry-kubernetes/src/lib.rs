@@ -4,8 +4,8 @@
 //! | mode | record | liveness | change stream |
 //! |---|---|---|---|
 //! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance (`lease.rs`) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
-//! | [`Mode::ConfigMap`] (seed 000) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
-//! | [`Mode::Pod`] (seed 003) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running` | watch Pods by label selector |
+//! | [`Mode::ConfigMap`] (the Go framework's ConfigMap layout) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
+//! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running` | watch Pods by label selector |
 //!
 //! Every mode discovers through `kube::runtime::watcher` (`watch.rs`): an
 //! initial list, then a watch, relisting on 410 Gone and backing off while
@@ -24,7 +24,7 @@
 //! The registry namespace (`ServiceConf::namespace`) is the Kubernetes
 //! namespace, unless [`KubernetesConfig::namespace`] overrides it. Labels and
 //! annotations live under [`DEFAULT_PREFIX`] (`registry.fireflycore.io`) unless
-//! [`KubernetesConfig::prefix`] says otherwise (seed 003 used `micro.mu`).
+//! [`KubernetesConfig::prefix`] says otherwise (go-micro's Pod registry used `micro.mu`).
 //! The minimal RBAC Role of each mode is in `deploy/rbac/<mode>.yaml`.
 //!
 //! # Tests
@@ -75,11 +75,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use registry_core::store::{Reap, Scope, Store, StoreReader, StoreWriter};
+use registry_core::store::{BackendSpec, Reap, Scope, Store, StoreReader, StoreWriter};
 use registry_core::{Error, Result};
 
 pub use config::{ClusterSource, DEFAULT_PREFIX, KubernetesConfig, Mode};
-pub use encode::{Names, configmap_name};
+pub use encode::{Names, configmap_key, configmap_name, lease_name};
 pub use error::{MAX_ANNOTATIONS_BYTES, MAX_CONFIGMAP_BYTES};
 pub use registry_core;
 
@@ -197,6 +197,18 @@ impl KubernetesStore {
         self.config.janitor.then(|| reaper(self.config.janitor_after))
     }
 }
+
+/// The Kubernetes backend: `kubernetes://[?mode=…]` (also `k8s://`) URLs
+/// ([`KubernetesConfig::from_url`]).
+pub const BACKEND: BackendSpec = BackendSpec {
+    name: KIND,
+    schemes: &["kubernetes", "k8s"],
+    connect: |url| {
+        Box::pin(async move {
+            Ok(Arc::new(KubernetesStore::connect(url.parse::<KubernetesConfig>()?).await?) as Arc<dyn Store>)
+        })
+    },
+};
 
 impl Store for KubernetesStore {
     fn kind(&self) -> &'static str {

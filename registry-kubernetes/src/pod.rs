@@ -1,4 +1,4 @@
-//! `pod` mode (seed 003): the registration lives on the registrar's own Pod.
+//! `pod` mode (the Pod-label layout of go-micro's Kubernetes registry): the registration lives on the registrar's own Pod.
 //!
 //! - labels `<prefix>/type=service`, `<prefix>/env=<env>` and
 //!   `<prefix>/selector-<app_id>=service`;

@@ -4,8 +4,8 @@
 //! [`WeightedChannel`]: a tonic-compatible transport (use it wherever a
 //! generated client takes a `Channel`) that sends each call to one of the
 //! matching nodes' `network.internal` addresses in proportion to their
-//! `weight`, and follows discovery: a node that uninstalls or expires stops
-//! receiving calls; a new one starts receiving them.
+//! `weight`, and follows discovery: a node that drains, uninstalls or expires
+//! stops receiving new calls; a new one starts receiving them.
 //!
 //! # Why our own balancer
 //!
@@ -192,7 +192,8 @@ pub fn channel(
             let Some(picker) = feeder.upgrade() else { return };
             let mut picker = picker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match event {
-                DiscoveryEvent::Up { key, node } if selector.matches(&node) => {
+                // A draining node finishes its calls and takes no new ones.
+                DiscoveryEvent::Up { key, node } if selector.matches(&node) && !node.draining => {
                     let uri = format!("{scheme}://{}", node.network.internal);
                     if let Err(e) = picker.upsert(Arc::clone(&key), uri, effective_weight(&node)) {
                         tracing::warn!(%key, address = %node.network.internal, error = %e, "skipping node with an invalid address");

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use registry_core::store::Store;
+use registry_core::options::redact;
+use registry_core::store::{BackendSpec, Store};
 use registry_core::{Discoverer, Discovery, Error, Meta, Register, Registrar, Result, ServiceConf};
 
 /// What to connect to: a URL, or a backend configuration built in code.
@@ -78,6 +79,31 @@ impl Registry {
     }
 }
 
+/// The backends compiled into this build, by cargo feature: the one list the
+/// facade's [`connect`], `registryctl` and the conformance runner consult.
+/// Adding a backend is one line here (and a feature in `Cargo.toml`).
+pub fn backends() -> &'static [BackendSpec] {
+    &[
+        #[cfg(feature = "memory")]
+        registry_core::memory::BACKEND,
+        #[cfg(feature = "etcd")]
+        registry_etcd::BACKEND,
+        #[cfg(feature = "consul")]
+        registry_consul::BACKEND,
+        #[cfg(feature = "kubernetes")]
+        registry_kubernetes::BACKEND,
+    ]
+}
+
+/// Every backend this crate knows, compiled in or not: `(feature, schemes)`,
+/// so a URL for one that is left out gets an error naming the feature.
+const KNOWN: &[(&str, &[&str])] = &[
+    ("memory", &["memory"]),
+    ("etcd", &["etcd", "etcds"]),
+    ("consul", &["consul", "consuls"]),
+    ("kubernetes", &["kubernetes", "k8s"]),
+];
+
 /// Connects to a backend by URL or configuration.
 ///
 /// | URL | backend | feature |
@@ -87,8 +113,8 @@ impl Registry {
 /// | `consul://[token@]host:8500` | Consul agent | `consul` |
 /// | `kubernetes://[?mode=lease\|configmap\|pod]` (also `k8s://`) | Kubernetes API | `kubernetes` |
 ///
-/// A URL for a backend that is not compiled in returns
-/// [`Error::BackendNotCompiled`] naming the feature to enable.
+/// A URL for a backend that is not compiled in is
+/// [`Error::InvalidConfig`] on `url`, naming the cargo feature to enable.
 pub async fn connect(target: impl Into<Target>) -> Result<Registry> {
     let store: Arc<dyn Store> = match target.into() {
         Target::Url(url) => return connect_url(&url).await,
@@ -104,75 +130,25 @@ pub async fn connect(target: impl Into<Target>) -> Result<Registry> {
     Ok(Registry::from_store(store))
 }
 
-#[cfg_attr(all(feature = "memory", feature = "etcd", feature = "consul", feature = "kubernetes"), allow(dead_code))]
-fn not_compiled(backend: &str, feature: &'static str) -> Error {
-    Error::BackendNotCompiled { backend: backend.to_owned(), feature }
-}
-
 async fn connect_url(raw: &str) -> Result<Registry> {
-    let invalid = |why: String| Error::invalid("url", format!("`{raw}` is not a registry URL: {why}"));
-    let scheme =
-        raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).ok_or_else(|| invalid("no scheme".into()))?;
-    // etcd URLs may list several `host:port`s, which a generic URL parser rejects.
-    if scheme == "etcd" || scheme == "etcds" {
-        #[cfg(feature = "etcd")]
-        {
-            let config = registry_etcd::EtcdConfig::parse_url(raw)?;
-            return Ok(Registry::from_store(Arc::new(registry_etcd::EtcdStore::connect(config).await?)));
-        }
-        #[cfg(not(feature = "etcd"))]
-        return Err(not_compiled(&scheme, "etcd"));
+    let shown = redact(raw);
+    let scheme = raw
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .ok_or_else(|| Error::invalid("url", format!("`{shown}` is not a registry URL: no scheme")))?;
+    if let Some(backend) = backends().iter().find(|b| b.schemes.contains(&scheme.as_str())) {
+        return Ok(Registry::from_store((backend.connect)(raw.to_owned()).await?));
     }
-    let url = url::Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
-    let store: Arc<dyn Store> = match scheme.as_str() {
-        "memory" => memory_store(&url)?,
-        "consul" | "consuls" => {
-            #[cfg(feature = "consul")]
-            {
-                Arc::new(registry_consul::ConsulStore::connect(registry_consul::ConsulConfig::from_url(&url)?).await?)
-            }
-            #[cfg(not(feature = "consul"))]
-            return Err(not_compiled(&scheme, "consul"));
-        }
-        "kubernetes" | "k8s" => {
-            #[cfg(feature = "kubernetes")]
-            {
-                let config = registry_kubernetes::KubernetesConfig::from_url(&url)?;
-                Arc::new(registry_kubernetes::KubernetesStore::connect(config).await?)
-            }
-            #[cfg(not(feature = "kubernetes"))]
-            return Err(not_compiled(&scheme, "kubernetes"));
-        }
-        other => {
-            return Err(Error::invalid(
-                "url",
-                format!("unknown backend `{other}://`; expected memory://, etcd://, consul:// or kubernetes://"),
-            ));
+    let reason = match KNOWN.iter().find(|(_, schemes)| schemes.contains(&scheme.as_str())) {
+        Some((feature, _)) => format!(
+            "backend `{scheme}://` is not compiled in; enable the cargo feature `{feature}` of the `registry` crate"
+        ),
+        None => {
+            let known: Vec<String> = backends().iter().flat_map(|b| b.schemes).map(|s| format!("{s}://")).collect();
+            format!("unknown backend `{scheme}://` in `{shown}`; this build knows {}", known.join(", "))
         }
     };
-    Ok(Registry::from_store(store))
-}
-
-#[cfg(feature = "memory")]
-fn memory_store(url: &url::Url) -> Result<Arc<dyn Store>> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-
-    use registry_core::memory::MemoryStore;
-
-    static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
-    let name = url.host_str().unwrap_or_default();
-    if name.is_empty() {
-        return Ok(Arc::new(MemoryStore::global()));
-    }
-    let mut named =
-        NAMED.get_or_init(Default::default).lock().map_err(|_| Error::backend("memory", "lock poisoned"))?;
-    Ok(Arc::new(named.entry(name.to_owned()).or_default().clone()))
-}
-
-#[cfg(not(feature = "memory"))]
-fn memory_store(_url: &url::Url) -> Result<Arc<dyn Store>> {
-    Err(not_compiled("memory", "memory"))
+    Err(Error::invalid("url", reason))
 }
 
 #[cfg(test)]
@@ -195,14 +171,21 @@ mod tests {
     #[tokio::test]
     async fn missing_feature_is_named() {
         let err = connect("etcd://127.0.0.1:2379").await.expect_err("not compiled");
-        assert!(matches!(err, Error::BackendNotCompiled { feature: "etcd", .. }), "{err:?}");
+        assert!(matches!(err, Error::InvalidConfig { field: "url", .. }), "{err:?}");
         assert!(err.to_string().contains("enable the cargo feature `etcd`"), "{err}");
+    }
+
+    #[test]
+    fn every_compiled_backend_is_known_by_its_feature() {
+        for backend in backends() {
+            assert!(KNOWN.iter().any(|(f, s)| *f == backend.name && *s == backend.schemes), "{backend:?}");
+        }
     }
 
     #[cfg(feature = "etcd")]
     #[tokio::test]
     async fn multi_host_etcd_url_reaches_the_etcd_parser() {
-        let url = "etcd://127.0.0.1:1,127.0.0.1:2?connect_timeout_ms=300&request_timeout_ms=300";
+        let url = "etcd://127.0.0.1:1,127.0.0.1:2?connect_timeout=300ms&timeout=300ms";
         // Connecting is lazy; the URL parses, and the first call fails on the network.
         let registry = connect(url).await.expect("a valid multi-host URL");
         let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), ServiceConf::default()).expect("valid");

@@ -24,21 +24,30 @@
 //! ```
 //!
 //! Cargo features choose which backends are compiled in: `memory` (default),
-//! `etcd`, `consul`, `kubernetes`. A URL whose backend is not compiled in is
-//! a clear [`Error::BackendNotCompiled`] naming the feature.
+//! `etcd`, `consul`, `kubernetes` ([`backends`] lists them). A URL whose
+//! backend is not compiled in is a clear [`Error::InvalidConfig`] naming the
+//! feature to enable.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod balance;
 mod connect;
+#[cfg(feature = "tonic-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic-server")))]
+pub mod serve;
 
-pub use connect::{Registry, Target, connect};
+pub use connect::{Registry, Target, backends, connect};
 pub use registry_core::*;
 
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use registry_consul as consul;
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use registry_etcd as etcd;
 #[cfg(feature = "kubernetes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
 pub use registry_kubernetes as kubernetes;

@@ -10,7 +10,8 @@ use futures::stream::BoxStream;
 use hdrhistogram::Histogram;
 use registry::{Discovery, DiscoveryEvent, GrpcServices, Meta, ServiceConf, ServiceNode};
 
-use crate::{redact, servers};
+use crate::servers;
+use registry::options::redact;
 
 /// Options of `registryctl bench`.
 #[derive(Args, Debug)]

@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use clap::Args;
 use conformance::env::kube::KubeServer;
 use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
+use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
 
-use crate::redact;
+use registry::options::redact;
 
 /// Options of `registryctl conformance`.
 #[derive(Args, Debug)]
@@ -47,13 +48,23 @@ fn unavailable(e: impl std::fmt::Display) -> Unavailable {
 }
 
 /// The kubeconfig a `kubernetes://` URL uses: `?kubeconfig=`, else `$KUBECONFIG`, else `~/.kube/config`.
-fn kubeconfig_of(url: &str) -> PathBuf {
-    let from_query = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.query_pairs().find(|(k, _)| k == "kubeconfig").map(|(_, v)| PathBuf::from(v.as_ref())));
-    from_query
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube").join("config"))
+/// The Kubernetes configuration of `url` when it names the Kubernetes backend.
+fn kubernetes_config(url: &str) -> Option<KubernetesConfig> {
+    let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+    if !registry::kubernetes::BACKEND.schemes.contains(&scheme.as_str()) {
+        return None;
+    }
+    url.parse().ok()
+}
+
+/// The kubeconfig a Kubernetes configuration reads.
+fn kubeconfig_of(config: &KubernetesConfig) -> PathBuf {
+    match &config.cluster {
+        ClusterSource::Kubeconfig(path) => path.clone(),
+        _ => std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube").join("config")
+        }),
+    }
 }
 
 #[async_trait]
@@ -69,8 +80,10 @@ impl Backend for UrlBackend {
     async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
         let url = URL.get().ok_or_else(|| unavailable("no URL"))?;
         let registry = registry::connect(url.as_str()).await.map_err(unavailable)?;
-        let kube =
-            if registry.kind() == "kubernetes" { Some(KubeServer::user(kubeconfig_of(url)).await?) } else { None };
+        let kube = match kubernetes_config(url) {
+            Some(config) => Some(KubeServer::user(kubeconfig_of(&config)).await?),
+            None => None,
+        };
         Ok(Self { registry, kube })
     }
 
@@ -104,7 +117,7 @@ impl Backend for UrlBackend {
 
 /// Runs the suite; blocking (it drives its own runtime), so call it outside any runtime.
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
-    if args.backend.contains("mode=pod") {
+    if kubernetes_config(&args.backend).is_some_and(|c| c.mode == Mode::Pod) {
         anyhow::bail!(
             "`pod` mode needs a Pod per registrar; run `cargo test -p registry-kubernetes --test conformance`"
         );

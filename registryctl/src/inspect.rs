@@ -36,12 +36,12 @@ pub struct GetArgs {
 async fn discover(scope: &Scope) -> anyhow::Result<std::sync::Arc<dyn Discovery>> {
     let registry = registry::connect(scope.url.as_str())
         .await
-        .with_context(|| format!("connecting to {}", crate::redact(&scope.url)))?;
+        .with_context(|| format!("connecting to {}", registry::options::redact(&scope.url)))?;
     let discovery = registry.discoverer(&scope.env, ServiceConf::default().with_namespace(&scope.namespace))?;
     tokio::time::timeout(Duration::from_secs(30), discovery.watcher())
         .await
         .context("no answer from the backend within 30 s")?
-        .with_context(|| format!("listing {}", crate::redact(&scope.url)))?;
+        .with_context(|| format!("listing {}", registry::options::redact(&scope.url)))?;
     Ok(discovery)
 }
 

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use registry::{DiscoveryEvent, Register, Registry, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
-use crate::redact;
+use registry::options::redact;
 
 /// Options of `registryctl migrate`.
 #[derive(Args, Debug)]
@@ -74,7 +74,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
 
     if args.once {
         for node in discovery.snapshot().all_nodes() {
-            let key = registry::instance_key(&node);
+            let key = registry::app_lease_key(&node);
             mirror(&target, &conf, &mut mirrors, &mut tally, key, &node, false).await;
         }
         bar.finish_and_clear();

@@ -1,5 +1,4 @@
 //! `registryctl list`, `get` and `watch` against every backend on real servers.
-#![cfg(all(feature = "etcd", feature = "consul", feature = "kubernetes"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::Stdio;

@@ -10,8 +10,14 @@
 //! the suite reports the backend's scenarios as ignored, loudly, with the reason.
 
 pub mod consul;
+pub mod consul_cluster;
 pub mod etcd;
+pub mod etcd_cluster;
+pub mod faults;
 pub mod kube;
+pub mod kube_node;
+pub mod member;
+pub mod partition;
 pub mod process;
 
 use std::net::TcpListener;

@@ -142,3 +142,43 @@ pub async fn invalid_names_are_rejected<B: Backend>(b: &B) -> anyhow::Result<()>
     w.cleanup().await;
     Ok(())
 }
+
+/// `drain` keeps the instance registered and discoverable with its draining
+/// mark, through heartbeats past one TTL; `undrain` clears it; the changes
+/// arrive as events.
+pub async fn drain_is_seen_and_undone<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let mut events = disc.events();
+    let inst = w.start("drainer", node("shop.Drain", &["Call"])).await?;
+    let m = method("shop.Drain", "Call");
+    let draining =
+        |disc: &dyn Discovery| disc.get_app("drainer").ok().map(|n| n.iter().map(|x| x.draining).collect::<Vec<_>>());
+    eventually(PROPAGATION, "installed node visible", || draining(&*disc) == Some(vec![false])).await?;
+    inst.registrar.drain().await?;
+    eventually(PROPAGATION, "draining mark visible", || draining(&*disc) == Some(vec![true])).await?;
+    let saw_drain = tokio::time::timeout(PROPAGATION, async {
+        while let Some(event) = events.next().await {
+            if matches!(&event, DiscoveryEvent::Up { node, .. } if node.meta.app_id == "drainer" && node.draining) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    anyhow::ensure!(saw_drain, "no Up event with the draining mark");
+    // Heartbeats keep the mark (and the registration) for longer than a TTL.
+    tokio::time::sleep(crate::fixtures::TTL + crate::fixtures::TTL / 2).await;
+    anyhow::ensure!(
+        draining(&*disc) == Some(vec![true]),
+        "draining mark lost after heartbeats: {:?}",
+        draining(&*disc)
+    );
+    anyhow::ensure!(!leases_for(&*disc, &m).is_empty(), "a draining node is still registered");
+    inst.registrar.undrain().await?;
+    eventually(PROPAGATION, "draining mark cleared", || draining(&*disc) == Some(vec![false])).await?;
+    inst.stop().await?;
+    w.cleanup().await;
+    Ok(())
+}

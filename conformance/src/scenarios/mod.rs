@@ -1,4 +1,4 @@
-//! The scenarios of DESIGN.md, one behaviour each, generic over [`Backend`].
+//! The shared conformance scenarios, one behaviour each, generic over [`Backend`].
 //!
 //! Each scenario works in its own random namespace and env, asserts only on
 //! what it wrote, and cleans up best-effort. [`all`] lists them for the runner.
@@ -19,8 +19,9 @@ pub use client::{EXPECTED_TRANSCRIPT, generic_client_gives_identical_results, ge
 pub use index::{method_index_follows_nodes, two_instances_newest_first};
 pub use isolation::{env_isolation, namespace_isolation};
 pub use lifecycle::{
-    discovery_started_before_anything_exists, events_report_up_and_down, install_then_discover_by_every_method,
-    invalid_names_are_rejected, uninstall_disappears_promptly, uninstall_is_idempotent,
+    discovery_started_before_anything_exists, drain_is_seen_and_undone, events_report_up_and_down,
+    install_then_discover_by_every_method, invalid_names_are_rejected, uninstall_disappears_promptly,
+    uninstall_is_idempotent,
 };
 pub use liveness::{crashed_instance_expires_within_ttl, keepalive_holds_past_three_ttls};
 pub use outage::outage_then_recovery;
@@ -65,6 +66,7 @@ pub fn all<B: Backend>() -> Vec<Scenario<B>> {
         scenario!(two_instances_newest_first, SharedServer),
         scenario!(uninstall_disappears_promptly, SharedServer),
         scenario!(uninstall_is_idempotent, SharedServer),
+        scenario!(drain_is_seen_and_undone, SharedServer),
         scenario!(keepalive_holds_past_three_ttls, SharedServer),
         scenario!(crashed_instance_expires_within_ttl, SharedServer),
         scenario!(env_isolation, SharedServer),
