@@ -19,7 +19,7 @@
 //! noticed without waiting for the HTTP/2 keepalive: a watch that delivers
 //! nothing for [`WATCH_PROGRESS_AFTER`] asks for a progress report and is
 //! resumed elsewhere when none comes within the request timeout (7 s with
-//! the defaults), and a lease renewal is tried in slices of TTL/8 on fresh
+//! the defaults), and a lease renewal is tried in eight slices of its TTL/2 on fresh
 //! keepalive streams, so a silent member costs an attempt, not the lease.
 //!
 //! Connection options ([`EtcdConfig`]): several endpoints, user/password,

@@ -21,15 +21,17 @@
 //! [`kill_server`](ConsulCluster::kill_server),
 //! [`restart_server`](ConsulCluster::restart_server),
 //! [`kill_leader`](ConsulCluster::kill_leader),
-//! [`partition_agent`](ConsulCluster::partition_agent). Every agent is
-//! killed on drop.
+//! [`partition_agent`](ConsulCluster::partition_agent) (the agent falls
+//! silent for everyone), [`cut_agent_from_cluster`](ConsulCluster::cut_agent_from_cluster)
+//! (its host is cut off; local applications still reach it). Every agent
+//! is killed on drop.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::member::{ClusterSlot, MemberProcess, http};
-use super::partition::Partition;
+use super::partition::{Cut, Partition, Process as PartitionProcess};
 use super::{Unavailable, binary};
 
 /// Server agents.
@@ -313,6 +315,27 @@ impl ConsulCluster {
     pub fn partition_agent(&self, j: usize, bound: Duration) -> Result<Partition, Unavailable> {
         let agent = &self.agents[SERVERS + j];
         Partition::member(agent.address(), agent.gid(), bound)
+    }
+
+    /// Silently cuts client agent `j` off from the rest of the cluster (the
+    /// servers and the other client agent) for at most `bound` — its host's
+    /// network is partitioned — while the clients of its HTTP API (the
+    /// applications on its host: this test process) still reach it.
+    pub fn cut_agent_from_cluster(&self, j: usize, bound: Duration) -> Result<Partition, Unavailable> {
+        let process = |agent: &MemberProcess| {
+            agent.gid().map(|gid| PartitionProcess { address: agent.address(), gid }).ok_or_else(|| {
+                Unavailable::NotApplicable(format!(
+                    "{} runs without a group of its own (the tests do not run as root)",
+                    agent.name()
+                ))
+            })
+        };
+        let a = vec![process(&self.agents[SERVERS + j])?];
+        let b = (0..self.agents.len())
+            .filter(|&i| i != SERVERS + j)
+            .map(|i| process(&self.agents[i]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Partition::start(Cut::Between { a, b }, bound)
     }
 
     /// Silently partitions server `i` for at most `bound`.

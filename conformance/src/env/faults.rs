@@ -12,10 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU32;
+
 use libtest_mimic::{Arguments, Failed, Trial};
-use registry_core::Discovery;
+use registry_core::store::Store;
+use registry_core::{Discovery, Register, Registrar, RetryHooks};
+use tokio::task::JoinHandle;
 
 use super::{Unavailable, consul_cluster, etcd_cluster, member, partition, required};
+use crate::fixtures::{conf, meta, method, node};
 
 /// How often the lookup loop asks discovery (as the migration test does).
 pub const LOOKUP_EVERY: Duration = Duration::from_millis(10);
@@ -218,4 +224,213 @@ pub fn print_figures(scenario: &str, figures: &[(&str, String)]) {
 /// A duration as seconds with millisecond precision (`1.234s`).
 pub fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
+}
+
+/// What the retry hooks of one instance saw.
+#[derive(Debug, Default)]
+pub struct HookLog {
+    /// `before_retry` calls.
+    pub retries: AtomicU32,
+    /// The last `after_recovery` call.
+    pub recovered_at: Mutex<Option<Instant>>,
+    /// `on_give_up` calls.
+    pub gave_up: AtomicU32,
+}
+
+impl HookLog {
+    /// When the keepalive last recovered, if it did.
+    pub fn recovered_at(&self) -> Option<Instant> {
+        self.recovered_at.lock().ok().and_then(|a| *a)
+    }
+
+    fn hooks(self: &Arc<Self>) -> RetryHooks {
+        RetryHooks::new()
+            .before_retry({
+                let log = Arc::clone(self);
+                move |_| {
+                    log.retries.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .after_recovery({
+                let log = Arc::clone(self);
+                move |_| {
+                    if let Ok(mut at) = log.recovered_at.lock() {
+                        *at = Some(Instant::now());
+                    }
+                }
+            })
+            .on_give_up({
+                let log = Arc::clone(self);
+                move |_| {
+                    log.gave_up.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+    }
+}
+
+/// One registered instance with its keepalive task.
+pub struct Instance {
+    /// Its registrar.
+    pub registrar: Registrar,
+    /// `sustain_lease` on its own task.
+    pub keepalive: JoinHandle<registry_core::Result<()>>,
+    /// What its retry hooks saw.
+    pub hooks: Arc<HookLog>,
+    /// The lease it was installed with.
+    pub first_lease: i64,
+}
+
+impl Instance {
+    /// Its current lease id.
+    pub fn lease(&self) -> i64 {
+        self.registrar.node().map(|n| n.lease_id).unwrap_or_default()
+    }
+}
+
+/// Instances of app `fleet` serving [`Fleet::METHOD`] in a namespace and
+/// env of their own, each with its keepalive running and retry hooks logged.
+pub struct Fleet {
+    /// Their namespace.
+    pub namespace: String,
+    /// Their env.
+    pub env: String,
+    /// The instances.
+    pub instances: Vec<Instance>,
+}
+
+impl Fleet {
+    /// The method every instance serves.
+    pub fn method() -> String {
+        method("t.Fleet", "Call")
+    }
+
+    /// Installs `count` instances, round-robin over `stores` (each store its
+    /// own client, as separate processes have), and starts their keepalives.
+    pub async fn start(stores: &[&dyn Store], count: usize, namespace: &str, env: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(!stores.is_empty(), "a fleet needs a store");
+        let mut instances = Vec::with_capacity(count);
+        for i in 0..count {
+            let registrar = Registrar::new(stores[i % stores.len()], meta(env, "fleet"), conf(namespace))?;
+            let hooks = Arc::new(HookLog::default());
+            registrar.set_hooks(hooks.hooks());
+            let installed = registrar.install(node("t.Fleet", &["Call"])).await?;
+            let keepalive = tokio::spawn({
+                let r = registrar.clone();
+                async move { r.sustain_lease().await }
+            });
+            instances.push(Instance { registrar, keepalive, hooks, first_lease: installed.lease_id });
+        }
+        Ok(Self { namespace: namespace.to_owned(), env: env.to_owned(), instances })
+    }
+
+    /// The instances' current leases.
+    pub fn leases(&self) -> BTreeSet<i64> {
+        self.instances.iter().map(Instance::lease).collect()
+    }
+
+    /// A judge for [`LookupLoop`]: the answer is exactly the fleet's current leases.
+    pub fn judge(self: &Arc<Self>) -> impl Fn(&[i64]) -> bool + Send + Sync + 'static {
+        let fleet = Arc::clone(self);
+        move |answer: &[i64]| {
+            let got: BTreeSet<i64> = answer.iter().copied().collect();
+            got.len() == answer.len() && got == fleet.leases()
+        }
+    }
+
+    /// True when `discovery` answers exactly the fleet's current leases.
+    pub fn exactly_in(&self, discovery: &dyn Discovery) -> bool {
+        let answer = leases_of(discovery, &Self::method());
+        let got: BTreeSet<i64> = answer.iter().copied().collect();
+        got.len() == answer.len() && got == self.leases()
+    }
+
+    /// Current leases `discovery` does not show.
+    pub fn missing_from(&self, discovery: &dyn Discovery) -> usize {
+        let seen: BTreeSet<i64> = leases_of(discovery, &Self::method()).into_iter().collect();
+        self.leases().iter().filter(|l| !seen.contains(l)).count()
+    }
+
+    /// Instances registered again under a new lease since they were installed.
+    pub fn reregistered(&self) -> usize {
+        self.instances.iter().filter(|i| i.lease() != i.first_lease).count()
+    }
+
+    /// `before_retry` calls over all instances.
+    pub fn retries(&self) -> u32 {
+        self.instances.iter().map(|i| i.hooks.retries.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Instances whose retry hooks fired.
+    pub fn retried(&self) -> usize {
+        self.instances.iter().filter(|i| i.hooks.retries.load(Ordering::SeqCst) > 0).count()
+    }
+
+    /// `on_give_up` calls over all instances.
+    pub fn gave_up(&self) -> u32 {
+        self.instances.iter().map(|i| i.hooks.gave_up.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Instances whose keepalive task ended.
+    pub fn keepalives_ended(&self) -> usize {
+        self.instances.iter().filter(|i| i.keepalive.is_finished()).count()
+    }
+
+    /// Uninstalls every instance and waits for the keepalives.
+    pub async fn stop(self) {
+        for instance in &self.instances {
+            let _ = instance.registrar.uninstall().await;
+        }
+        for instance in self.instances {
+            let _ = instance.keepalive.await;
+        }
+    }
+}
+
+/// Lease ids of the nodes serving `method`, in discovery's order (empty on an error).
+pub fn leases_of(discovery: &dyn Discovery, method: &str) -> Vec<i64> {
+    discovery.get_service(method).map(|nodes| nodes.iter().map(|n| n.lease_id).collect()).unwrap_or_default()
+}
+
+/// A probe instance (app `probe`, method `/t.Probe/Ping`) written during or
+/// after a fault to see when discovery follows changes again.
+pub struct Probe {
+    /// Its registrar.
+    pub registrar: Registrar,
+    keepalive: JoinHandle<registry_core::Result<()>>,
+}
+
+impl Probe {
+    /// Installs the probe through `store`, retrying every 50 ms for up to
+    /// `within` (the store may be failing over), and keeps it alive.
+    pub async fn register(store: &dyn Store, namespace: &str, env: &str, within: Duration) -> anyhow::Result<Self> {
+        let registrar = Registrar::new(store, meta(env, "probe"), conf(namespace))?;
+        let start = Instant::now();
+        loop {
+            match registrar.install(node("t.Probe", &["Ping"])).await {
+                Ok(_) => break,
+                Err(e) if start.elapsed() < within => {
+                    tracing::debug!(%e, "probe install failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => anyhow::bail!("probe install failed for {within:?}: {e}"),
+            }
+        }
+        let keepalive = tokio::spawn({
+            let r = registrar.clone();
+            async move { r.sustain_lease().await }
+        });
+        Ok(Self { registrar, keepalive })
+    }
+
+    /// True when `discovery` shows the probe's current lease.
+    pub fn visible(&self, discovery: &dyn Discovery) -> bool {
+        let lease = self.registrar.node().map(|n| n.lease_id).unwrap_or_default();
+        discovery.get_service("/t.Probe/Ping").is_ok_and(|nodes| nodes.iter().any(|n| n.lease_id == lease))
+    }
+
+    /// Uninstalls it.
+    pub async fn stop(self) {
+        let _ = self.registrar.uninstall().await;
+        let _ = self.keepalive.await;
+    }
 }

@@ -22,6 +22,12 @@
 //!   the connection (`ct mark set M`); the input chain drops packets of
 //!   marked connections and packets to or from its address. Packets already
 //!   in flight when the cut starts may still arrive (as on a real network).
+//! - [`Cut::Between`]: two groups of server processes lose each other —
+//!   a host cut off from the rest of a cluster — while everything else
+//!   (the test process, the host's own applications) still reaches both:
+//!   the output chain drops and marks packets a process of one group sends
+//!   to an address of the other (`meta skgid {…} ip daddr {…}`), the input
+//!   chain drops the marked connections.
 //!
 //! # Bounded
 //!
@@ -36,6 +42,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,8 +55,17 @@ pub const TABLE_PREFIX: &str = "regtest_part_";
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
-/// What a partition cuts off.
+/// A server process a partition can tell apart: its address and group id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Its loopback address.
+    pub address: Ipv4Addr,
+    /// The group id its sockets carry.
+    pub gid: u32,
+}
+
+/// What a partition cuts off.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cut {
     /// All traffic to and from one loopback address.
     Address(Ipv4Addr),
@@ -63,6 +79,18 @@ pub enum Cut {
         /// The group id its sockets carry.
         gid: u32,
     },
+    /// Two groups of processes from each other (each keeps talking within
+    /// its group, and to everyone else).
+    Between {
+        /// One side.
+        a: Vec<Process>,
+        /// The other side.
+        b: Vec<Process>,
+    },
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    format!("{{ {} }}", items.map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 impl std::fmt::Display for Cut {
@@ -71,6 +99,9 @@ impl std::fmt::Display for Cut {
             Cut::Address(a) => write!(f, "address {a}"),
             Cut::Port(p) => write!(f, "tcp port {p}"),
             Cut::Member { address, gid } => write!(f, "member {address} (gid {gid})"),
+            Cut::Between { a, b } => {
+                write!(f, "{} from {}", list(a.iter().map(|p| p.address)), list(b.iter().map(|p| p.address)))
+            }
         }
     }
 }
@@ -161,13 +192,26 @@ impl Partition {
         let table = format!("{TABLE_PREFIX}{pid}_{n}");
         // A connection mark of our own: pid and sequence, never 0.
         let mark = (pid.wrapping_mul(4096) ^ n) | 0x4000_0000;
-        let (input, output) = match cut {
+        let (input, output) = match &cut {
             Cut::Address(a) => (format!("ip daddr {a} drop\nip saddr {a} drop"), String::new()),
             Cut::Port(p) => (format!("tcp dport {p} drop\ntcp sport {p} drop"), String::new()),
             Cut::Member { address, gid } => (
                 format!("ct mark {mark:#x} drop\nip daddr {address} drop\nip saddr {address} drop"),
                 format!("meta skgid {gid} ct mark set {mark:#x} drop"),
             ),
+            Cut::Between { a, b } => {
+                if a.is_empty() || b.is_empty() {
+                    return Err(unavailable("a partition between groups needs a process on each side"));
+                }
+                let one_way = |from: &[Process], to: &[Process]| {
+                    format!(
+                        "meta skgid {} ip daddr {} ct mark set {mark:#x} drop",
+                        list(from.iter().map(|p| p.gid)),
+                        list(to.iter().map(|p| p.address))
+                    )
+                };
+                (format!("ct mark {mark:#x} drop"), format!("{}\n{}", one_way(a, b), one_way(b, a)))
+            }
         };
         let script = format!(
             "table inet {table} {{\n\
@@ -193,8 +237,11 @@ impl Partition {
             )));
         }
         let started = Instant::now();
-        // The watchdog outlives this process if it is killed: the bound holds.
+        // The watchdog outlives this process if it is killed: the bound
+        // holds. In a process group of its own, so that healing ends its
+        // `sleep` with it.
         let watchdog = Command::new("sh")
+            .process_group(0)
             .args([
                 "-c",
                 &format!(
@@ -227,8 +274,8 @@ impl Partition {
     }
 
     /// What is cut off.
-    pub fn cut(&self) -> Cut {
-        self.cut
+    pub fn cut(&self) -> &Cut {
+        &self.cut
     }
 
     /// The nftables table holding the rules.
@@ -255,6 +302,12 @@ impl Partition {
         }
         self.healed = true;
         if let Some(mut watchdog) = self.watchdog.take() {
+            // The whole group: `sh` and the `sleep` it waits on.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", watchdog.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
