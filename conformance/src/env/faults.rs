@@ -287,7 +287,7 @@ impl Instance {
     }
 }
 
-/// Instances of app `fleet` serving [`Fleet::METHOD`] in a namespace and
+/// Instances of app `fleet` serving [`Fleet::method`] in a namespace and
 /// env of their own, each with its keepalive running and retry hooks logged.
 pub struct Fleet {
     /// Their namespace.
