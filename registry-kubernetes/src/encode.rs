@@ -243,9 +243,10 @@ pub(crate) fn parse_configmap_key(key: &str) -> std::result::Result<(&str, i64),
     Ok((app, lease))
 }
 
-/// The Lease name of an instance: `<env slug>.<app slug>.<lease id>` (see
-/// [`slug`]). Negative lease ids are written `n<digits>`. Neither env nor app
-/// id is recovered from the name (they are in the labels and the node), the
+/// The Lease name of an instance: `<env slug>.<app slug>.<lease id>`, where a
+/// slug is the name lowercased with `_` and `.` turned into `-`, and a short
+/// hash of the exact name appended when that changed anything. Negative lease
+/// ids are written `n<digits>`. Neither env nor app id is recovered from the name (they are in the labels and the node), the
 /// name only has to be unique and valid.
 pub fn lease_name(env: &str, app_id: &str, lease_id: i64) -> String {
     let lease = if lease_id < 0 { format!("n{}", lease_id.unsigned_abs()) } else { lease_id.to_string() };
