@@ -3,20 +3,40 @@
 //!
 //! [`ServiceIndex`] is an immutable snapshot; readers load it from an
 //! `ArcSwap` without locks and get [`Nodes`] — a shared slice of shared
-//! nodes — without copying node data. [`IndexWriter`] is owned by the one
-//! task that applies changes; it recomputes only the apps and methods a batch
-//! touched and publishes a new snapshot per batch.
+//! nodes — without copying node data. A lookup is one probe of a flat hash
+//! map. [`IndexWriter`] is owned by the one task that applies changes and
+//! publishes a new snapshot per batch.
+//!
+//! # Publishing in proportion to the change
+//!
+//! Copying the two maps of a snapshot to publish the next one costs time in
+//! proportion to the whole fleet. Instead the writer keeps two snapshots:
+//! the current one and the one it replaced. Once readers have let go of the
+//! replaced one (the `ArcSwap` no longer points at it and `Arc::try_unwrap`
+//! proves nobody else holds it), the writer brings it up to date in place —
+//! the entries the previous batch changed, then the entries this batch
+//! changes — and publishes it. So a batch costs a few hash-map writes per
+//! changed entry, whatever the size of the index, and lookups stay as fast
+//! as a plain hash map: no persistent structure sits on the read path. When
+//! someone still holds the replaced snapshot (a long-lived
+//! [`Discovery::snapshot`](crate::Discovery::snapshot)), the writer copies
+//! the current one instead, as it always did.
+//!
+//! Which entries a batch changes is computed from the writer's own state per
+//! changed app: the app's list, and its methods. A method served by every
+//! node of one app (the usual case) shares that app's list; a method served
+//! by some nodes of an app (a rolling upgrade) or by several apps gets a list
+//! of its own.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::ServiceNode;
+use crate::model::Methods;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// One app's nodes, newest first, keyed by (recency, record key).
-type AppNodes = BTreeMap<(Reverse<Recency>, Arc<str>), Arc<ServiceNode>>;
 
 /// Nodes answered by discovery, newest registration first. Cloning is one
 /// reference-count increment; the nodes themselves are shared.
@@ -74,6 +94,11 @@ pub struct ServiceIndex {
 }
 
 impl ServiceIndex {
+    /// A copy of the maps (entries shared): the writer's fallback.
+    fn copy(&self) -> Self {
+        Self { by_method: self.by_method.clone(), by_app: self.by_app.clone(), node_count: self.node_count }
+    }
+
     /// Nodes serving `method`, newest first (all apps that serve it).
     #[inline]
     pub fn by_method(&self, method: &str) -> Option<&Nodes> {
@@ -102,11 +127,11 @@ impl ServiceIndex {
 
     /// Every node, grouped by app (apps sorted), newest first within an app.
     pub fn all_nodes(&self) -> Vec<Arc<ServiceNode>> {
+        let mut apps: Vec<(&Arc<str>, &Nodes)> = self.by_app.iter().collect();
+        apps.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::with_capacity(self.node_count);
-        for app in self.apps() {
-            if let Some(nodes) = self.by_app.get(&app) {
-                out.extend(nodes.iter().cloned());
-            }
+        for (_, nodes) in apps {
+            out.extend(nodes.iter().cloned());
         }
         out
     }
@@ -122,25 +147,126 @@ impl ServiceIndex {
     }
 }
 
+/// Entries one batch wrote (`None`: removed), to replay on the other snapshot.
+#[derive(Default)]
+struct Changes {
+    methods: Vec<(Arc<str>, Option<Nodes>)>,
+    apps: Vec<(Arc<str>, Option<Nodes>)>,
+}
+
+fn write(map: &mut FastMap<Arc<str>, Nodes>, key: &Arc<str>, value: &Option<Nodes>) {
+    match value {
+        Some(nodes) => match map.get_mut(&**key) {
+            Some(slot) => *slot = nodes.clone(),
+            None => {
+                map.insert(Arc::clone(key), nodes.clone());
+            }
+        },
+        None => {
+            map.remove(&**key);
+        }
+    }
+}
+
+impl Changes {
+    fn replay(&self, index: &mut ServiceIndex) {
+        for (key, value) in &self.apps {
+            write(&mut index.by_app, key, value);
+        }
+        for (key, value) in &self.methods {
+            write(&mut index.by_method, key, value);
+        }
+    }
+}
+
+/// A record key as [`IndexWriter::upsert`] takes it: text, or the `Arc<str>`
+/// the caller already holds, which the index then shares instead of copying.
+pub trait RecordKey {
+    /// The key's text.
+    fn as_str(&self) -> &str;
+    /// The key as an `Arc<str>` (the same allocation when it is one).
+    fn into_arc(self) -> Arc<str>;
+}
+
+impl RecordKey for &str {
+    fn as_str(&self) -> &str {
+        self
+    }
+    fn into_arc(self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl RecordKey for &String {
+    fn as_str(&self) -> &str {
+        self
+    }
+    fn into_arc(self) -> Arc<str> {
+        Arc::from(self.as_str())
+    }
+}
+
+impl RecordKey for Arc<str> {
+    fn as_str(&self) -> &str {
+        self
+    }
+    fn into_arc(self) -> Arc<str> {
+        self
+    }
+}
+
+impl RecordKey for &Arc<str> {
+    fn as_str(&self) -> &str {
+        self
+    }
+    fn into_arc(self) -> Arc<str> {
+        Arc::clone(self)
+    }
+}
+
 struct Slot {
-    app: Arc<str>,
     recency: Recency,
     node: Arc<ServiceNode>,
+}
+
+#[derive(Default)]
+struct App {
+    /// Record keys, newest first: ordered by (`Reverse(recency)`, key).
+    keys: Vec<Arc<str>>,
+    /// The distinct method sets of its nodes, as last published.
+    published: Vec<Methods>,
+    /// Listed in `IndexWriter::dirty`.
+    dirty: bool,
+}
+
+/// Where `key` with `recency` is (`Ok`) or goes (`Err`) in an app's keys.
+fn position(slots: &FastMap<Arc<str>, Slot>, keys: &[Arc<str>], recency: Recency, key: &str) -> Result<usize, usize> {
+    keys.binary_search_by(|k| {
+        let r = if **k == *key { recency } else { slots.get(k).map_or(recency, |s| s.recency) };
+        (Reverse(r), &**k).cmp(&(Reverse(recency), key))
+    })
+}
+
+fn serves(methods: &Methods, method: &str) -> bool {
+    methods.get(method).copied().unwrap_or(false)
 }
 
 /// The single writer of the index. Apply upserts and removals by record key,
 /// then [`publish`](Self::publish) a snapshot.
 #[derive(Default)]
 pub struct IndexWriter {
+    /// record key → node and its place in the order
     slots: FastMap<Arc<str>, Slot>,
-    /// app → (newest first) → node
-    apps: FastMap<Arc<str>, AppNodes>,
-    /// app → methods it serves (union over its nodes), as last published
-    app_methods: FastMap<Arc<str>, BTreeSet<Arc<str>>>,
-    /// method → apps serving it (sorted; almost always one, so a Vec, not a tree)
-    method_apps: FastMap<Arc<str>, Vec<Arc<str>>>,
-    dirty_apps: HashSet<Arc<str>>,
+    /// app id → its nodes' order and published methods
+    apps: FastMap<Arc<str>, App>,
+    /// Apps changed since the last publish.
+    dirty: Vec<Arc<str>>,
     current: Arc<ServiceIndex>,
+    /// The snapshot `current` replaced, and the changes it lacks.
+    spare: Option<(Arc<ServiceIndex>, Changes)>,
+    /// Publishes that recycled the spare (tests check the fast path runs).
+    #[cfg(test)]
+    recycled: usize,
 }
 
 impl IndexWriter {
@@ -166,36 +292,74 @@ impl IndexWriter {
 
     /// Inserts or replaces the node under `key` with the given recency, and
     /// returns it as stored. Its `methods` map is shared with another node of
-    /// the same app when they are equal.
-    pub fn upsert(&mut self, key: &str, mut node: ServiceNode, recency: Recency) -> Arc<ServiceNode> {
-        self.remove(key);
-        if let Some(same) = self
-            .apps
-            .get(node.meta.app_id.as_str())
-            .and_then(|nodes| nodes.values().find(|n| n.methods == node.methods))
-        {
-            node.methods = same.methods.clone();
+    /// the same app when they are equal. A `key` given as `&Arc<str>` is
+    /// shared, not copied.
+    pub fn upsert(&mut self, key: impl RecordKey, mut node: ServiceNode, recency: Recency) -> Arc<ServiceNode> {
+        let key = match self.remove_entry(key.as_str()) {
+            Some((stored, _)) => stored,
+            None => key.into_arc(),
+        };
+        if let Some(app) = self.apps.get(node.meta.app_id.as_str()) {
+            // Compare each distinct set once (an app's nodes usually share one).
+            let mut compared: Vec<&Methods> = Vec::new();
+            for k in &app.keys {
+                let Some(slot) = self.slots.get(k) else { continue };
+                let methods = &slot.node.methods;
+                if compared.iter().any(|c| c.ptr_eq(methods)) {
+                    continue;
+                }
+                if *methods == node.methods {
+                    node.methods = methods.clone();
+                    break;
+                }
+                compared.push(methods);
+            }
         }
         let node = Arc::new(node);
-        let key: Arc<str> = Arc::from(key);
-        let app: Arc<str> = Arc::from(node.meta.app_id.as_str());
-        self.apps.entry(Arc::clone(&app)).or_default().insert((Reverse(recency), Arc::clone(&key)), Arc::clone(&node));
-        self.dirty_apps.insert(Arc::clone(&app));
-        self.slots.insert(key, Slot { app, recency, node: Arc::clone(&node) });
+        let id: Arc<str> = match self.apps.get_key_value(node.meta.app_id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => {
+                let id: Arc<str> = Arc::from(node.meta.app_id.as_str());
+                self.apps.insert(Arc::clone(&id), App::default());
+                id
+            }
+        };
+        if let Some(app) = self.apps.get_mut(&id) {
+            let (Ok(at) | Err(at)) = position(&self.slots, &app.keys, recency, &key);
+            app.keys.insert(at, Arc::clone(&key));
+            if !app.dirty {
+                app.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+        self.slots.insert(key, Slot { recency, node: Arc::clone(&node) });
         node
     }
 
     /// Removes the node under `key`, returning it.
     pub fn remove(&mut self, key: &str) -> Option<Arc<ServiceNode>> {
-        let (key, slot) = self.slots.remove_entry(key)?;
-        if let Some(nodes) = self.apps.get_mut(&slot.app) {
-            nodes.remove(&(Reverse(slot.recency), key));
-            if nodes.is_empty() {
-                self.apps.remove(&slot.app);
+        self.remove_entry(key).map(|(_, slot)| slot.node)
+    }
+
+    fn remove_entry(&mut self, key: &str) -> Option<(Arc<str>, Slot)> {
+        let slot = self.slots.get(key)?;
+        if let Some((id, _)) = self.apps.get_key_value(slot.node.meta.app_id.as_str()) {
+            let id = Arc::clone(id);
+            if let Some(app) = self.apps.get_mut(&id) {
+                let at = match position(&self.slots, &app.keys, slot.recency, key) {
+                    Ok(at) => Some(at),
+                    Err(_) => app.keys.iter().position(|k| **k == *key),
+                };
+                if let Some(at) = at {
+                    app.keys.remove(at);
+                }
+                if !app.dirty {
+                    app.dirty = true;
+                    self.dirty.push(id);
+                }
             }
         }
-        self.dirty_apps.insert(slot.app);
-        Some(slot.node)
+        self.slots.remove_entry(key)
     }
 
     /// The latest published snapshot.
@@ -204,101 +368,188 @@ impl IndexWriter {
     }
 
     /// Publishes a snapshot with every change since the last one, or `None`
-    /// when nothing changed. Cost: a shallow copy of the maps plus the
-    /// touched apps and their methods.
+    /// when nothing changed.
+    ///
+    /// Cost: the entries this batch and the previous one changed — for each
+    /// changed app, its list and the entries of the methods it serves or
+    /// served — when the snapshot published before the current one is no
+    /// longer held by anyone (the usual case: it is recycled in place);
+    /// otherwise a copy of the current snapshot's maps first.
     pub fn publish(&mut self) -> Option<Arc<ServiceIndex>> {
-        if self.dirty_apps.is_empty() {
+        if self.dirty.is_empty() {
             return None;
         }
-        let mut by_app = self.current.by_app.clone();
-        let mut by_method = self.current.by_method.clone();
-        let mut dirty_methods: BTreeSet<Arc<str>> = BTreeSet::new();
-        for app in std::mem::take(&mut self.dirty_apps) {
-            let old_methods = self.app_methods.remove(&app).unwrap_or_default();
-            let new_methods: BTreeSet<Arc<str>> = match self.apps.get(&app) {
-                Some(nodes) => {
-                    by_app.insert(Arc::clone(&app), Nodes::from_vec(nodes.values().cloned().collect()));
-                    let mut set = BTreeSet::new();
-                    for node in nodes.values() {
-                        for m in node.served_methods() {
-                            if !set.contains(m) {
-                                set.insert(Arc::from(m));
-                            }
-                        }
-                    }
-                    set
-                }
-                None => {
-                    by_app.remove(&app);
-                    BTreeSet::new()
-                }
-            };
-            for m in old_methods.difference(&new_methods) {
-                if let Some(apps) = self.method_apps.get_mut(m) {
-                    if let Ok(at) = apps.binary_search(&app) {
-                        apps.remove(at);
-                    }
-                    if apps.is_empty() {
-                        self.method_apps.remove(m);
-                    }
-                }
-            }
-            for m in &new_methods {
-                let apps = self.method_apps.entry(Arc::clone(m)).or_default();
-                if let Err(at) = apps.binary_search(&app) {
-                    apps.insert(at, Arc::clone(&app));
-                }
-            }
-            dirty_methods.extend(old_methods);
-            dirty_methods.extend(new_methods.iter().cloned());
-            if !new_methods.is_empty() {
-                self.app_methods.insert(app, new_methods);
-            }
+        let recycled = self.spare.take().and_then(|(spare, behind)| {
+            Arc::try_unwrap(spare).ok().map(|mut index| {
+                behind.replay(&mut index);
+                index
+            })
+        });
+        #[cfg(test)]
+        if recycled.is_some() {
+            self.recycled += 1;
         }
-        for method in dirty_methods {
-            match self.method_apps.get(&method) {
-                None => {
-                    by_method.remove(&method);
-                }
-                Some(apps) => {
-                    let nodes = self.providers(&method, apps, &by_app);
-                    by_method.insert(method, nodes);
-                }
-            }
+        let mut next = recycled.unwrap_or_else(|| self.current.copy());
+        let mut changes = Changes::default();
+        for id in std::mem::take(&mut self.dirty) {
+            self.publish_app(&id, &mut next, &mut changes);
         }
-        let node_count = self.slots.len();
-        self.current = Arc::new(ServiceIndex { by_method, by_app, node_count });
-        Some(Arc::clone(&self.current))
+        next.node_count = self.slots.len();
+        let next = Arc::new(next);
+        let replaced = std::mem::replace(&mut self.current, Arc::clone(&next));
+        self.spare = Some((replaced, changes));
+        Some(next)
     }
 
-    /// Nodes serving `method` across `apps`, newest first; shares the app's
-    /// list when one app serves it on every node (the common case).
-    fn providers(&self, method: &str, apps: &[Arc<str>], by_app: &FastMap<Arc<str>, Nodes>) -> Nodes {
-        if apps.len() == 1
-            && let Some(app_nodes) = apps.first().and_then(|a| by_app.get(a))
-            && app_nodes.iter().all(|n| n.serves(method))
-        {
-            return app_nodes.clone();
+    /// Writes the entries of app `id` into `next`: its list, and the methods
+    /// it serves now or served at the last publish.
+    fn publish_app(&mut self, id: &Arc<str>, next: &mut ServiceIndex, changes: &mut Changes) {
+        let Some(app) = self.apps.get_mut(id) else { return };
+        app.dirty = false;
+        let old_sets = std::mem::take(&mut app.published);
+        let mut list = Vec::with_capacity(app.keys.len());
+        let mut sets: Vec<(Methods, usize)> = Vec::new();
+        for k in &app.keys {
+            let Some(slot) = self.slots.get(k) else { continue };
+            list.push(Arc::clone(&slot.node));
+            let methods = &slot.node.methods;
+            match sets.iter_mut().find(|(s, _)| s.ptr_eq(methods) || s == methods) {
+                Some((_, n)) => *n += 1,
+                None => sets.push((methods.clone(), 1)),
+            }
         }
-        let mut picked: Vec<(Reverse<Recency>, Arc<ServiceNode>)> = Vec::new();
-        for app in apps {
-            if let Some(nodes) = self.apps.get(app) {
-                for ((recency, _), node) in nodes {
-                    if node.serves(method) {
-                        picked.push((*recency, Arc::clone(node)));
-                    }
+        app.published = sets.iter().map(|(s, _)| s.clone()).collect();
+        if app.keys.capacity() > 2 * app.keys.len() + 4 {
+            app.keys.shrink_to_fit();
+        }
+        let total = list.len();
+        let list = (total > 0).then(|| Nodes::from_vec(list));
+        let old_list = self.current.by_app.get(&**id);
+        write(&mut next.by_app, id, &list);
+        changes.apps.push((Arc::clone(id), list.clone()));
+        // Every method served before or now, each once.
+        let all: Vec<&Methods> = old_sets.iter().chain(sets.iter().map(|(s, _)| s)).collect();
+        for (i, set) in all.iter().enumerate() {
+            let earlier = &all[..i];
+            if earlier.iter().any(|e| e.ptr_eq(set)) {
+                continue;
+            }
+            for (method, on) in set.iter() {
+                if !*on || earlier.iter().any(|e| serves(e, method)) {
+                    continue;
+                }
+                let here = sets.iter().filter(|(s, _)| serves(s, method)).map(|(_, n)| n).sum();
+                let app = Served { id, here, total, list: list.as_ref(), old_list };
+                self.update_method(method, &app, next, changes);
+            }
+        }
+        if total == 0 {
+            self.apps.remove(id);
+        }
+    }
+
+    /// Brings the entry of `method` in `next` up to date after a change of
+    /// `app`.
+    fn update_method(&self, method: &str, app: &Served<'_>, next: &mut ServiceIndex, changes: &mut Changes) {
+        let current = next.by_method.get_key_value(method);
+        let key = current.map_or_else(|| Arc::from(method), |(k, _)| Arc::clone(k));
+        // Other apps serving it, as of their last publish: none when the
+        // entry is this app's previous list, else those its nodes belong to.
+        let mut others: Vec<Arc<str>> = Vec::new();
+        if let Some((_, entry)) = current
+            && !app.old_list.is_some_and(|old| old.ptr_eq(entry))
+        {
+            for node in entry.iter() {
+                let other = node.meta.app_id.as_str();
+                if other != &**app.id
+                    && !others.iter().any(|o| &**o == other)
+                    && let Some((other, _)) = self.apps.get_key_value(other)
+                {
+                    others.push(Arc::clone(other));
                 }
             }
         }
-        picked.sort_by_key(|a| a.0);
+        let value = if others.is_empty() {
+            match app.here {
+                0 => None,
+                here if here == app.total => app.list.cloned(),
+                _ => Some(self.nodes_serving(method, std::slice::from_ref(app.id))),
+            }
+        } else if app.here == 0 && others.len() == 1 {
+            let other = &others[0];
+            let (serving, of) = self.apps.get(other).map_or((0, 0), |a| {
+                let serving = a
+                    .keys
+                    .iter()
+                    .filter(|k| self.slots.get(*k).is_some_and(|s| serves(&s.node.methods, method)))
+                    .count();
+                (serving, a.keys.len())
+            });
+            match serving {
+                0 => None,
+                // All of them: share that app's list as it stands in `next`
+                // (if it changes later in this batch, its own update revisits this entry).
+                _ if serving == of => next.by_app.get(&**other).cloned(),
+                _ => Some(self.nodes_serving(method, &others)),
+            }
+        } else {
+            if app.here > 0 {
+                others.push(Arc::clone(app.id));
+            }
+            Some(self.nodes_serving(method, &others))
+        };
+        let unchanged = match (&value, current) {
+            (Some(new), Some((_, old))) => new.ptr_eq(old),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            write(&mut next.by_method, &key, &value);
+            changes.methods.push((key, value));
+        }
+    }
+
+    /// Nodes of `apps` serving `method`, newest first (apps in id order
+    /// among equally recent nodes).
+    fn nodes_serving(&self, method: &str, apps: &[Arc<str>]) -> Nodes {
+        let mut apps = apps.to_vec();
+        apps.sort();
+        let mut picked: Vec<(Reverse<Recency>, Arc<ServiceNode>)> = Vec::new();
+        for app in &apps {
+            let Some(app) = self.apps.get(app) else { continue };
+            for k in &app.keys {
+                if let Some(slot) = self.slots.get(k)
+                    && serves(&slot.node.methods, method)
+                {
+                    picked.push((Reverse(slot.recency), Arc::clone(&slot.node)));
+                }
+            }
+        }
+        if apps.len() > 1 {
+            picked.sort_by_key(|p| p.0);
+        }
         Nodes::from_vec(picked.into_iter().map(|(_, n)| n).collect())
     }
+}
+
+/// A changed app as one of its methods' entries sees it.
+struct Served<'a> {
+    id: &'a Arc<str>,
+    /// Its nodes serving the method.
+    here: usize,
+    /// All its nodes.
+    total: usize,
+    /// Its new list (`None`: no nodes left).
+    list: Option<&'a Nodes>,
+    /// Its list in the current snapshot.
+    old_list: Option<&'a Nodes>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Meta;
+    use std::collections::BTreeMap;
 
     fn node(app: &str, lease: i64, methods: &[&str]) -> ServiceNode {
         ServiceNode {
@@ -382,5 +633,103 @@ mod tests {
         let after = w.publish().expect("changed");
         assert!(before.by_app("a").expect("a").ptr_eq(after.by_app("a").expect("a")));
         assert!(w.publish().is_none(), "nothing changed since");
+    }
+    /// Random upserts and removals over apps sharing methods, checked after
+    /// each publish against a from-scratch computation; earlier snapshots
+    /// must not change.
+    #[test]
+    fn matches_a_rebuild_from_scratch_under_random_changes() {
+        let methods = ["/s.S/A", "/s.S/B", "/s.S/C", "/t.T/A", "/t.T/B"];
+        let mut w = IndexWriter::new();
+        // key → (app, recency, lease)
+        let mut model: BTreeMap<String, (String, Recency, i64)> = BTreeMap::new();
+        type Listing = Vec<(String, Vec<i64>)>;
+        let mut kept: Vec<(Arc<ServiceIndex>, Listing)> = Vec::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut lease = 0;
+        for step in 0..4000u64 {
+            let r = next();
+            let key = format!("k{}", r % 40);
+            if r % 5 == 0 {
+                assert_eq!(w.remove(&key).is_some(), model.remove(&key).is_some());
+            } else {
+                lease += 1;
+                let app = format!("app{}", (r >> 8) % 4);
+                // Mostly the app's own methods (all or some of them), sometimes
+                // a random set of methods other apps serve too.
+                let served: Vec<String> = if (r >> 16) % 4 == 0 {
+                    methods.iter().filter(|_| next() % 3 != 0).map(|m| m.to_string()).collect()
+                } else {
+                    (0..(r >> 20) % 3 + 1).map(|i| format!("/{app}.S/M{i}")).collect()
+                };
+                let served: Vec<&str> = served.iter().map(String::as_str).collect();
+                let recency = Recency { seen_batch: (r >> 24) % 3, registered_at_ms: 0, lease_id: lease };
+                w.upsert(key.as_str(), node(&app, lease, &served), recency);
+                model.insert(key, (app, recency, lease));
+            }
+            if step % 7 != 0 {
+                continue;
+            }
+            let Some(idx) = w.publish() else { continue };
+            let mut want: Vec<(String, Vec<i64>)> = Vec::new();
+            let mut apps: Vec<&String> = model.values().map(|(a, _, _)| a).collect();
+            apps.sort();
+            apps.dedup();
+            let ordered = |app: &str| {
+                let mut v: Vec<(&String, &(String, Recency, i64))> = model.iter().filter(|(_, e)| e.0 == app).collect();
+                v.sort_by(|a, b| (Reverse(a.1.1), a.0).cmp(&(Reverse(b.1.1), b.0)));
+                v
+            };
+            for app in &apps {
+                want.push((format!("app {app}"), ordered(app).iter().map(|(_, e)| e.2).collect()));
+            }
+            let mut all_methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+            all_methods.extend((0..4).flat_map(|a| (0..3).map(move |i| format!("/app{a}.S/M{i}"))));
+            all_methods.sort();
+            for m in &all_methods {
+                let mut picked = Vec::new();
+                for app in &apps {
+                    for (k, e) in ordered(app) {
+                        if w.get(k).is_some_and(|n| n.serves(m)) {
+                            picked.push((Reverse(e.1), e.2));
+                        }
+                    }
+                }
+                picked.sort_by_key(|p| p.0);
+                if !picked.is_empty() {
+                    want.push((format!("method {m}"), picked.into_iter().map(|p| p.1).collect()));
+                }
+            }
+            let got = |idx: &ServiceIndex| {
+                let mut got = Vec::new();
+                for app in idx.apps() {
+                    got.push((format!("app {app}"), leases(idx.by_app(&app))));
+                }
+                for m in idx.methods() {
+                    got.push((format!("method {m}"), leases(idx.by_method(&m))));
+                }
+                got
+            };
+            assert_eq!(got(&idx), want, "step {step}");
+            assert_eq!(idx.len(), model.len());
+            // Hold some snapshots (the writer must then copy), let go of others
+            // (it recycles them).
+            if step % 3 == 0 {
+                kept.push((idx, want));
+            }
+            for (old, want) in &kept {
+                assert_eq!(&got(old), want, "an earlier snapshot changed");
+            }
+            if kept.len() > 20 {
+                kept.remove(0);
+            }
+        }
+        assert!(w.recycled > 100, "recycled {} times", w.recycled);
     }
 }
