@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
-use crate::env::Unavailable;
+use crate::Unavailable;
 
 /// Which server a backend instance uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

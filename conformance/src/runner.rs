@@ -1,10 +1,12 @@
-//! [`Runner`]: turns backends × scenarios into a libtest-mimic run.
+//! [`Runner`]: turns backends × scenarios, and a crate's own tests that need
+//! a server, into one libtest-mimic run with one skip rule.
 //!
 //! One tokio runtime serves the whole run (clients keep connections on the
 //! runtime that made them), the shared server of each backend is started once
 //! and stopped at the end, and each scenario that stops the server gets a
 //! server of its own.
 
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -13,9 +15,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use tokio::runtime::Runtime;
 use tokio::sync::OnceCell;
 
-use crate::env::{Unavailable, required};
 use crate::scenarios::{self, Needs};
 use crate::{Backend, ServerUse};
+use crate::{Unavailable, required};
 
 /// Default parallelism: scenarios mostly wait on timers and servers.
 const DEFAULT_THREADS: usize = 8;
@@ -29,11 +31,12 @@ fn runtime() -> &'static Runtime {
 
 type Cleanup = Box<dyn FnOnce() + Send>;
 
-/// Collects suites and runs them.
+/// Collects suites and tests and runs them.
 #[derive(Default)]
 pub struct Runner {
     trials: Vec<Trial>,
     cleanups: Vec<Cleanup>,
+    has_suite: bool,
 }
 
 impl Runner {
@@ -47,8 +50,42 @@ impl Runner {
         Self::default()
     }
 
+    /// Adds one of a crate's own tests (not a shared scenario). `body` runs on
+    /// a tokio runtime of its own; an `Err` or a panic fails the test.
+    ///
+    /// `available` is the answer of the cheap check for what the test needs,
+    /// e.g. `registry_testenv::etcd::available()` (`Ok(())` for a test that
+    /// needs nothing). When it is an error, the test is reported as ignored
+    /// with the reason — or, under `REGISTRY_TEST_REQUIRE=1`, fails with it.
+    pub fn test<F, Fut>(mut self, name: impl Into<String>, available: Result<(), Unavailable>, body: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + 'static,
+    {
+        let name = name.into();
+        let trial = match available.err().map(|e| e.to_string()) {
+            Some(reason) if required() => Trial::test(name, move || {
+                Err(Failed::from(format!("server unavailable and REGISTRY_TEST_REQUIRE=1: {reason}")))
+            }),
+            Some(reason) => {
+                eprintln!("SKIPPING {name}: {reason} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
+                Trial::test(name, || Ok(())).with_ignored_flag(true).with_kind(format!("no server: {reason}"))
+            }
+            None => Trial::test(name, move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+                runtime.block_on(body()).map_err(|e| Failed::from(format!("{e:#}")))
+            }),
+        };
+        self.trials.push(trial);
+        self
+    }
+
     /// Adds every scenario for backend `B`, named `<name>::<scenario>`.
     pub fn suite<B: Backend>(mut self, name: &'static str) -> Self {
+        self.has_suite = true;
         let shared: Arc<OnceCell<Result<Arc<B>, String>>> = Arc::new(OnceCell::new());
         // Without REGISTRY_TEST_REQUIRE=1 a backend with no server is reported
         // as ignored, with the reason, and announced on stderr.
@@ -129,7 +166,9 @@ impl Runner {
     /// Runs with explicit libtest arguments (for tools that parse their own
     /// command line, like `registryctl conformance`).
     pub fn run_with(self, mut args: Arguments) -> ExitCode {
-        if args.test_threads.is_none() {
+        // A crate's own tests keep libtest's default (one per core): many of
+        // them stop servers or measure failover times.
+        if args.test_threads.is_none() && self.has_suite {
             args.test_threads = Some(DEFAULT_THREADS);
         }
         let conclusion = libtest_mimic::run(&args, self.trials);

@@ -1,5 +1,5 @@
 //! Fault scenarios on a real Consul cluster — 3 servers, 2 client agents
-//! ([`conformance::env::consul_cluster`]) — through the real library: core's
+//! ([`registry_testenv::consul_cluster`]) — through the real library: core's
 //! `Registrar` and `Discoverer` over `ConsulStore`, with the library's
 //! default client settings (request 5 s, blocking wait 60 s) and the suite's
 //! TTL of 2 s. As in production, services register through client agent
@@ -41,13 +41,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conformance::env::consul_cluster::ConsulCluster;
-use conformance::env::faults::{self, FaultTest, Fleet, LookupLoop, Need, Probe, leases_of, print_figures, secs};
-use conformance::env::partition::Partition;
 use conformance::fixtures::{TTL, conf, eventually, unique};
 use registry_consul::{ConsulConfig, ConsulStore};
 use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Discovery};
+use registry_testenv::consul_cluster::ConsulCluster;
+use registry_testenv::faults::{self, FaultTest, Fleet, LookupLoop, Need, Probe, leases_of, print_figures, secs};
+use registry_testenv::partition::Partition;
 
 /// How soon the instances of a killed client agent leave discovery: Consul
 /// learns of the crash by gossip (a failed probe, then the suspicion

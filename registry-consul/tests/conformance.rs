@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use async_trait::async_trait;
-use conformance::env::consul::{self, ConsulServer};
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
+use registry_testenv::consul::{self, ConsulServer};
 use tokio::sync::Mutex;
 
 /// A Consul agent and a store connected to it.
@@ -46,7 +46,7 @@ impl Backend for Consul {
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        conformance::env::binary("consul").map(|_| ())
+        registry_testenv::binary("consul").map(|_| ())
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {

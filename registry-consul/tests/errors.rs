@@ -8,21 +8,21 @@
 
 use std::time::Duration;
 
-use conformance::env::consul::{self, ConsulServer};
-use conformance::env::{free_port, required};
 use conformance::fixtures::{
     PROPAGATION, TTL, conf, eventually, eventually_async, leases_for, meta, method, node, unique,
 };
 use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar};
+use registry_testenv::consul::{self, ConsulServer};
+use registry_testenv::{free_port, required};
 
 const MASTER_TOKEN: &str = "master-token-3b9e0c1d";
 const WRONG_TOKEN: &str = "wrong-token-5f0e1c2d";
 
 /// Whether a local agent can be started; announces a skip.
 fn local_agent_available() -> bool {
-    match consul::available().and_then(|()| conformance::env::binary("consul").map(drop)) {
+    match consul::available().and_then(|()| registry_testenv::binary("consul").map(drop)) {
         Ok(()) => true,
         Err(e) if required() => panic!("consul required (REGISTRY_TEST_REQUIRE=1): {e}"),
         Err(e) => {

@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use conformance::env::consul::{self, ConsulServer};
-use conformance::env::required;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, unique};
 use conformance::interop::{
     CONSUL_HEALTH_SERVICE, GoServiceNode, consul_agent_services, go_consul_read, same_fields, usable_by_go,
 };
+use conformance::required;
 use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, GrpcServices, Network, Register, Registrar, ServiceNode};
+use registry_testenv::consul::{self, ConsulServer};
 use serde_json::Value;
 
 /// Skips (loudly) or fails, as `REGISTRY_TEST_REQUIRE` says, when there is no agent.

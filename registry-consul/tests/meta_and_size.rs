@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use conformance::env::consul::{self, ConsulServer};
-use conformance::env::required;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, unique};
+use conformance::required;
 use registry_consul::{ConsulConfig, ConsulStore, KV_VALUE_LIMIT, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar, ServiceNode};
+use registry_testenv::consul::{self, ConsulServer};
 
 /// The agent, or `None` (announced) when there is none and none is required.
 async fn agent() -> Option<ConsulServer> {

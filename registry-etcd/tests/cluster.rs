@@ -1,5 +1,5 @@
 //! Fault scenarios on a real 3-member etcd cluster
-//! ([`conformance::env::etcd_cluster`]), through the real library: core's
+//! ([`registry_testenv::etcd_cluster`]), through the real library: core's
 //! `Registrar` and `Discoverer` over `EtcdStore`, with the library's default
 //! client settings (connect 3 s, request 5 s, HTTP/2 keepalive 10 s + 5 s)
 //! and the suite's TTL of 2 s.
@@ -30,12 +30,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conformance::env::etcd_cluster::EtcdCluster;
-use conformance::env::faults::{self, FaultTest, Fleet, LookupLoop, Need, Probe, leases_of, print_figures, secs};
 use conformance::fixtures::{TTL, conf, eventually, unique};
 use registry_core::store::Store;
 use registry_core::{Discoverer, Discovery};
 use registry_etcd::{EtcdConfig, EtcdStore};
+use registry_testenv::etcd_cluster::EtcdCluster;
+use registry_testenv::faults::{self, FaultTest, Fleet, LookupLoop, Need, Probe, leases_of, print_figures, secs};
 
 /// The bound within which a discoverer whose watch's member is silently
 /// partitioned sees a change again. The watch asks for progress after 2 s

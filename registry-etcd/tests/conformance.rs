@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::env::etcd::{self, EtcdServer};
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_etcd::{EtcdConfig, EtcdStore};
+use registry_testenv::etcd::{self, EtcdServer};
 use tokio::sync::Mutex;
 
 /// An etcd server and a store connected to it.
@@ -31,7 +31,7 @@ impl Backend for Etcd {
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        conformance::env::binary("etcd").map(|_| ())
+        registry_testenv::binary("etcd").map(|_| ())
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {

@@ -7,12 +7,12 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use conformance::env::free_port;
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
 use etcd_client::{Permission, PutOptions};
 use registry_core::store::{ListWatch, Scope};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore};
+use registry_testenv::free_port;
 use support::{Needs, Test, conf, config, local_etcd, raw_client, store};
 
 /// The request timeout of the unreachable-endpoint tests.
@@ -116,7 +116,7 @@ async fn config_debug_hides_the_password() -> anyhow::Result<()> {
 
 /// A local etcd with auth on: user `root` (password `root-pw`, role root)
 /// and user `reader` (password `reader-pw`), who may only read `readonly/`.
-async fn etcd_with_auth() -> anyhow::Result<conformance::env::etcd::EtcdServer> {
+async fn etcd_with_auth() -> anyhow::Result<registry_testenv::etcd::EtcdServer> {
     let server = local_etcd().await?;
     let mut admin = raw_client(&server).await?;
     admin.user_add("root", "root-pw", None).await?;

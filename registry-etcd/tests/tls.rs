@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use conformance::env::etcd::{EtcdServer, ServerTls};
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore, EtcdTls};
+use registry_testenv::etcd::{EtcdServer, ServerTls};
 use support::{Needs, Test, conf};
 
 /// A CA, and PEM files signed by it, in a temp dir.

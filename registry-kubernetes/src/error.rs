@@ -208,14 +208,14 @@ mod tests {
     /// What a real API server answers to an object over its limit, mapped.
     #[tokio::test]
     async fn api_server_size_errors_report_the_limit_of_their_object() {
-        use conformance::env::kube::KubeServer;
         use k8s_openapi::api::coordination::v1::Lease;
         use k8s_openapi::api::core::v1::{ConfigMap, Pod};
         use kube::Api;
         use kube::api::PostParams;
+        use registry_testenv::kube::KubeServer;
 
         if let Err(e) = KubeServer::available() {
-            assert!(!conformance::env::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
+            assert!(!conformance::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
             eprintln!("SKIPPING: {e}");
             return;
         }

@@ -31,7 +31,7 @@
 //!
 //! `tests/conformance.rs` runs the shared conformance suite once per mode
 //! against a real kube-apiserver + etcd started on loopback
-//! (`conformance::env::kube::KubeServer`; binaries from
+//! (`registry_testenv::kube::KubeServer`; binaries from
 //! `scripts/install-test-servers.sh`); `tests/rbac.rs` checks each mode with
 //! exactly its Role; `tests/errors.rs` the typed errors; `tests/scale.rs`
 //! (ignored by default) 2,000 Leases and 100 concurrent ConfigMap writers.

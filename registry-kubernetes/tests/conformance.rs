@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::env::kube::KubeServer;
 use conformance::fixtures::unique;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,6 +29,7 @@ use kube::{Api, ResourceExt};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Register, Registrar, ServiceConf, ServiceNode};
 use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode, Names, configmap_name};
+use registry_testenv::kube::KubeServer;
 
 /// A storage mode, as a type.
 trait StorageMode: Send + Sync + 'static {
@@ -91,7 +91,7 @@ impl<M: StorageMode> Backend for Kube<M> {
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        conformance::env::binary("kube-apiserver").map(|_| ())
+        registry_testenv::binary("kube-apiserver").map(|_| ())
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {

@@ -5,11 +5,11 @@
 
 mod support;
 
-use conformance::env::kube::KubeServer;
-use conformance::env::{free_port, required};
 use conformance::fixtures::{conf, meta, unique};
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar, ServiceNode};
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, MAX_CONFIGMAP_BYTES, Mode};
+use registry_testenv::kube::KubeServer;
+use registry_testenv::{free_port, required};
 
 /// A kubeconfig for a loopback port where nothing listens.
 fn unreachable_kubeconfig() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -14,7 +14,6 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Context;
-use conformance::env::kube::KubeServer;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, method_absent, node, unique};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -22,6 +21,7 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
+use registry_testenv::kube::KubeServer;
 
 /// Applies `deploy/rbac/<mode>.yaml` in `namespace`, bound to ServiceAccount `account`.
 async fn apply_manifest(server: &KubeServer, mode: Mode, namespace: &str, account: &str) -> anyhow::Result<()> {

@@ -11,8 +11,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use conformance::env::free_port;
-use conformance::env::kube::KubeServer;
 use conformance::fixtures::{PROPAGATION, TTL, conf, eventually, meta, node, unique};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,6 +20,8 @@ use kube::api::ListParams;
 use registry_core::store::{RawRecord, Scope, Store, StoreEvent};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar, ServiceNode};
 use registry_kubernetes::{DEFAULT_PREFIX, KubernetesConfig, KubernetesStore, Mode, Names, configmap_name};
+use registry_testenv::free_port;
+use registry_testenv::kube::KubeServer;
 use tokio::task::JoinHandle;
 
 /// Where one test's records live (each test runs its own server: a client

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use conformance::env::etcd::EtcdServer;
-use conformance::env::kube::KubeServer;
 use registry::store::Scope;
 use registry::{Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery};
+use registry_testenv::etcd::EtcdServer;
+use registry_testenv::kube::KubeServer;
 
 const METHOD: &str = "/shop.v1.Orders/Get";
 
@@ -62,12 +62,12 @@ fn count(d: &dyn Discovery) -> usize {
 async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
     let etcd = match EtcdServer::start().await {
         Ok(s) => s,
-        Err(e) if !conformance::env::required() => return eprintln!("SKIPPED: etcd unavailable: {e}"),
+        Err(e) if !conformance::required() => return eprintln!("SKIPPED: etcd unavailable: {e}"),
         Err(e) => panic!("etcd unavailable (REGISTRY_TEST_REQUIRE=1): {e}"),
     };
     let kube = match KubeServer::start().await {
         Ok(s) => s,
-        Err(e) if !conformance::env::required() => return eprintln!("SKIPPED: kube-apiserver unavailable: {e}"),
+        Err(e) if !conformance::required() => return eprintln!("SKIPPED: kube-apiserver unavailable: {e}"),
         Err(e) => panic!("kube-apiserver unavailable (REGISTRY_TEST_REQUIRE=1): {e}"),
     };
     let namespace = format!("migrate-{:x}", std::process::id());

@@ -13,11 +13,11 @@ use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use clap::Args;
-use conformance::env::kube::KubeServer;
 use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
 use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
+use registry_testenv::kube::KubeServer;
 
 use registry::options::redact;
 

@@ -6,8 +6,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use conformance::env::kube::KubeServer;
 use registry::{Meta, Register, Registry, ServiceConf};
+use registry_testenv::kube::KubeServer;
 
 /// A backend's URL, and whatever keeps its local server alive.
 pub struct Target {
@@ -76,12 +76,12 @@ pub async fn resolve(backend: &str, url: Option<String>) -> anyhow::Result<Targe
     match backend {
         "memory" => Ok(Target::url("memory://bench".into())),
         "etcd" => {
-            let server = conformance::env::etcd::EtcdServer::start().await?;
+            let server = registry_testenv::etcd::EtcdServer::start().await?;
             let url = format!("etcd://{}", server.endpoints().join(","));
             Ok(Target::new(url, Some(Box::new(server)), None, false))
         }
         "consul" => {
-            let server = conformance::env::consul::ConsulServer::start().await?;
+            let server = registry_testenv::consul::ConsulServer::start().await?;
             let host = server.address().trim_start_matches("http://").to_owned();
             let url = match server.token() {
                 Some(token) => format!("consul://{token}@{host}"),

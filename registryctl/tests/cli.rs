@@ -4,17 +4,17 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use conformance::env::consul::ConsulServer;
-use conformance::env::etcd::EtcdServer;
-use conformance::env::kube::KubeServer;
 use registry::{GrpcServices, Meta, ServiceConf};
+use registry_testenv::consul::ConsulServer;
+use registry_testenv::etcd::EtcdServer;
+use registry_testenv::kube::KubeServer;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_registryctl");
 
 fn skip_or_fail(what: &str, e: impl std::fmt::Display) {
-    assert!(!conformance::env::required(), "{what} unavailable (REGISTRY_TEST_REQUIRE=1): {e}");
+    assert!(!conformance::required(), "{what} unavailable (REGISTRY_TEST_REQUIRE=1): {e}");
     eprintln!("SKIPPED: {what} unavailable: {e}");
 }
 

@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use conformance::env::etcd::{self, EtcdServer};
-use conformance::env::required;
+use conformance::required;
 use libtest_mimic::{Arguments, Failed, Trial};
 use registry_core::ServiceConf;
 use registry_etcd::{EtcdConfig, EtcdStore};
+use registry_testenv::etcd::{self, EtcdServer};
 
 /// A test's body.
 pub type TestFn = fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;

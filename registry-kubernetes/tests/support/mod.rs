@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use conformance::env::kube::KubeServer;
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
+use registry_testenv::kube::KubeServer;
 
 /// The test server, or `None` (a loud skip) when it is not installed and
 /// `REGISTRY_TEST_REQUIRE` is unset.
 pub async fn server() -> Option<KubeServer> {
     if let Err(e) = KubeServer::available() {
-        assert!(!conformance::env::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
+        assert!(!conformance::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
         eprintln!("SKIPPING: {e}");
         return None;
     }

@@ -1,4 +1,4 @@
-//! The single-node Kubernetes test cluster ([`conformance::env::kube_node`]):
+//! The single-node Kubernetes test cluster ([`registry_testenv::kube_node`]):
 //! it starts, runs a busybox Pod with an exec readiness probe to Running and
 //! Ready, and once dropped leaves no process, mount, cgroup, network link or
 //! `/var/log/containers` link behind.
@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use conformance::env::kube_node::{self, BUSYBOX_IMAGE, KubeNode};
-use conformance::env::required;
+use conformance::required;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{LogParams, PostParams};
 use libtest_mimic::{Arguments, Failed, Trial};
+use registry_testenv::kube_node::{self, BUSYBOX_IMAGE, KubeNode};
 
 const POD: &str = "probe-demo";
 

@@ -1527,7 +1527,7 @@ pub fn docker_archive(
         "created": "1970-01-01T00:00:00Z",
         "config": { "Env": ["PATH=/bin"], "Entrypoint": entrypoint, "Cmd": cmd, "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{digest}")] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "conformance::env::kube_node" }],
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "registry_testenv::kube_node" }],
     });
     fs::write(work.join("config.json"), serde_json::to_vec(&config)?)?;
     let manifest = serde_json::json!([{ "Config": "config.json", "RepoTags": [tag], "Layers": ["l/layer.tar"] }]);

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU32;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use conformance::Runner;
 use registry_core::store::Store;
 use registry_core::{Discovery, Register, Registrar, RetryHooks};
 use tokio::task::JoinHandle;
 
-use super::{Unavailable, consul_cluster, etcd_cluster, member, partition, required};
-use crate::fixtures::{conf, meta, method, node};
+use super::{Unavailable, consul_cluster, etcd_cluster, member, partition};
+use conformance::fixtures::{conf, meta, method, node};
 
 /// How often the lookup loop asks discovery (as the migration test does).
 pub const LOOKUP_EVERY: Duration = Duration::from_millis(10);
@@ -69,9 +69,9 @@ pub struct FaultTest {
     pub run: FaultFn,
 }
 
-/// Runs `tests` with libtest-mimic's command line and returns the exit code.
+/// Runs `tests` through the conformance runner (the workspace's one skip
+/// rule) with libtest-mimic's command line and returns the exit code.
 pub fn run(tests: Vec<FaultTest>) -> ExitCode {
-    let args = Arguments::from_args();
     // Faults make the library warn on every retry; `RUST_LOG=warn` (or
     // `registry_etcd=debug`, …) shows what happened during one.
     let _ = tracing_subscriber::fmt()
@@ -79,30 +79,13 @@ pub fn run(tests: Vec<FaultTest>) -> ExitCode {
         .with_ansi(false)
         .with_test_writer()
         .try_init();
-    let trials = tests
+    tests
         .into_iter()
-        .map(|test| {
-            let missing = test.needs.iter().find_map(|need| need.check().err().map(|e| e.to_string()));
-            let body = test.run;
-            match missing {
-                Some(reason) if !required() => {
-                    eprintln!("SKIPPING {}: {reason} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)", test.name);
-                    Trial::test(test.name, || Ok(()))
-                        .with_ignored_flag(true)
-                        .with_kind(format!("unavailable: {reason}"))
-                }
-                Some(reason) => Trial::test(test.name, move || Err(Failed::from(reason))),
-                None => Trial::test(test.name, move || {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-                    runtime.block_on(body()).map_err(|e| Failed::from(format!("{e:#}")))
-                }),
-            }
+        .fold(Runner::new(), |runner, test| {
+            let available = test.needs.iter().try_for_each(|need| need.check());
+            runner.test(test.name, available, test.run)
         })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+        .run()
 }
 
 /// What the lookup loop saw.

@@ -1,4 +1,4 @@
-//! The partition guard itself ([`conformance::env::partition`]), on real
+//! The partition guard itself ([`registry_testenv::partition`]), on real
 //! nftables: a cut drops packets silently (a connect times out, it is not
 //! refused), healing restores the path, and the table goes away when the
 //! guard is dropped — also when the test panics — and after the bound when
@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use conformance::env::faults::{self, FaultTest, Need};
-use conformance::env::partition::{Cut, Partition, leftover_tables};
+use registry_testenv::faults::{self, FaultTest, Need};
+use registry_testenv::partition::{Cut, Partition, leftover_tables};
 use tokio::net::{TcpListener, TcpStream};
 
 fn main() -> ExitCode {

@@ -1,4 +1,13 @@
-//! The test environment: real servers on loopback, or the user's own.
+//! The test environment of the `registry` workspace: real servers on
+//! loopback, or the user's own — single etcd, Consul and kube-apiserver
+//! servers, a 3-member etcd cluster, a Consul cluster of servers and client
+//! agents, silent network partitions with nftables, and a real single-node
+//! Kubernetes cluster (kubelet, controllers, containerd).
+//!
+//! The scenarios and the runner that use these servers live in the
+//! `conformance` crate, which depends on no server; a backend's test glue
+//! depends on both. Not published: it starts processes, writes nftables
+//! rules and (for the Kubernetes node) needs root.
 //!
 //! Server binaries live in `${REGISTRY_TESTENV:-$HOME/.cache/registry-testenv}/bin`
 //! (put there by `scripts/install-test-servers.sh`). Each server module
@@ -8,6 +17,11 @@
 //!
 //! With `REGISTRY_TEST_REQUIRE=1` a missing server is a failure; without it
 //! the suite reports the backend's scenarios as ignored, loudly, with the reason.
+
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
+// Test-support code: a failed expectation is reported through `anyhow` or a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod consul;
 pub mod consul_cluster;
@@ -23,29 +37,7 @@ pub mod process;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-/// Why a server is not available.
-#[derive(Debug, thiserror::Error)]
-pub enum Unavailable {
-    /// The binary is not installed.
-    #[error("`{binary}` not found at {path} (run scripts/install-test-servers.sh)")]
-    MissingBinary {
-        /// Binary name.
-        binary: String,
-        /// Where it was looked for.
-        path: PathBuf,
-    },
-    /// What a scenario needs cannot be had here (e.g. stopping a server given by URL).
-    #[error("{0}")]
-    NotApplicable(String),
-    /// The server did not start.
-    #[error("{server} did not start: {reason}")]
-    StartFailed {
-        /// Server name.
-        server: String,
-        /// Why (including the tail of its log).
-        reason: String,
-    },
-}
+pub use conformance::{Unavailable, required};
 
 /// Root of the test-server cache.
 pub fn testenv_dir() -> PathBuf {
@@ -60,11 +52,6 @@ pub fn testenv_dir() -> PathBuf {
 pub fn binary(name: &str) -> Result<PathBuf, Unavailable> {
     let path = testenv_dir().join("bin").join(name);
     if path.is_file() { Ok(path) } else { Err(Unavailable::MissingBinary { binary: name.to_owned(), path }) }
-}
-
-/// True when `REGISTRY_TEST_REQUIRE=1`: a missing server fails the run.
-pub fn required() -> bool {
-    std::env::var("REGISTRY_TEST_REQUIRE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; servers bind it right after).
