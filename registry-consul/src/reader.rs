@@ -22,6 +22,20 @@ use crate::store::ConsulStore;
 /// misbehaving index can never turn the watch into a busy loop.
 const IDLE_ROUND: Duration = Duration::from_millis(50);
 
+/// How long the blocking queries may go without an answer before the reader
+/// probes the agent (`GET /v1/status/leader`, which the agent answers through
+/// its servers). A blocking query waits for a change for up to its `wait`
+/// (60 s by default), so its silence alone says nothing: an agent that went
+/// silent (packets dropped, no reset) would leave discovery waiting
+/// wait + wait/16 + request timeout (68.75 s) before noticing. The probe
+/// answers in milliseconds when the agent and its servers are reachable (a
+/// confirmation that the view is current); when it fails, or does not
+/// answer within the request timeout, the watch ends with that error, core
+/// reports the source unhealthy and resumes (a fresh read) with its backoff.
+/// So a silent agent is detected within this plus the request timeout (7 s
+/// with the defaults).
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+
 /// The indexes of both halves of a view: the reader's resume point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Indexes {
@@ -60,6 +74,17 @@ impl ReaderShared {
         Ok(View { health, kv, at: Indexes { health: health_index, kv: kv_index } })
     }
 
+    /// Whether the agent answers, through its servers, within the request
+    /// timeout: `GET /v1/status/leader` (no ACL needed), an error when it
+    /// fails, times out or names no leader (no read can be current then).
+    async fn probe(&self) -> Result<()> {
+        let leader = self.client.agent.leader().await?;
+        if leader.is_empty() {
+            return Err(registry_core::Error::unavailable(KIND, "the agent knows no cluster leader"));
+        }
+        Ok(())
+    }
+
     /// A listing of `view`, resumable from its indexes.
     fn listing(&self, view: &View) -> Listing<Indexes> {
         let (records, malformed) = join(&self.scope, &self.prefix, &view.health, &view.kv);
@@ -88,12 +113,19 @@ impl ListWatch for ConsulReader {
         let stream = futures::stream::unfold(Some(watch), |state| async move {
             let mut watch = state?;
             match watch.next().await {
-                Ok(listing) => Some((Ok(WatchUpdate::Replace(listing)), Some(watch))),
+                Ok(update) => Some((Ok(update), Some(watch))),
                 // Core backs off and calls `watch` again; this stream ends.
                 Err(e) => Some((Err(e), None)),
             }
         });
         Ok(stream.boxed())
+    }
+
+    /// A healthy watch confirms within [`PROBE_AFTER`] (an answer or a
+    /// probe); a probe that does not answer ends it within the request
+    /// timeout after that.
+    fn max_silence(&self) -> Option<Duration> {
+        Some(PROBE_AFTER + self.shared.client.config.request_timeout)
     }
 }
 
@@ -142,8 +174,11 @@ impl Watch {
         })
     }
 
-    /// The next changed listing.
-    async fn next(&mut self) -> Result<Listing<Indexes>> {
+    /// The next changed listing ([`WatchUpdate::Replace`]), or a
+    /// confirmation that nothing changed ([`WatchUpdate::Progress`]: a
+    /// blocking round that answered unchanged, or a probe the agent
+    /// answered; see [`PROBE_AFTER`]).
+    async fn next(&mut self) -> Result<WatchUpdate<Indexes>> {
         let shared = Arc::clone(&self.shared);
         loop {
             let Some(at) = self.view.as_ref().map(|v| v.at) else {
@@ -153,10 +188,10 @@ impl Watch {
                 let unchanged = self.known.take() == Some(view.at);
                 let listing = (!unchanged).then(|| shared.listing(&view));
                 self.view = Some(view);
-                match listing {
-                    Some(listing) => return Ok(listing),
-                    None => continue,
-                }
+                return Ok(match listing {
+                    Some(listing) => WatchUpdate::Replace(listing),
+                    None => WatchUpdate::Progress,
+                });
             };
             if self.health.is_none() {
                 self.health = Some(self.block_health(at.health));
@@ -165,10 +200,16 @@ impl Watch {
                 self.kv = Some(self.block_kv(at.kv));
             }
             let started = Instant::now();
+            let probe = async {
+                tokio::time::sleep(PROBE_AFTER).await;
+                shared.probe().await
+            };
             let answer = match (self.health.as_mut(), self.kv.as_mut()) {
                 (Some(health), Some(kv)) => tokio::select! {
                     answer = health => answer.map(|(entries, index)| HalfAnswer::Health(entries, index)),
                     answer = kv => answer.map(|(entries, index)| HalfAnswer::Kv(entries, index)),
+                    // The blocking queries stay in flight across the probe.
+                    probed = probe => return probed.map(|()| WatchUpdate::Progress),
                 },
                 // Both were set just above.
                 _ => continue,
@@ -208,10 +249,12 @@ impl Watch {
                 }
             };
             if changed {
-                return Ok(shared.listing(view));
+                return Ok(WatchUpdate::Replace(shared.listing(view)));
             }
-            // The wait ran out, or something outside our entries moved the index.
+            // The wait ran out, or something outside our entries moved the
+            // index: the view is confirmed current.
             pace(started).await;
+            return Ok(WatchUpdate::Progress);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`ServiceConf`]: defaults applied in one place, and validation that names
 //! the offending field.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{DEFAULT_WEIGHT, Error, Kernel, Network, Result};
@@ -21,6 +22,92 @@ pub const DEFAULT_MAX_RETRY: u32 = 60;
 /// (`firefly-main-network`, as its records show).
 pub const DEFAULT_NETWORK_SN: &str = "firefly-main-network";
 
+/// How long an empty listing must stand, on a healthy stream, before it may
+/// replace a non-empty view ([`EmptyProtection::ConfirmFor`], the default).
+pub const DEFAULT_EMPTY_CONFIRM: Duration = Duration::from_secs(30);
+
+/// Empty-set protection: what a discoverer does when a full listing (a
+/// first listing, a relist after a break, a Consul blocking answer) comes
+/// back empty while its view holds nodes.
+///
+/// A listing that *fails* never changes the view, whatever this says. Nodes
+/// leaving one by one (deletes, expiry) are not listings and always apply;
+/// so does a listing that is not empty. Only the jump from "some nodes" to
+/// "no node at all" by one listing is guarded, because that is what a fault
+/// produces (an agent restarted with empty state, a store restored from the
+/// wrong backup, a relist against a member that lost its data), and an
+/// empty view fails every call where a stale one fails none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EmptyProtection {
+    /// Apply empty listings at once (no protection).
+    Off,
+    /// Keep the last view (reported stale, see
+    /// [`SourceHealth::empty_held`](crate::SourceHealth::empty_held)) until
+    /// the store has answered "empty" for this long on a healthy stream;
+    /// then apply it. Any change in the meantime (a node appears) ends the
+    /// hold at once, with the store's view. A break of the stream restarts
+    /// the clock. The default, with [`DEFAULT_EMPTY_CONFIRM`].
+    ConfirmFor(Duration),
+    /// Never let a listing empty a non-empty view (Nacos' push-empty
+    /// protection): the last view stays, reported stale, until the store
+    /// lists a node again. Nodes still leave one by one by delete or expiry.
+    Always,
+}
+
+impl Default for EmptyProtection {
+    fn default() -> Self {
+        EmptyProtection::ConfirmFor(DEFAULT_EMPTY_CONFIRM)
+    }
+}
+
+/// Discovery-only settings (a [`crate::Discoverer`] reads them from
+/// [`ServiceConf::discovery`]; registrars ignore them).
+///
+/// - `empty_protection`: [`EmptyProtection::default`] (hold an empty
+///   listing for [`DEFAULT_EMPTY_CONFIRM`]);
+/// - `snapshot`: `None`. With a path, the discoverer loads its last-known-good
+///   view from that file when it starts (served, marked stale, until the
+///   backend answers) and saves its view there while the backend is healthy
+///   (atomically: a temporary file in the same directory, then a rename; at
+///   most once per [`crate::snapshot::SAVE_EVERY`]). A missing file is
+///   normal; a corrupted or foreign one is reported
+///   ([`SourceHealth::snapshot_error`](crate::SourceHealth::snapshot_error))
+///   and ignored;
+/// - `stale_after`: `None`: a source is stale after the silence its reader
+///   states ([`crate::store::StoreReader::max_silence`]); set it to report
+///   staleness later (or for readers that state none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryOptions {
+    /// Empty-set protection rule.
+    pub empty_protection: EmptyProtection,
+    /// Last-known-good snapshot file.
+    pub snapshot: Option<PathBuf>,
+    /// Silence after which a source counts as stale (overrides the reader's bound).
+    pub stale_after: Option<Duration>,
+}
+
+impl DiscoveryOptions {
+    /// Sets the empty-set protection rule.
+    pub fn with_empty_protection(mut self, rule: EmptyProtection) -> Self {
+        self.empty_protection = rule;
+        self
+    }
+
+    /// Sets the last-known-good snapshot file.
+    pub fn with_snapshot(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot = Some(path.into());
+        self
+    }
+
+    /// Sets the silence after which a source counts as stale.
+    pub fn with_stale_after(mut self, after: Duration) -> Self {
+        self.stale_after = Some(after);
+        self
+    }
+}
+
 /// Registration and discovery settings shared by every backend.
 ///
 /// Build with [`ServiceConf::default`] and the `with_*` methods; every default
@@ -32,7 +119,8 @@ pub const DEFAULT_NETWORK_SN: &str = "firefly-main-network";
 /// - `kernel`: language `rust`, version of this crate;
 /// - `network.internal`: the host's first non-loopback IPv4 address when
 ///   empty; `network.sn`: [`DEFAULT_NETWORK_SN`];
-/// - `weight`: [`DEFAULT_WEIGHT`].
+/// - `weight`: [`DEFAULT_WEIGHT`];
+/// - `discovery`: [`DiscoveryOptions::default`] (discoverers only).
 ///
 /// Names (namespace, env, app id) are checked by the backend a registrar or
 /// discoverer is built on ([`crate::store::Store::validate`]): etcd, Consul
@@ -57,6 +145,8 @@ pub struct ServiceConf {
     /// Relative share of calls weighted balancers send to this instance,
     /// written into the node's `weight`.
     pub weight: i64,
+    /// Discovery-only settings: empty-set protection, snapshot, staleness.
+    pub discovery: DiscoveryOptions,
 }
 
 impl Default for ServiceConf {
@@ -69,6 +159,7 @@ impl Default for ServiceConf {
             ttl: DEFAULT_TTL,
             ttl_floor: DEFAULT_TTL,
             weight: DEFAULT_WEIGHT,
+            discovery: DiscoveryOptions::default(),
         }
     }
 }
@@ -110,6 +201,12 @@ impl ServiceConf {
         self
     }
 
+    /// Sets the discovery-only settings.
+    pub fn with_discovery(mut self, discovery: DiscoveryOptions) -> Self {
+        self.discovery = discovery;
+        self
+    }
+
     /// Sets the kernel description.
     pub fn with_kernel(mut self, kernel: Kernel) -> Self {
         self.kernel = kernel;
@@ -137,6 +234,12 @@ impl ServiceConf {
         }
         if self.weight < 0 {
             return Err(Error::invalid("conf.weight", format!("{} is negative", self.weight)));
+        }
+        if self.discovery.stale_after.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid("conf.discovery.stale_after", "must be positive"));
+        }
+        if self.discovery.snapshot.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(Error::invalid("conf.discovery.snapshot", "empty path"));
         }
         if self.kernel.language.is_empty() {
             self.kernel.language = "rust".to_owned();

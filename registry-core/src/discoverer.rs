@@ -7,6 +7,13 @@
 //! batch through an `ArcSwap`, and fans out [`DiscoveryEvent`]s. Readers
 //! never take a lock.
 //!
+//! The same task keeps the source's health ([`Discovery::health`]): when the
+//! store last confirmed the view, whether the change stream is healthy, how
+//! often it was re-established; it holds back an empty listing that would
+//! empty a non-empty view ([`EmptyProtection`]), and, with a snapshot path,
+//! starts from the last-known-good view on disk and keeps that file current
+//! ([`crate::snapshot`]).
+//!
 //! The same clock drives reaping: when the reader offers a [`Reap`]
 //! capability, a heartbeat record long dead is handed to it (see [`Reap`]
 //! for the rules), from tasks owned by the follow task, a few at a time.
@@ -24,10 +31,14 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::conf::{DiscoveryOptions, EmptyProtection};
 use crate::index::{IndexWriter, Recency};
+use crate::snapshot::{self, SnapshotError};
 use crate::store::{DEFAULT_REAP_AFTER, Liveness, RawRecord, Reap, Scope, Store, StoreEvent, StoreReader};
 use crate::telemetry;
-use crate::{Discovery, DiscoveryEvent, Error, Nodes, Result, ServiceConf, ServiceIndex, ServiceNode};
+use crate::{
+    Discovery, DiscoveryEvent, Error, Health, Nodes, Result, ServiceConf, ServiceIndex, ServiceNode, SourceHealth,
+};
 
 /// How many events a slow subscriber may fall behind before it gets a `Reset`.
 const EVENT_BUFFER: usize = 4096;
@@ -49,6 +60,14 @@ struct Inner {
     reader: Arc<dyn StoreReader>,
     reaper: Option<Arc<dyn Reap>>,
     labels: [(&'static str, String); 2],
+    /// `namespace`, `env`, `source`: the health metrics' labels.
+    health_labels: [(&'static str, String); 3],
+    source: String,
+    options: DiscoveryOptions,
+    /// Silence after which the source is stale.
+    max_silence: Option<Duration>,
+    /// Wakes the snapshot saver when the view changed.
+    save_signal: watch::Sender<u64>,
     scope: Scope,
     default_window: Duration,
     index: ArcSwap<ServiceIndex>,
@@ -74,33 +93,65 @@ impl std::fmt::Debug for Discoverer {
 
 impl Discoverer {
     /// A discoverer of `env` in `conf.namespace` on `store`. `conf.ttl` is
-    /// the expiry window for heartbeat records that do not state their own.
+    /// the expiry window for heartbeat records that do not state their own;
+    /// `conf.discovery` sets empty-set protection, the snapshot file and
+    /// staleness ([`DiscoveryOptions`]).
     pub fn new(store: &dyn Store, env: &str, conf: ServiceConf) -> Result<Self> {
         let conf = conf.bootstrap()?;
         let scope = Scope::new(conf.namespace.clone(), env);
         store.validate(&scope, None)?;
         let reader = store.reader(&scope)?;
-        Ok(Self::from_reader(reader, scope, conf.ttl))
+        Ok(Self::from_reader_with(reader, scope, conf.ttl, store.kind(), conf.discovery))
     }
 
-    /// A discoverer over an explicit reader (tests, decorators).
+    /// A discoverer over an explicit reader (tests, decorators), with the
+    /// default [`DiscoveryOptions`]; its source is named `reader`.
     ///
     /// When the reader offers a [`Reap`] capability ([`StoreReader::reaper`]),
     /// the discoverer also deletes long-dead heartbeat records through it.
     pub fn from_reader(reader: Arc<dyn StoreReader>, scope: Scope, default_window: Duration) -> Self {
+        Self::from_reader_with(reader, scope, default_window, "reader", DiscoveryOptions::default())
+    }
+
+    /// A discoverer over an explicit reader whose source is named `source`
+    /// (in [`Discovery::health`], metrics and the snapshot file), with `options`.
+    ///
+    /// With a snapshot path in `options`, the snapshot is loaded here: when
+    /// it loads, the discoverer is ready at once and serves it, marked stale,
+    /// until the store answers; when it does not (missing, corrupted,
+    /// foreign), the error is logged and shown in
+    /// [`SourceHealth::snapshot_error`] and the discoverer starts empty.
+    pub fn from_reader_with(
+        reader: Arc<dyn StoreReader>,
+        scope: Scope,
+        default_window: Duration,
+        source: &str,
+        options: DiscoveryOptions,
+    ) -> Self {
         let (status, _) = watch::channel(Status::default());
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let reaper = reader.reaper();
+        let max_silence = options.stale_after.or_else(|| reader.max_silence());
+        let (save_signal, _) = watch::channel(0);
         let cache = Cache {
             reaping: reaper.is_some(),
             reap_after: reaper.as_ref().map_or(DEFAULT_REAP_AFTER, |r| r.reap_after()).max(1),
             ..Cache::default()
         };
-        Self {
+        let discoverer = Self {
             inner: Arc::new(Inner {
                 reader,
                 reaper,
                 labels: [("namespace", scope.namespace.clone()), ("env", scope.env.clone())],
+                health_labels: [
+                    ("namespace", scope.namespace.clone()),
+                    ("env", scope.env.clone()),
+                    ("source", source.to_owned()),
+                ],
+                source: source.to_owned(),
+                options,
+                max_silence,
+                save_signal,
                 scope,
                 default_window,
                 index: ArcSwap::from_pointee(ServiceIndex::default()),
@@ -110,7 +161,46 @@ impl Discoverer {
                 cache: Mutex::new(cache),
                 skipped: AtomicU64::new(0),
             }),
+        };
+        discoverer.load_snapshot();
+        discoverer
+    }
+
+    /// Loads the snapshot file, if one is configured (see [`Self::from_reader_with`]).
+    fn load_snapshot(&self) {
+        let inner = &self.inner;
+        let Some(path) = inner.options.snapshot.as_deref() else { return };
+        let loaded = snapshot::load(path, &inner.source, &inner.scope);
+        let Ok(mut cache) = inner.cache.lock() else { return };
+        let snapshot = match loaded {
+            Ok(snapshot) => snapshot,
+            Err(SnapshotError::Missing { .. }) => {
+                tracing::debug!(path = %path.display(), "no discovery snapshot yet");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "ignoring the discovery snapshot");
+                cache.snapshot_error = Some(error.to_string());
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        for record in snapshot.records {
+            match record.node.to_json() {
+                Ok(json) => cache.upsert(inner, RawRecord::new(record.key, json), &mut out),
+                Err(error) => tracing::debug!(key = record.key, %error, "snapshot record not re-encodable; skipped"),
+            }
         }
+        if let Some(index) = cache.index.publish() {
+            inner.index.store(index);
+        }
+        cache.ready = true;
+        cache.from_snapshot = true;
+        let nodes = out.len();
+        drop(cache);
+        tracing::info!(path = %path.display(), nodes, saved_at_ms = snapshot.saved_at_ms, "serving the discovery snapshot until the store answers");
+        inner.status.send_modify(|status| status.ready = true);
+        update_health_metrics(inner);
     }
 
     /// Namespace and env this discoverer follows.
@@ -224,6 +314,68 @@ impl Discovery for Discoverer {
     fn skipped(&self) -> u64 {
         self.inner.skipped.load(Ordering::Relaxed)
     }
+
+    fn health(&self) -> Health {
+        if let Some(sources) = self.inner.reader.sources_health() {
+            return Health { sources };
+        }
+        Health { sources: vec![source_health(&self.inner)] }
+    }
+}
+
+/// The health of the discoverer's one source, now.
+fn source_health(inner: &Inner) -> SourceHealth {
+    let Ok(cache) = inner.cache.lock() else {
+        return SourceHealth { source: inner.source.clone(), stale: true, ..SourceHealth::default() };
+    };
+    let now = Instant::now();
+    let since_confirmed = cache.last_confirmed.map(|at| now.saturating_duration_since(at));
+    let stream_healthy = cache.last_confirmed.is_some() && cache.degraded_since.is_none();
+    SourceHealth {
+        source: inner.source.clone(),
+        ready: cache.ready,
+        stream_healthy,
+        since_confirmed,
+        stale_after: inner.max_silence,
+        stale: cache.is_stale(inner, now),
+        resyncs: cache.resyncs,
+        stream_errors: cache.stream_errors,
+        last_error: cache.degraded_since.and(cache.last_error.clone()),
+        from_snapshot: cache.from_snapshot,
+        empty_held: cache.held_empty.is_some(),
+        snapshot_error: cache.snapshot_error.clone(),
+    }
+}
+
+/// Sets the health gauges when they changed.
+fn update_health_metrics(inner: &Inner) {
+    let health = source_health(inner);
+    let Ok(mut cache) = inner.cache.lock() else { return };
+    let state = (health.stale, health.stream_healthy);
+    if cache.reported_health == Some(state) {
+        return;
+    }
+    if health.stale && cache.reported_health.is_some_and(|(stale, _)| !stale) {
+        tracing::warn!(
+            source = %inner.source,
+            namespace = %inner.scope.namespace,
+            env = %inner.scope.env,
+            stream_healthy = health.stream_healthy,
+            since_confirmed = ?health.since_confirmed,
+            error = health.last_error.as_deref().unwrap_or(""),
+            "discovery is stale: serving its last view"
+        );
+    } else if !health.stale && cache.reported_health.is_some_and(|(stale, _)| stale) {
+        tracing::info!(source = %inner.source, namespace = %inner.scope.namespace, env = %inner.scope.env, "discovery is current again");
+    }
+    cache.reported_health = Some(state);
+    drop(cache);
+    metrics::gauge!(telemetry::DISCOVERY_STALE, &inner.health_labels).set(if health.stale { 1.0 } else { 0.0 });
+    metrics::gauge!(telemetry::DISCOVERY_STREAM_HEALTHY, &inner.health_labels).set(if health.stream_healthy {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 impl Drop for Inner {
@@ -260,10 +412,16 @@ fn down(node: Arc<ServiceNode>) -> DiscoveryEvent {
 async fn follow(inner: Arc<Inner>) {
     let mut stream = inner.reader.events();
     let mut reaps = JoinSet::new();
+    // Tasks that live as long as this one (dropping the set aborts them).
+    let mut helpers = JoinSet::new();
+    if inner.options.snapshot.is_some() {
+        // Subscribed before any event is applied, so no change is missed.
+        helpers.spawn(save_snapshots(Arc::clone(&inner), inner.save_signal.subscribe()));
+    }
     let permits = Arc::new(Semaphore::new(REAP_CONCURRENCY));
     loop {
         while reaps.try_join_next().is_some() {}
-        let deadline = inner.cache.lock().ok().and_then(|c| c.next_deadline());
+        let deadline = inner.cache.lock().ok().and_then(|c| c.next_deadline(&inner));
         let first = match deadline {
             Some(at) => tokio::select! {
                 event = stream.next() => event,
@@ -334,6 +492,7 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
     let mut out = Vec::new();
     let mut became_ready = false;
     let mut first_error = None;
+    let mut view_changed = false;
     cache.batch += 1;
     for event in batch {
         match event {
@@ -342,22 +501,35 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
                 cache.listing_malformed.clear();
             }
             StoreEvent::Upsert(record) => {
-                cache.recover();
+                cache.recover(inner);
                 match cache.pending.as_mut() {
                     Some(pending) => {
                         pending.insert(record.key.clone(), record);
                     }
-                    None => cache.upsert(inner, record, &mut out),
+                    None => {
+                        cache.confirm();
+                        // A node appeared: the store is not empty after all,
+                        // and what it holds is the held listing plus this.
+                        cache.release_hold(&mut out);
+                        cache.upsert(inner, record, &mut out);
+                    }
                 }
             }
             StoreEvent::Delete { key } => {
-                cache.recover();
+                cache.recover(inner);
                 match cache.pending.as_mut() {
                     Some(pending) => {
                         pending.remove(&key);
                     }
-                    None => cache.delete(&key, &mut out),
+                    None => {
+                        cache.confirm();
+                        cache.delete(&key, &mut out);
+                    }
                 }
+            }
+            StoreEvent::Progress => {
+                cache.recover(inner);
+                cache.confirm();
             }
             StoreEvent::Malformed { key, reason } => {
                 let stamp = RawRecord::new(key.as_str(), reason.as_str()).stamp_digest();
@@ -367,8 +539,28 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
                 cache.skip(inner, &key, &reason, stamp);
             }
             StoreEvent::Synced => {
-                cache.recover();
-                if let Some(pending) = cache.pending.take() {
+                cache.recover(inner);
+                cache.confirm();
+                let listed_nothing = cache.pending.as_ref().is_some_and(|p| p.is_empty());
+                let protect = inner.options.empty_protection != EmptyProtection::Off;
+                if listed_nothing && protect && cache.records.values().any(|e| e.visible) {
+                    // Empty-set protection: keep the last view until the
+                    // empty answer is confirmed (or forever, by the rule).
+                    cache.pending = None;
+                    cache.listing_malformed.clear();
+                    if cache.held_empty.is_none() {
+                        cache.held_empty = Some(Instant::now());
+                        metrics::counter!(telemetry::DISCOVERY_EMPTY_HELD, &inner.health_labels).increment(1);
+                        tracing::warn!(
+                            source = %inner.source,
+                            namespace = %inner.scope.namespace,
+                            env = %inner.scope.env,
+                            rule = ?inner.options.empty_protection,
+                            "the store listed no node: keeping the last view until that is confirmed"
+                        );
+                    }
+                } else if let Some(pending) = cache.pending.take() {
+                    cache.held_empty = None;
                     let malformed = std::mem::take(&mut cache.listing_malformed);
                     cache.skipped_writes.retain(|k, _| pending.contains_key(k) || malformed.contains(k));
                     let gone: Vec<Arc<str>> =
@@ -381,25 +573,48 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
                     }
                 }
                 cache.ready = true;
+                cache.from_snapshot = false;
                 became_ready = true;
+                view_changed = true;
             }
             StoreEvent::Error(error) => {
                 metrics::counter!(telemetry::STREAM_ERRORS, &inner.labels).increment(1);
                 if cache.degraded_since.is_none() {
                     cache.degraded_since = Some(Instant::now());
                 }
+                cache.stream_errors += 1;
+                cache.last_error = Some(error.to_string());
                 first_error.get_or_insert(error);
             }
         }
     }
     let now = Instant::now();
+    if let Some(since) = cache.held_empty
+        && let EmptyProtection::ConfirmFor(confirm) = inner.options.empty_protection
+        && cache.degraded_since.is_none()
+        && now >= since + confirm
+    {
+        tracing::info!(source = %inner.source, after = ?confirm, "the store kept listing no node: applying the empty view");
+        cache.release_hold(&mut out);
+    }
     cache.expire(now, &mut out);
     let due = cache.due_reaps(now);
+    cache.silence_noted = cache.silent(inner, now);
     if let Some(snapshot) = cache.index.publish() {
         metrics::gauge!(telemetry::CACHE_NODES, &inner.labels).set(snapshot.len() as f64);
         inner.index.store(snapshot);
+        view_changed = true;
+    }
+    if cache.confirmed_now {
+        cache.confirmed_now = false;
+        let unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        metrics::gauge!(telemetry::DISCOVERY_CONFIRMED_AT, &inner.health_labels).set(unix);
     }
     drop(cache);
+    if view_changed && inner.options.snapshot.is_some() {
+        inner.save_signal.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    update_health_metrics(inner);
     let now_ms = chrono::Utc::now().timestamp_millis();
     for event in &out {
         if let DiscoveryEvent::Up { node, .. } = event
@@ -471,6 +686,25 @@ struct Cache {
     reaping: bool,
     /// Windows without a new stamp before a record is reaped.
     reap_after: u32,
+    /// When the store last confirmed the view.
+    last_confirmed: Option<Instant>,
+    /// A confirmation in this batch (for the timestamp gauge).
+    confirmed_now: bool,
+    /// The source was found silent for longer than its bound (so the
+    /// silence deadline is not armed again until the next confirmation).
+    silence_noted: bool,
+    /// Breaks of the change stream recovered from.
+    resyncs: u64,
+    /// Errors the change stream reported.
+    stream_errors: u64,
+    last_error: Option<String>,
+    /// The view came from the snapshot file and the store has not listed since.
+    from_snapshot: bool,
+    /// Since when an empty listing is held back (restarted when the stream recovers).
+    held_empty: Option<Instant>,
+    snapshot_error: Option<String>,
+    /// (stale, stream healthy) as last exported.
+    reported_health: Option<(bool, bool)>,
 }
 
 /// True when two nodes differ only in heartbeat fields.
@@ -490,7 +724,7 @@ fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
 impl Cache {
     /// Leaves the degraded state: heartbeats could not be observed while the
     /// store was unreachable, so the outage does not count against them.
-    fn recover(&mut self) {
+    fn recover(&mut self, inner: &Inner) {
         if let Some(since) = self.degraded_since.take() {
             let outage = since.elapsed();
             for entry in self.records.values_mut() {
@@ -498,7 +732,48 @@ impl Cache {
                     entry.last_seen += outage;
                 }
             }
+            self.resyncs += 1;
+            metrics::counter!(telemetry::DISCOVERY_RESYNCS, &inner.health_labels).increment(1);
+            // An empty listing held back is confirmed on a healthy stream only.
+            if self.held_empty.is_some() {
+                self.held_empty = Some(Instant::now());
+            }
         }
+    }
+
+    /// The store showed that the view is current.
+    fn confirm(&mut self) {
+        self.last_confirmed = Some(Instant::now());
+        self.confirmed_now = true;
+        self.silence_noted = false;
+    }
+
+    /// Applies an empty listing held back by empty-set protection.
+    fn release_hold(&mut self, out: &mut Vec<DiscoveryEvent>) {
+        if self.held_empty.take().is_some() {
+            let keys: Vec<Arc<str>> = self.records.keys().cloned().collect();
+            for key in keys {
+                self.delete(&key, out);
+            }
+        }
+    }
+
+    /// No confirmation for longer than the source's silence bound.
+    fn silent(&self, inner: &Inner, now: Instant) -> bool {
+        match (inner.max_silence, self.last_confirmed) {
+            (Some(bound), Some(at)) => now.saturating_duration_since(at) > bound,
+            _ => false,
+        }
+    }
+
+    /// See [`SourceHealth::stale`].
+    fn is_stale(&self, inner: &Inner, now: Instant) -> bool {
+        !self.ready
+            || self.last_confirmed.is_none()
+            || self.degraded_since.is_some()
+            || self.from_snapshot
+            || self.held_empty.is_some()
+            || self.silent(inner, now)
     }
 
     /// Counts a bad write once (a relist showing it again is not counted
@@ -624,13 +899,71 @@ impl Cache {
             .collect()
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self, inner: &Inner) -> Option<Instant> {
         if self.degraded_since.is_some() {
             return None;
         }
+        let silence = match (inner.max_silence, self.last_confirmed) {
+            // Just past the bound, so that the wake-up finds the source silent.
+            (Some(bound), Some(at)) if !self.silence_noted => Some(at + bound + Duration::from_millis(1)),
+            _ => None,
+        };
+        let release = match (self.held_empty, inner.options.empty_protection) {
+            (Some(since), EmptyProtection::ConfirmFor(confirm)) => Some(since + confirm),
+            _ => None,
+        };
         let expiry = self.records.values().filter(|e| e.visible).filter_map(|e| e.window.map(|w| e.last_seen + w));
         // Reaps wait for a listing in progress to complete (not for a timer).
         let reaps = self.records.values().filter(|_| self.pending.is_none()).filter_map(|e| e.reap_at(self.reap_after));
-        expiry.chain(reaps).min()
+        expiry.chain(reaps).chain(silence).chain(release).min()
+    }
+}
+
+/// Saves the view to the snapshot file whenever it changed (at most once per
+/// [`snapshot::SAVE_EVERY`]), while it is current: never a view that is
+/// stale, held back or still the loaded snapshot.
+async fn save_snapshots(inner: Arc<Inner>, mut changed: watch::Receiver<u64>) {
+    let Some(path) = inner.options.snapshot.clone() else { return };
+    loop {
+        if changed.changed().await.is_err() {
+            return;
+        }
+        let pending = {
+            let Ok(cache) = inner.cache.lock() else { return };
+            let current = cache.ready
+                && !cache.from_snapshot
+                && cache.held_empty.is_none()
+                && cache.degraded_since.is_none()
+                && cache.pending.is_none();
+            current.then(|| snapshot::Pending {
+                records: cache
+                    .records
+                    .iter()
+                    .filter(|(_, e)| e.visible)
+                    .map(|(k, e)| (Arc::clone(k), Arc::clone(&e.node)))
+                    .collect(),
+            })
+        };
+        if let Some(pending) = pending {
+            let (source, scope, target) = (inner.source.clone(), inner.scope.clone(), path.clone());
+            let saved = tokio::task::spawn_blocking(move || {
+                snapshot::save(&target, &pending.into_snapshot(&source, &scope))
+            })
+            .await;
+            let error = match saved {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(format!("snapshot writer failed: {error}")),
+            };
+            if let Ok(mut cache) = inner.cache.lock() {
+                if let Some(error) = &error
+                    && cache.snapshot_error.as_deref() != Some(error)
+                {
+                    tracing::warn!(%error, "saving the discovery snapshot failed");
+                }
+                cache.snapshot_error = error;
+            }
+        }
+        tokio::time::sleep(snapshot::SAVE_EVERY).await;
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{Nodes, Result, ServiceIndex, ServiceNode};
+use crate::{Health, Nodes, Result, ServiceIndex, ServiceNode};
 
 /// Finds nodes by gRPC method from a local cache kept current by the
 /// backend's change stream.
@@ -27,6 +27,15 @@ use crate::{Nodes, Result, ServiceIndex, ServiceNode};
 ///   foreign are skipped and counted ([`skipped`](Discovery::skipped)),
 ///   never fatal and never hiding other nodes.
 /// - [`unwatch`](Discovery::unwatch) stops following promptly; the last view stays.
+/// - [`health`](Discovery::health) says, per source, how far the view can be
+///   trusted: time since the store last confirmed it, whether the change
+///   stream is healthy, resyncs, and `stale`. A stream whose connection
+///   died silently is detected within its reader's bound (etcd and Consul:
+///   2 s of silence plus the request timeout, 7 s with the defaults;
+///   Kubernetes: its watch timeout plus margin) and resumed without user
+///   action.
+/// - A listing never empties a non-empty view unless the rule says so
+///   ([`EmptyProtection`](crate::conf::EmptyProtection)).
 #[async_trait]
 pub trait Discovery: Send + Sync {
     /// Nodes serving `method` (`/pkg.Service/Method`), newest first, or
@@ -59,6 +68,10 @@ pub trait Discovery: Send + Sync {
 
     /// Records skipped so far because they were malformed or foreign.
     fn skipped(&self) -> u64;
+
+    /// How current the view is, per source (see [`crate::health`]'s figures
+    /// in [`Health`]). Cheap: no I/O.
+    fn health(&self) -> Health;
 }
 
 /// A change seen by discovery.

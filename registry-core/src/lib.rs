@@ -10,6 +10,8 @@
 //!   watch, resume, relist with backoff).
 //! - Decorators for migrations: [`FanoutRegistrar`] (register on several
 //!   backends) and [`merged_discovery`] (discover from several).
+//! - Staleness: [`Discovery::health`] ([`Health`], per source), empty-set
+//!   protection ([`EmptyProtection`]) and the last-known-good [`snapshot`].
 //! - The adapter contract a backend implements: [`store`].
 //! - The embedded backend: [`memory`].
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
@@ -24,6 +26,7 @@ mod error;
 mod fanout;
 pub mod fixture;
 mod grpc;
+pub mod health;
 pub mod index;
 pub mod list_watch;
 #[cfg(feature = "memory")]
@@ -34,15 +37,17 @@ mod model;
 pub mod options;
 mod register;
 mod registrar;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 
-pub use conf::ServiceConf;
+pub use conf::{DiscoveryOptions, EmptyProtection, ServiceConf};
 pub use discoverer::{Discoverer, app_lease_key};
 pub use discovery::{Discovery, DiscoveryEvent};
 pub use error::{BoxError, Error, Result};
 pub use fanout::FanoutRegistrar;
 pub use grpc::GrpcServices;
+pub use health::{Health, SourceHealth};
 pub use index::{Nodes, ServiceIndex};
 pub use merge::{cross_backend_identity, merged_discovery};
 pub use model::{DEFAULT_WEIGHT, Kernel, Meta, Methods, Network, ServiceNode};

@@ -74,6 +74,10 @@ impl<L: ListWatch> StoreReader for ListWatchReader<L> {
         tokio::spawn(drive(Arc::clone(&self.source), tx, self.policy));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
+
+    fn max_silence(&self) -> Option<Duration> {
+        self.source.max_silence()
+    }
 }
 
 /// Sends, or reports that the consumer is gone.
@@ -175,6 +179,10 @@ async fn run<L: ListWatch>(source: Arc<L>, tx: mpsc::Sender<StoreEvent>, policy:
                 Some(Ok(WatchUpdate::Replace(listing))) => {
                     backoff.reset();
                     resume = Some(emit_listing(&tx, listing).await?);
+                }
+                Some(Ok(WatchUpdate::Progress)) => {
+                    backoff.reset();
+                    emit(&tx, StoreEvent::Progress).await?;
                 }
                 Some(Err(e)) => {
                     if e.needs_relist() {

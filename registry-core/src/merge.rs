@@ -51,6 +51,11 @@ impl StoreReader for MergedReader {
         tokio::spawn(merge_sources(self.sources.clone(), tx));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
+
+    /// The merged view is as current as its sources: their health, in order.
+    fn sources_health(&self) -> Option<Vec<crate::SourceHealth>> {
+        Some(self.sources.iter().flat_map(|s| s.health().sources).collect())
+    }
 }
 
 /// Who holds each identity, by source index.

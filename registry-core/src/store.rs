@@ -248,6 +248,12 @@ pub enum StoreEvent {
     Synced,
     /// The stream hit an error and is retrying; discovery keeps its last view.
     Error(crate::Error),
+    /// The change stream is alive and the view is current as of now, with
+    /// nothing new: an etcd progress report, a Consul blocking query that
+    /// answered unchanged or a liveness probe the agent answered. Discovery
+    /// counts it as a confirmation ([`crate::SourceHealth::since_confirmed`])
+    /// and as the end of a break in the stream.
+    Progress,
 }
 
 /// The change source of a discoverer.
@@ -261,6 +267,22 @@ pub trait StoreReader: Send + Sync + 'static {
     /// records core has judged long dead (see [`Reap`]). Default: none —
     /// dead records are only hidden.
     fn reaper(&self) -> Option<Arc<dyn Reap>> {
+        None
+    }
+
+    /// The longest this reader's stream stays silent while it is healthy:
+    /// it reports [`StoreEvent::Progress`] (or a change) at least this
+    /// often. Discovery reports the source stale when nothing came for
+    /// longer. `None` (the default): the reader never reports progress, so
+    /// silence is not a sign of staleness.
+    fn max_silence(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The health of the sources behind this reader, for readers that merge
+    /// other discoveries ([`crate::merged_discovery`]); `None` (the default)
+    /// for a reader of one store, whose health the discoverer tracks itself.
+    fn sources_health(&self) -> Option<Vec<crate::SourceHealth>> {
         None
     }
 }
@@ -350,6 +372,9 @@ pub enum WatchUpdate<R> {
     /// A complete new listing (stores whose change stream answers with full
     /// sets, like Consul's blocking queries).
     Replace(Listing<R>),
+    /// Nothing changed, and the store confirmed that the stream is alive and
+    /// current (see [`StoreEvent::Progress`]); the resume point stays.
+    Progress,
 }
 
 /// One incremental change.
@@ -387,4 +412,10 @@ pub trait ListWatch: Send + Sync + 'static {
     /// longer available; any other error makes core back off and resume
     /// from the last point it saw.
     async fn watch(&self, from: Self::Resume) -> Result<BoxStream<'static, Result<WatchUpdate<Self::Resume>>>>;
+
+    /// The longest an open watch stays silent while it is healthy (see
+    /// [`StoreReader::max_silence`]); `None` by default.
+    fn max_silence(&self) -> Option<Duration> {
+        None
+    }
 }

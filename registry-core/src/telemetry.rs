@@ -30,3 +30,18 @@ pub const REAP_DELETED: &str = "deleted";
 pub const REAP_RENEWED: &str = "renewed";
 /// `outcome` of a reap: the delete failed (permission, unavailable, timeout).
 pub const REAP_FAILED: &str = "failed";
+/// Gauge: 1 while a discovery source is stale (see
+/// [`SourceHealth::stale`](crate::SourceHealth::stale)), else 0. Labels
+/// `namespace`, `env`, `source`.
+pub const DISCOVERY_STALE: &str = "registry_discovery_stale";
+/// Gauge: 1 while a discovery source's change stream is healthy, else 0.
+pub const DISCOVERY_STREAM_HEALTHY: &str = "registry_discovery_stream_healthy";
+/// Gauge (Unix seconds): when a discovery source last confirmed its view (a
+/// change, a listing or a progress report); `time() - value` is its age.
+pub const DISCOVERY_CONFIRMED_AT: &str = "registry_discovery_last_confirmed_timestamp_seconds";
+/// Counter: breaks of a discovery source's change stream recovered from
+/// (resumed or relisted).
+pub const DISCOVERY_RESYNCS: &str = "registry_discovery_resyncs_total";
+/// Counter: empty listings held back by empty-set protection (see
+/// [`EmptyProtection`](crate::conf::EmptyProtection)).
+pub const DISCOVERY_EMPTY_HELD: &str = "registry_discovery_empty_listings_held_total";

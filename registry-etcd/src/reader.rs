@@ -112,24 +112,20 @@ impl ListWatch for EtcdReader {
             Some(response) => open_watch.translate(&response),
             None => return Err(Error::unavailable(KIND, "watch stream closed before it was created")),
         };
-        let head = match first {
-            Step::Skip => None,
-            Step::Yield(Ok(update)) => Some(Ok(update)),
-            Step::Yield(Err(e)) => return Err(e),
-        };
+        let head = Some(Ok(first?));
         let rest = futures::stream::unfold(open_watch, |mut open_watch| async move {
             let item = open_watch.next().await?;
             Some((item, open_watch))
         });
         Ok(futures::stream::iter(head).chain(rest).boxed())
     }
-}
 
-enum Step {
-    /// Nothing new (a response with no events and no newer revision).
-    Skip,
-    /// An update or the error that ends the stream.
-    Yield(Result<WatchUpdate<u64>>),
+    /// A healthy watch reports within [`WATCH_PROGRESS_AFTER`] of silence
+    /// (a live member answers the progress request at once); one silent for
+    /// that plus the request timeout is ended by the reader itself.
+    fn max_silence(&self) -> Option<Duration> {
+        Some(WATCH_PROGRESS_AFTER + self.timeout)
+    }
 }
 
 /// An open watch and the revision it has delivered up to.
@@ -169,7 +165,6 @@ impl OpenWatch {
                     return Some(Err(Call::new("watch (no progress report)", silent).timed_out()));
                 }
             };
-            asked = None;
             let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return None,
@@ -178,21 +173,14 @@ impl OpenWatch {
                     return Some(Err(Call::new("watch", self.timeout).map(e)));
                 }
             };
-            match self.translate(&response) {
-                Step::Skip => continue,
-                Step::Yield(item) => return Some(item),
-            }
+            return Some(self.translate(&response));
         }
     }
 
-    fn translate(&mut self, response: &WatchResponse) -> Step {
+    fn translate(&mut self, response: &WatchResponse) -> Result<WatchUpdate<u64>> {
         if response.canceled() || response.compact_revision() > 0 {
             self.done = true;
-            return Step::Yield(Err(watch_canceled(
-                response.cancel_reason(),
-                response.compact_revision(),
-                self.revision,
-            )));
+            return Err(watch_canceled(response.cancel_reason(), response.compact_revision(), self.revision));
         }
         let changes: Vec<Change> = response
             .events()
@@ -212,10 +200,12 @@ impl OpenWatch {
         let Some(revision) =
             response.events().iter().filter_map(|e| e.kv()).map(|kv| to_revision(kv.mod_revision())).max()
         else {
-            return Step::Skip;
+            // The watch's `created` answer or a progress report: the member
+            // is alive and the watch current — a confirmation for discovery.
+            return Ok(WatchUpdate::Progress);
         };
         self.revision = self.revision.max(revision);
-        Step::Yield(Ok(WatchUpdate::Changes { changes, resume: self.revision }))
+        Ok(WatchUpdate::Changes { changes, resume: self.revision })
     }
 }
 

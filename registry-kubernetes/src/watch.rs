@@ -16,6 +16,14 @@
 //! whose stamp did not change, so re-sending the unchanged entries of a
 //! ConfigMap is cheap.)
 //!
+//! A watch whose connection dies silently (packets dropped, no reset) is
+//! bounded by kube-runtime's own idle timeout: the watch call's server-side
+//! timeout plus 5 s without an item ends the stream and the watcher watches
+//! again from its resource version (a failure to reach the API server then
+//! reaches discovery as an error). kube-runtime's default timeout is 290 s;
+//! the reader sets [`WATCH_TIMEOUT_SECS`], so a silently dead watch is
+//! replaced within 25 s, at the cost of one re-watch per 20 s per discoverer.
+//!
 //! Deleting long-dead records is core's job: the reader offers the mode's
 //! reaper (ConfigMap entries and Leases, with their preconditions) through
 //! `StoreReader::reaper`, and the discoverer calls it from its expiry clock.
@@ -31,6 +39,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 use registry_core::store::{RawRecord, Reap, StoreEvent, StoreReader};
 use serde::de::DeserializeOwned;
+
+/// Server-side timeout of one watch call, in seconds (see the module docs):
+/// with kube-runtime's 5 s margin, the longest a silently dead watch goes
+/// unnoticed.
+pub(crate) const WATCH_TIMEOUT_SECS: u32 = 20;
 
 /// What one object yields.
 #[derive(Debug)]
@@ -70,7 +83,7 @@ impl<L: Layout> WatchReader<L> {
     /// Watches the objects `config` selects through `api`; `reaper` deletes
     /// the records core judges long dead (`None`: they are only hidden).
     pub(crate) fn new(layout: L, api: Api<L::Object>, config: watcher::Config, reaper: Option<Arc<dyn Reap>>) -> Self {
-        Self { layout: Arc::new(layout), api, config, reaper }
+        Self { layout: Arc::new(layout), api, config: config.timeout(WATCH_TIMEOUT_SECS), reaper }
     }
 }
 
