@@ -21,6 +21,14 @@
 //!   discoverer included: the same promises.
 //! - `leader_server_killed`: the leader server is killed: no lookup fails,
 //!   nothing is lost, a change made after the kill is discovered.
+//! - `discovery_agent_silent_health` (issue 13, item 6): `c1` falls silent:
+//!   `health()` reports the source stale within [`STALE_BOUND`] (the
+//!   reader probes the agent after 2 s without an answer), and healthy
+//!   again after the heal, with a change made during the cut.
+//! - `empty_listing_after_agent_restart` (item 7): a dev agent restarts
+//!   with empty state while its registrations are gone: a discoverer with
+//!   empty-set protection keeps its view (reported held) until the empty
+//!   answer is confirmed; one without it empties at once.
 //!
 //! What bounds these figures is Consul's, not the library's:
 //! - A crashed client agent cannot fail the TTL checks it runs, and passing
@@ -43,8 +51,10 @@ use std::time::{Duration, Instant};
 
 use conformance::fixtures::{TTL, conf, eventually, unique};
 use registry_consul::{ConsulConfig, ConsulStore};
+use registry_core::conf::{DiscoveryOptions, EmptyProtection};
 use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Discovery};
+use registry_testenv::consul::ConsulServer;
 use registry_testenv::consul_cluster::ConsulCluster;
 use registry_testenv::faults::{self, FaultTest, Fleet, LookupLoop, Need, Probe, leases_of, print_figures, secs};
 use registry_testenv::partition::Partition;
@@ -68,6 +78,14 @@ const CUT_FOR: Duration = Duration::from_secs(15);
 const PARTITION_BOUND: Duration = Duration::from_secs(90);
 /// How long a scenario keeps watching after the fault for late changes.
 const OBSERVE_AFTER: Duration = Duration::from_secs(4);
+/// How soon a silent discovery agent makes `health()` report the source
+/// stale: the reader probes after 2 s without an answer and gives the probe
+/// the request timeout (5 s); 1 s of slack for scheduling.
+const STALE_BOUND: Duration = Duration::from_secs(8);
+/// How long the discovery agent stays silent in the health scenario.
+const SILENT_FOR: Duration = Duration::from_secs(10);
+/// How long the protected discoverer waits for an empty answer to be confirmed.
+const EMPTY_CONFIRM: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     faults::run(vec![
@@ -90,6 +108,17 @@ fn main() -> ExitCode {
             name: "leader_server_killed",
             needs: &[Need::ConsulCluster],
             run: || Box::pin(leader_server_killed()),
+        },
+        FaultTest {
+            name: "discovery_agent_silent_health",
+            needs: &[Need::ConsulCluster, Need::Partitions],
+            run: || Box::pin(discovery_agent_silent_health()),
+        },
+        FaultTest {
+            // A dev agent of its own (the cluster's binary).
+            name: "empty_listing_after_agent_restart",
+            needs: &[Need::ConsulCluster],
+            run: || Box::pin(empty_listing_after_agent_restart()),
         },
     ])
 }
@@ -334,5 +363,128 @@ async fn leader_server_killed() -> anyhow::Result<()> {
     anyhow::ensure!(lost == 0, "{lost} registrations lost");
     probe.stop().await;
     s.stop().await;
+    Ok(())
+}
+
+/// Item 6: the discovery agent falls silent; `health()` says so.
+async fn discovery_agent_silent_health() -> anyhow::Result<()> {
+    let s = Setup::start(5).await?;
+    eventually(Duration::from_secs(5), "health is current", || s.disc.health().is_healthy()).await?;
+    let partition = s.cluster.partition_agent(1, PARTITION_BOUND)?;
+    let cut_at = Instant::now();
+    let probe = s.probe().await?;
+    let detected = eventually(STALE_BOUND + Duration::from_secs(10), "health reports the source stale", || {
+        s.disc.health().is_stale()
+    })
+    .await
+    .map(|_| cut_at.elapsed());
+    let during = s.disc.health();
+    let view_kept = s.fleet.exactly_in(&*s.disc);
+    tokio::time::sleep(SILENT_FOR.saturating_sub(cut_at.elapsed())).await;
+    partition.heal()?;
+    let healed_at = Instant::now();
+    let healthy_again = eventually(CATCH_UP_BOUND + Duration::from_secs(20), "health is current after the heal", || {
+        s.disc.health().is_healthy()
+    })
+    .await
+    .map(|_| healed_at.elapsed());
+    let correct = eventually(CATCH_UP_BOUND + Duration::from_secs(20), "the change made during the cut", || {
+        probe.visible(&*s.disc) && s.fleet.exactly_in(&*s.disc)
+    })
+    .await
+    .map(|_| healed_at.elapsed());
+    let after = s.disc.health().sources.first().cloned().unwrap_or_default();
+    print_figures(
+        "consul.discovery_agent_silent_health",
+        &[
+            ("stale_detected_after", detected.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("stale_bound", secs(STALE_BOUND)),
+            ("healthy_after_heal", healthy_again.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("correct_after_heal", correct.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("resyncs", after.resyncs.to_string()),
+            ("stream_errors", after.stream_errors.to_string()),
+        ],
+    );
+    let detected = detected?;
+    anyhow::ensure!(detected <= STALE_BOUND, "stale only {detected:?} after the cut: {during:?}");
+    anyhow::ensure!(view_kept, "the last view was not kept during the cut");
+    let healthy_again = healthy_again?;
+    anyhow::ensure!(healthy_again <= CATCH_UP_BOUND, "healthy {healthy_again:?} after the heal");
+    let correct = correct?;
+    anyhow::ensure!(correct <= CATCH_UP_BOUND, "correct {correct:?} after the heal");
+    anyhow::ensure!(after.resyncs >= 1, "no resync counted: {after:?}");
+    probe.stop().await;
+    s.stop().await;
+    Ok(())
+}
+
+/// Item 7: an agent restarted with empty state answers an empty listing.
+async fn empty_listing_after_agent_restart() -> anyhow::Result<()> {
+    let mut agent = ConsulServer::start_local().await?;
+    let registration = store(agent.address()).await?;
+    let fleet = Fleet::start(&[&registration as &dyn Store], 3, &unique("ns"), &unique("env")).await?;
+    let reading = store(agent.address()).await?;
+    let rule = |rule| conf(&fleet.namespace).with_discovery(DiscoveryOptions::default().with_empty_protection(rule));
+    let protected = Discoverer::new(&reading, &fleet.env, rule(EmptyProtection::ConfirmFor(EMPTY_CONFIRM)))?;
+    let unprotected = Arc::new(Discoverer::new(&reading, &fleet.env, rule(EmptyProtection::Off))?);
+    protected.watcher().await?;
+    unprotected.watcher().await?;
+    eventually(Duration::from_secs(10), "both discover the fleet", || {
+        fleet.exactly_in(&protected) && fleet.exactly_in(&*unprotected)
+    })
+    .await?;
+    let protected = Arc::new(protected);
+    // When the protected discoverer starts holding the empty listing back,
+    // and how many nodes it shows then.
+    let hold_seen = tokio::spawn({
+        let protected = Arc::clone(&protected);
+        async move {
+            loop {
+                if protected.health().sources.first().is_some_and(|s| s.empty_held && s.stale) {
+                    return (Instant::now(), leases_of(&*protected, &Fleet::method()).len());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // The instances stop heartbeating (their process is gone), and the
+    // agent restarts with none of their registrations.
+    for instance in &fleet.instances {
+        instance.keepalive.abort();
+    }
+    agent.restart().await?;
+    let emptied = eventually(Duration::from_secs(15), "the unprotected discoverer empties", || {
+        leases_of(&*unprotected, &Fleet::method()).is_empty()
+    })
+    .await;
+    let (held_at, kept) = match tokio::time::timeout(Duration::from_secs(15), hold_seen).await {
+        Ok(Ok(seen)) => seen,
+        _ => anyhow::bail!("the protected discoverer never reported an empty listing held: {:?}", protected.health()),
+    };
+    let released = eventually(EMPTY_CONFIRM + Duration::from_secs(10), "the confirmed empty answer applies", || {
+        leases_of(&*protected, &Fleet::method()).is_empty()
+    })
+    .await
+    .map(|_| held_at.elapsed());
+    let after = protected.health().sources.first().cloned().unwrap_or_default();
+    print_figures(
+        "consul.empty_listing_after_agent_restart",
+        &[
+            ("protected_kept", kept.to_string()),
+            ("protected_released_after", released.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("confirm_for", secs(EMPTY_CONFIRM)),
+        ],
+    );
+    emptied?;
+    anyhow::ensure!(kept == fleet.instances.len(), "the protected view lost nodes: {kept} left");
+    let released = released?;
+    // 10 ms: the poll's period.
+    anyhow::ensure!(
+        released + Duration::from_millis(10) >= EMPTY_CONFIRM,
+        "released {released:?} after the empty listing, before {EMPTY_CONFIRM:?}"
+    );
+    anyhow::ensure!(!after.empty_held && !after.stale, "{after:?}");
+    protected.unwatch();
+    unprotected.unwatch();
     Ok(())
 }

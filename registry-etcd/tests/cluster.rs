@@ -24,6 +24,15 @@
 //!   [`QUORUM_DOWN_FOR`] (> TTL): discovery keeps its last view, retry
 //!   hooks fire, every registration is back within one TTL of the quorum's
 //!   return.
+//! - `silent_watch_member_health` (issue 13, item 6): a discoverer whose
+//!   only endpoint is one member; that member is silently partitioned:
+//!   `health()` reports the source stale within [`STALE_BOUND`], and after
+//!   the heal healthy again, with a change made during the cut.
+//! - `restart_during_outage_serves_snapshot` (item 8): a discoverer saves
+//!   its view to a snapshot file; every member is stopped; a new discoverer
+//!   with that file serves the old view at once, marked stale, and catches
+//!   up when the cluster is back. One started with a corrupted file reports
+//!   it and serves the live view once the cluster is back.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -31,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conformance::fixtures::{TTL, conf, eventually, unique};
+use registry_core::conf::DiscoveryOptions;
 use registry_core::store::Store;
 use registry_core::{Discoverer, Discovery};
 use registry_etcd::{EtcdConfig, EtcdStore};
@@ -52,6 +62,17 @@ const PARTITION_BOUND: Duration = Duration::from_secs(60);
 /// How long a scenario watches after the fault for late disappearances
 /// (a lease that expired during the fault shows as a DELETE up to a TTL later).
 const OBSERVE_AFTER: Duration = Duration::from_secs(4);
+/// How soon a silently dead watch makes `health()` report its source stale:
+/// the reader asks for progress after 2 s of silence and ends the watch 5 s
+/// (the request timeout) later, so 7 s after the last message at most; 1 s
+/// of slack for scheduling on a loaded 2-core machine.
+const STALE_BOUND: Duration = Duration::from_secs(8);
+/// How soon after the heal `health()` is healthy and the view correct: the
+/// watch is retried with core's backoff (at most 5 s apart) and each try on
+/// the silent member costs up to the request timeout (5 s).
+const HEALTHY_AFTER_HEAL_BOUND: Duration = Duration::from_secs(15);
+/// How long the member stays silent in the health scenario.
+const SILENT_FOR: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     faults::run(vec![
@@ -74,6 +95,16 @@ fn main() -> ExitCode {
             name: "quorum_lost_longer_than_ttl",
             needs: &[Need::EtcdCluster],
             run: || Box::pin(quorum_lost_longer_than_ttl()),
+        },
+        FaultTest {
+            name: "silent_watch_member_health",
+            needs: &[Need::EtcdCluster, Need::Partitions],
+            run: || Box::pin(silent_watch_member_health()),
+        },
+        FaultTest {
+            name: "restart_during_outage_serves_snapshot",
+            needs: &[Need::EtcdCluster],
+            run: || Box::pin(restart_during_outage_serves_snapshot()),
         },
     ])
 }
@@ -399,6 +430,152 @@ async fn quorum_lost_longer_than_ttl() -> anyhow::Result<()> {
     resumed?;
     anyhow::ensure!(lost == 0, "{lost} registrations lost");
     probe.stop().await;
+    if let Ok(fleet) = Arc::try_unwrap(fleet) {
+        fleet.stop().await;
+    }
+    Ok(())
+}
+
+/// Item 6: the only member a discoverer talks to goes silent.
+async fn silent_watch_member_health() -> anyhow::Result<()> {
+    let cluster = EtcdCluster::start().await?;
+    let fleet = fleet(&cluster, 5, 1).await?;
+    let only = 0;
+    let reading = store(vec![cluster.endpoint(only)]).await?;
+    let disc = Arc::new(Discoverer::new(&reading, &fleet.env, conf(&fleet.namespace))?);
+    disc.watcher().await?;
+    eventually(Duration::from_secs(10), "the fleet is discovered", || fleet.exactly_in(&*disc)).await?;
+    eventually(Duration::from_secs(5), "health is current", || disc.health().is_healthy()).await?;
+    let before = disc.health();
+
+    let partition = cluster.partition(only, PARTITION_BOUND)?;
+    let cut_at = Instant::now();
+    let healthy: Vec<String> = (0..cluster.len()).filter(|&i| i != only).map(|i| cluster.endpoint(i)).collect();
+    let probe = probe(healthy, &fleet).await?;
+    let detected = eventually(STALE_BOUND + Duration::from_secs(10), "health reports the source stale", || {
+        disc.health().is_stale()
+    })
+    .await
+    .map(|_| cut_at.elapsed());
+    let during = disc.health();
+    let view_kept = fleet.leases().iter().all(|l| leases_of(&*disc, &Fleet::method()).contains(l));
+    tokio::time::sleep(SILENT_FOR.saturating_sub(cut_at.elapsed())).await;
+    partition.heal()?;
+    let healed_at = Instant::now();
+    let healthy_again =
+        eventually(HEALTHY_AFTER_HEAL_BOUND + Duration::from_secs(20), "health is current after the heal", || {
+            disc.health().is_healthy()
+        })
+        .await
+        .map(|_| healed_at.elapsed());
+    let correct =
+        eventually(HEALTHY_AFTER_HEAL_BOUND + Duration::from_secs(20), "the change made during the cut", || {
+            probe.visible(&*disc) && fleet.exactly_in(&*disc)
+        })
+        .await
+        .map(|_| healed_at.elapsed());
+    let after = disc.health();
+    let source = |h: &registry_core::Health| h.sources.first().cloned().unwrap_or_default();
+    print_figures(
+        "etcd.silent_watch_member_health",
+        &[
+            ("stale_detected_after", detected.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("stale_bound", secs(STALE_BOUND)),
+            ("healthy_after_heal", healthy_again.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("correct_after_heal", correct.as_ref().map_or("never".into(), |d| secs(*d))),
+            ("resyncs", source(&after).resyncs.to_string()),
+            ("stream_errors", source(&after).stream_errors.to_string()),
+        ],
+    );
+    anyhow::ensure!(!before.is_stale(), "stale before the fault: {before:?}");
+    let detected = detected?;
+    anyhow::ensure!(detected <= STALE_BOUND, "stale only {detected:?} after the cut: {during:?}");
+    anyhow::ensure!(view_kept, "the last view was not kept during the cut");
+    let healthy_again = healthy_again?;
+    anyhow::ensure!(healthy_again <= HEALTHY_AFTER_HEAL_BOUND, "healthy {healthy_again:?} after the heal");
+    correct?;
+    anyhow::ensure!(source(&after).resyncs >= 1, "no resync counted: {after:?}");
+    probe.stop().await;
+    disc.unwatch();
+    if let Ok(fleet) = Arc::try_unwrap(fleet) {
+        fleet.stop().await;
+    }
+    Ok(())
+}
+
+/// Item 8: a gateway restarts while every member is down.
+async fn restart_during_outage_serves_snapshot() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start().await?;
+    let fleet = fleet(&cluster, 3, 1).await?;
+    let dir = cluster.dir().join("gateway");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("discovery.json");
+    let corrupted = dir.join("corrupted.json");
+    std::fs::write(&corrupted, b"{\"format\":\"registry-discovery-snapshot\",\"version\":1,\"records\":[{\"ke")?;
+    let with_snapshot =
+        |path: &std::path::Path| conf(&fleet.namespace).with_discovery(DiscoveryOptions::default().with_snapshot(path));
+    {
+        let s = store(cluster.endpoints()).await?;
+        let first = Discoverer::new(&s, &fleet.env, with_snapshot(&path))?;
+        first.watcher().await?;
+        eventually(Duration::from_secs(10), "the fleet is discovered", || fleet.exactly_in(&first)).await?;
+        eventually(Duration::from_secs(5), "the snapshot holds the fleet", || {
+            std::fs::read_to_string(&path).is_ok_and(|t| fleet.leases().iter().all(|l| t.contains(&l.to_string())))
+        })
+        .await?;
+        first.unwatch();
+    }
+    let saved = fleet.leases();
+    for i in 0..cluster.len() {
+        cluster.stop(i);
+    }
+    let down_at = Instant::now();
+    // The gateway restarts: a new store and discoverer, the cluster unreachable.
+    let s = store(cluster.endpoints()).await?;
+    let restarted = Discoverer::new(&s, &fleet.env, with_snapshot(&path))?;
+    let ready = tokio::time::timeout(Duration::from_secs(2), restarted.watcher()).await;
+    let served: BTreeSet<i64> = leases_of(&restarted, &Fleet::method()).into_iter().collect();
+    let during = restarted.health().sources.first().cloned().unwrap_or_default();
+    let bad = Discoverer::new(&s, &fleet.env, with_snapshot(&corrupted))?;
+    let bad_health = bad.health().sources.first().cloned().unwrap_or_default();
+    let bad_started = tokio::time::timeout(Duration::from_secs(1), bad.watcher()).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
+    let still = restarted.health().sources.first().cloned().unwrap_or_default();
+    for i in 0..cluster.len() {
+        cluster.revive(i)?;
+    }
+    let back_at = Instant::now();
+    let caught_up = eventually(Duration::from_secs(30), "the restarted discoverer follows the cluster", || {
+        let h = restarted.health();
+        h.is_healthy() && !h.sources[0].from_snapshot && fleet.exactly_in(&restarted)
+    })
+    .await
+    .map(|_| back_at.elapsed());
+    let bad_live =
+        eventually(Duration::from_secs(30), "the discoverer with the corrupted file follows the cluster", || {
+            fleet.exactly_in(&bad)
+        })
+        .await;
+    print_figures(
+        "etcd.restart_during_outage_serves_snapshot",
+        &[
+            ("served_from_snapshot", served.len().to_string()),
+            ("caught_up_after_cluster_back", caught_up.as_ref().map_or("never".into(), |d| secs(*d))),
+        ],
+    );
+    anyhow::ensure!(matches!(ready, Ok(Ok(()))), "watcher() did not return ready from the snapshot: {ready:?}");
+    anyhow::ensure!(served == saved, "served {served:?} from the snapshot, saved {saved:?}");
+    anyhow::ensure!(during.from_snapshot && during.stale, "not marked stale from the snapshot: {during:?}");
+    anyhow::ensure!(still.from_snapshot && still.stale && !still.stream_healthy, "{still:?}");
+    anyhow::ensure!(
+        bad_health.snapshot_error.as_deref().is_some_and(|e| e.contains("corrupted")) && !bad_health.ready,
+        "corrupted file not reported: {bad_health:?}"
+    );
+    anyhow::ensure!(!matches!(bad_started, Ok(Ok(()))), "ready without a listing or a snapshot");
+    caught_up?;
+    bad_live?;
+    restarted.unwatch();
+    bad.unwatch();
     if let Ok(fleet) = Arc::try_unwrap(fleet) {
         fleet.stop().await;
     }
