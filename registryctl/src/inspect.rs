@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
-use registry::{Discovery, DiscoveryEvent, ServiceConf, ServiceNode};
+use registry::{Discovery, DiscoveryEvent, Health, ServiceConf, ServiceNode, SourceHealth};
 
 /// Where to look.
 #[derive(Args, Debug, Clone)]
@@ -69,14 +69,81 @@ fn print_nodes<'a>(nodes: impl Iterator<Item = &'a ServiceNode>, json: bool) -> 
     Ok(())
 }
 
-/// `registryctl list`: every live node, by app.
+/// One line per source: `source etcd: current (confirmed 0.4 s ago), stream healthy, 0 resyncs`.
+fn health_lines(health: &Health) -> Vec<String> {
+    health.sources.iter().map(health_line).collect()
+}
+
+fn health_line(s: &SourceHealth) -> String {
+    let state = if s.stale { "STALE" } else { "current" };
+    let confirmed =
+        s.since_confirmed.map_or("never confirmed".to_owned(), |d| format!("confirmed {:.1} s ago", d.as_secs_f64()));
+    let mut line = format!(
+        "source {}: {state} ({confirmed}), stream {}, {} resyncs, {} stream errors",
+        s.source,
+        if s.stream_healthy { "healthy" } else { "broken" },
+        s.resyncs,
+        s.stream_errors
+    );
+    if s.from_snapshot {
+        line.push_str(", serving the snapshot");
+    }
+    if s.empty_held {
+        line.push_str(", empty listing held back");
+    }
+    if let Some(error) = &s.last_error {
+        line.push_str(&format!(", last error: {error}"));
+    }
+    if let Some(error) = &s.snapshot_error {
+        line.push_str(&format!(", snapshot: {error}"));
+    }
+    line
+}
+
+fn health_json(health: &Health) -> serde_json::Value {
+    serde_json::Value::Array(
+        health
+            .sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "source": s.source,
+                    "stale": s.stale,
+                    "ready": s.ready,
+                    "stream_healthy": s.stream_healthy,
+                    "since_confirmed_s": s.since_confirmed.map(|d| d.as_secs_f64()),
+                    "stale_after_s": s.stale_after.map(|d| d.as_secs_f64()),
+                    "resyncs": s.resyncs,
+                    "stream_errors": s.stream_errors,
+                    "last_error": s.last_error,
+                    "from_snapshot": s.from_snapshot,
+                    "empty_held": s.empty_held,
+                    "snapshot_error": s.snapshot_error,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `registryctl list`: every live node, by app, then the health of each source.
 pub async fn list(scope: Scope) -> anyhow::Result<()> {
     let discovery = discover(&scope).await?;
     let snapshot = discovery.snapshot();
     let nodes = snapshot.all_nodes();
-    print_nodes(nodes.iter().map(|n| &**n), scope.json)?;
-    if !scope.json {
+    if scope.json {
+        let nodes: Vec<&ServiceNode> = nodes.iter().map(|n| &**n).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"nodes": nodes, "health": health_json(&discovery.health())})
+            )?
+        );
+    } else {
+        print_nodes(nodes.iter().map(|n| &**n), false)?;
         println!("{} apps, {} nodes, {} methods", snapshot.apps().len(), snapshot.len(), snapshot.methods().len());
+        for line in health_lines(&discovery.health()) {
+            println!("{line}");
+        }
     }
     discovery.unwatch();
     Ok(())
@@ -91,13 +158,34 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `registryctl watch`: prints every change with a timestamp until Ctrl-C.
+/// `registryctl watch`: prints every change with a timestamp until Ctrl-C,
+/// and a `HEALTH` line per source when it starts and whenever a source turns
+/// stale or current again (checked every second).
 pub async fn watch(scope: Scope) -> anyhow::Result<()> {
     let discovery = discover(&scope).await?;
     let mut events = discovery.events();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shown: Option<Vec<(bool, bool, bool, bool)>> = None;
     loop {
         let event = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let health = discovery.health();
+                let state: Vec<_> =
+                    health.sources.iter().map(|s| (s.stale, s.stream_healthy, s.from_snapshot, s.empty_held)).collect();
+                if shown.as_ref() != Some(&state) {
+                    let now = chrono_like_now();
+                    if scope.json {
+                        println!("{}", serde_json::json!({"at": now, "event": "health", "health": health_json(&health)}));
+                    } else {
+                        for line in health_lines(&health) {
+                            println!("{now} HEALTH {line}");
+                        }
+                    }
+                    shown = Some(state);
+                }
+                continue;
+            }
             event = events.next() => event,
         };
         let Some(event) = event else { break };
