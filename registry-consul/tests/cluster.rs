@@ -383,11 +383,12 @@ async fn discovery_agent_silent_health() -> anyhow::Result<()> {
     tokio::time::sleep(SILENT_FOR.saturating_sub(cut_at.elapsed())).await;
     partition.heal()?;
     let healed_at = Instant::now();
-    let healthy_again = eventually(CATCH_UP_BOUND + Duration::from_secs(20), "health is current after the heal", || {
-        s.disc.health().is_healthy()
-    })
-    .await
-    .map(|_| healed_at.elapsed());
+    let healthy_again =
+        eventually(CATCH_UP_BOUND + Duration::from_secs(20), "health is current after the heal", || {
+            s.disc.health().is_healthy()
+        })
+        .await
+        .map(|_| healed_at.elapsed());
     let correct = eventually(CATCH_UP_BOUND + Duration::from_secs(20), "the change made during the cut", || {
         probe.visible(&*s.disc) && s.fleet.exactly_in(&*s.disc)
     })

@@ -232,7 +232,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let path = dir().join("view.json");
-        let snapshot = Snapshot::new("etcd", &scope(), vec![SnapshotRecord { key: "ns/dev/a/7".into(), node: node("a") }]);
+        let snapshot =
+            Snapshot::new("etcd", &scope(), vec![SnapshotRecord { key: "ns/dev/a/7".into(), node: node("a") }]);
         save(&path, &snapshot).expect("saved");
         assert_eq!(load(&path, "etcd", &scope()).expect("loaded"), snapshot);
         // No temporary file is left behind.
