@@ -25,6 +25,7 @@
 
 pub mod consul;
 pub mod consul_cluster;
+pub mod demo_image;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod faults;
