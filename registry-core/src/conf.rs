@@ -76,7 +76,9 @@ impl Default for EmptyProtection {
 ///   and ignored;
 /// - `stale_after`: `None`: a source is stale after the silence its reader
 ///   states ([`crate::store::StoreReader::max_silence`]); set it to report
-///   staleness later (or for readers that state none).
+///   staleness later (or for readers that state none);
+/// - `draining_nodes`: [`crate::DrainingNodes::Exclude`]: `get_service`
+///   never answers a draining node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoveryOptions {
@@ -86,6 +88,9 @@ pub struct DiscoveryOptions {
     pub snapshot: Option<PathBuf>,
     /// Silence after which a source counts as stale (overrides the reader's bound).
     pub stale_after: Option<Duration>,
+    /// Whether `get_service` answers draining nodes (after the serving ones)
+    /// or never (the default); see [`crate::DrainingNodes`].
+    pub draining_nodes: crate::DrainingNodes,
 }
 
 impl DiscoveryOptions {
@@ -98,6 +103,13 @@ impl DiscoveryOptions {
     /// Sets the last-known-good snapshot file.
     pub fn with_snapshot(mut self, path: impl Into<PathBuf>) -> Self {
         self.snapshot = Some(path.into());
+        self
+    }
+
+    /// Sets whether `get_service` answers draining nodes
+    /// ([`crate::DrainingNodes::Exclude`] by default).
+    pub fn with_draining_nodes(mut self, policy: crate::DrainingNodes) -> Self {
+        self.draining_nodes = policy;
         self
     }
 

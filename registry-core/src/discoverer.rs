@@ -19,7 +19,7 @@
 //! for the rules), from tasks owned by the follow task, a few at a time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ struct Inner {
     task: Mutex<Option<JoinHandle<()>>>,
     cache: Mutex<Cache>,
     skipped: AtomicU64,
+    /// `get_service` answers draining nodes after the serving ones
+    /// ([`crate::DrainingNodes::Last`]); read with one relaxed load per lookup.
+    include_draining: AtomicBool,
 }
 
 /// Discovers nodes in one namespace and env on any backend. Cheap to clone;
@@ -132,6 +135,7 @@ impl Discoverer {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let reaper = reader.reaper();
         let max_silence = options.stale_after.or_else(|| reader.max_silence());
+        let include_draining = options.draining_nodes == crate::DrainingNodes::Last;
         let (save_signal, _) = watch::channel(0);
         let cache = Cache {
             reaping: reaper.is_some(),
@@ -160,6 +164,7 @@ impl Discoverer {
                 task: Mutex::new(None),
                 cache: Mutex::new(cache),
                 skipped: AtomicU64::new(0),
+                include_draining: AtomicBool::new(include_draining),
             }),
         };
         discoverer.load_snapshot();
@@ -203,6 +208,22 @@ impl Discoverer {
         update_health_metrics(inner);
     }
 
+    /// Sets whether [`Discovery::get_service`] answers draining nodes (after
+    /// the serving ones) or never (the default); takes effect at the next
+    /// lookup, for every clone of this discoverer.
+    pub fn set_draining_nodes(&self, policy: crate::DrainingNodes) {
+        self.inner.include_draining.store(policy == crate::DrainingNodes::Last, Ordering::Relaxed);
+    }
+
+    /// Whether [`Discovery::get_service`] answers draining nodes.
+    pub fn draining_nodes(&self) -> crate::DrainingNodes {
+        if self.inner.include_draining.load(Ordering::Relaxed) {
+            crate::DrainingNodes::Last
+        } else {
+            crate::DrainingNodes::Exclude
+        }
+    }
+
     /// Namespace and env this discoverer follows.
     pub fn scope(&self) -> &Scope {
         &self.inner.scope
@@ -219,7 +240,11 @@ impl Discovery for Discoverer {
     fn get_service(&self, method: &str) -> Result<Nodes> {
         let index = self.inner.index.load();
         match index.by_method(method) {
-            Some(nodes) => Ok(nodes.clone()),
+            // Serving first, draining last: the serving part is a view of
+            // the same allocation, so either answer is one `Arc` clone.
+            Some(nodes) if self.inner.include_draining.load(Ordering::Relaxed) => Ok(nodes.clone()),
+            Some(nodes) if nodes.serving_count() > 0 => Ok(nodes.serving()),
+            Some(nodes) => Err(Error::AllDraining { method: method.to_owned(), draining: nodes.len() }),
             None if !self.is_ready() => Err(Error::NotReady),
             None => Err(Error::MethodNotFound { method: method.to_owned() }),
         }
@@ -658,6 +683,9 @@ struct Entry {
     /// window the record does not state) or was handed out for this stamp.
     /// Boxed: most entries never hold one, and the cache is per node.
     reap: Option<Box<RawRecord>>,
+    /// The operator's mark the store reported beside the record
+    /// ([`RawRecord::drained_by_operator`]).
+    marked: bool,
 }
 
 impl Entry {
@@ -719,6 +747,7 @@ fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
         && a.ttl == b.ttl
         && a.weight == b.weight
         && a.draining == b.draining
+        && a.drained_by_operator == b.drained_by_operator
 }
 
 impl Cache {
@@ -797,25 +826,38 @@ impl Cache {
 
     fn upsert(&mut self, inner: &Inner, record: RawRecord, out: &mut Vec<DiscoveryEvent>) {
         let stamp = record.stamp_digest();
+        let marked = record.drained_by_operator;
+        // When only the operator's mark changed: when the record was last renewed.
+        let mut renewed_at = None;
         if let Some(entry) = self.records.get_mut(record.key.as_str())
             && entry.stamp == stamp
         {
-            // Same write seen again (a relist, or another change of the object
-            // holding it): not a sign of life; but a reap deletes the version
-            // last observed.
-            if let Some(reap) = entry.reap.as_mut() {
-                **reap = record;
+            if entry.visible && entry.marked != marked {
+                // The operator's mark changed beside the record: a change to
+                // show, but not a sign of life.
+                renewed_at = Some(entry.last_seen);
+            } else {
+                // Same write seen again (a relist, or another change of the object
+                // holding it): not a sign of life; but a reap deletes the version
+                // last observed.
+                if let Some(reap) = entry.reap.as_mut() {
+                    **reap = record;
+                }
+                return;
             }
-            return;
         }
         if self.skipped_writes.get(record.key.as_str()) == Some(&stamp) {
             // A bad write seen again: already counted.
             return;
         }
-        let node = match ServiceNode::from_json(&record.value) {
+        let mut node = match ServiceNode::from_json(&record.value) {
             Ok(node) => node,
             Err(e) => return self.reject(inner, &record.key, &format!("not a service node: {e}"), stamp, out),
         };
+        // Discovered nodes carry the effective state: drained by the
+        // instance or by an operator (in the record or beside it).
+        node.drained_by_operator |= marked;
+        node.draining |= node.drained_by_operator;
         if node.meta.env != inner.scope.env {
             let reason = format!("env `{}` is not `{}`", node.meta.env, inner.scope.env);
             return self.reject(inner, &record.key, &reason, stamp, out);
@@ -831,7 +873,7 @@ impl Cache {
                 None => (Some(inner.default_window), false),
             },
         };
-        let now = Instant::now();
+        let now = renewed_at.unwrap_or_else(Instant::now);
         let key: Arc<str> = Arc::from(record.key.as_str());
         // Only a window the record states is good enough to delete it by:
         // hiding is undone by the next heartbeat, a delete is not.
@@ -854,7 +896,7 @@ impl Cache {
         };
         let node = self.index.upsert(&key, node, recency);
         out.push(up(Arc::clone(&node)));
-        self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true, reap });
+        self.records.insert(key, Entry { stamp, node, window, last_seen: now, visible: true, reap, marked });
     }
 
     fn delete(&mut self, key: &str, out: &mut Vec<DiscoveryEvent>) {
@@ -946,10 +988,9 @@ async fn save_snapshots(inner: Arc<Inner>, mut changed: watch::Receiver<u64>) {
         };
         if let Some(pending) = pending {
             let (source, scope, target) = (inner.source.clone(), inner.scope.clone(), path.clone());
-            let saved = tokio::task::spawn_blocking(move || {
-                snapshot::save(&target, &pending.into_snapshot(&source, &scope))
-            })
-            .await;
+            let saved =
+                tokio::task::spawn_blocking(move || snapshot::save(&target, &pending.into_snapshot(&source, &scope)))
+                    .await;
             let error = match saved {
                 Ok(Ok(())) => None,
                 Ok(Err(error)) => Some(error.to_string()),

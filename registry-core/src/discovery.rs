@@ -13,7 +13,10 @@ use crate::{Health, Nodes, Result, ServiceIndex, ServiceNode};
 /// Semantics every backend honours (proved by the conformance suite):
 /// - [`get_service`](Discovery::get_service) answers from the local cache:
 ///   no I/O, no locks, no copy of node data; nodes of every app that serves
-///   the method, newest registration first; only nodes that declare the method.
+///   the method, newest registration first; only nodes that declare the
+///   method; never a draining node ([`ServiceNode::draining`]) unless the
+///   discoverer was told to add them after the serving ones
+///   ([`DrainingNodes::Last`]).
 /// - [`watcher`](Discovery::watcher) starts following the backend's change
 ///   stream (etcd watch, Consul blocking queries, Kubernetes watch) and returns
 ///   once the first full listing is in the cache. If that first listing
@@ -38,12 +41,20 @@ use crate::{Health, Nodes, Result, ServiceIndex, ServiceNode};
 ///   ([`EmptyProtection`](crate::conf::EmptyProtection)).
 #[async_trait]
 pub trait Discovery: Send + Sync {
-    /// Nodes serving `method` (`/pkg.Service/Method`), newest first, or
-    /// [`Error::MethodNotFound`](crate::Error::MethodNotFound) (or
-    /// [`Error::NotReady`](crate::Error::NotReady) before the first listing).
+    /// Nodes serving `method` (`/pkg.Service/Method`), newest first: the
+    /// serving ones only ([`DrainingNodes::Exclude`], the default) or the
+    /// serving ones then the draining ones ([`DrainingNodes::Last`]).
+    ///
+    /// Errors: [`Error::MethodNotFound`](crate::Error::MethodNotFound) when
+    /// no node declares the method, [`Error::AllDraining`](crate::Error::AllDraining)
+    /// when every node that does is draining (and draining nodes are
+    /// excluded), [`Error::NotReady`](crate::Error::NotReady) before the
+    /// first listing. A successful answer is never empty.
     fn get_service(&self, method: &str) -> Result<Nodes>;
 
-    /// Nodes of `app_id`, newest first, or [`Error::NodeNotFound`](crate::Error::NodeNotFound).
+    /// Nodes of `app_id`: serving ones newest first, then draining ones
+    /// (whatever [`DrainingNodes`] says: this is the inventory view), or
+    /// [`Error::NodeNotFound`](crate::Error::NodeNotFound).
     fn get_app(&self, app_id: &str) -> Result<Nodes>;
 
     /// App ids with at least one live node, sorted.
@@ -72,6 +83,28 @@ pub trait Discovery: Send + Sync {
     /// How current the view is, per source (see [`crate::health`]'s figures
     /// in [`Health`]). Cheap: no I/O.
     fn health(&self) -> Health;
+}
+
+/// Whether [`Discovery::get_service`] answers draining nodes
+/// ([`ServiceNode::draining`]: instances shutting down, or drained by an
+/// operator).
+///
+/// Set per discoverer with `DiscoveryOptions::with_draining_nodes` or at
+/// any time with [`Discoverer::set_draining_nodes`](crate::Discoverer::set_draining_nodes).
+/// Either way a lookup stays one hash-map probe without allocation: the
+/// index keeps every list serving-first, and the serving part is a view of
+/// the same allocation ([`Nodes::serving`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DrainingNodes {
+    /// Never answer a draining node (the default): a caller picking from the
+    /// answer sends no new call to an instance that is shutting down.
+    #[default]
+    Exclude,
+    /// Answer the serving nodes first, then the draining ones (newest first
+    /// each): for callers that prefer a draining node to no node at all (a
+    /// draining instance still serves until it stops).
+    Last,
 }
 
 /// A change seen by discovery.

@@ -28,6 +28,23 @@ pub enum Error {
         /// The app asked for.
         app_id: String,
     },
+    /// Every node serving this method is draining, and the discoverer
+    /// excludes draining nodes ([`crate::DrainingNodes::Exclude`]).
+    #[error("every node serving method `{method}` is draining ({draining} draining)")]
+    AllDraining {
+        /// The method asked for.
+        method: String,
+        /// How many draining nodes serve it.
+        draining: usize,
+    },
+    /// No record of this instance (app id and lease id) is in the store.
+    #[error("no record of instance `{app_id}/{lease_id}`")]
+    InstanceNotFound {
+        /// The instance's app.
+        app_id: String,
+        /// The instance's lease id.
+        lease_id: i64,
+    },
     /// A configuration value or name is invalid.
     #[error("invalid {field}: {reason}")]
     InvalidConfig {
@@ -167,6 +184,12 @@ impl Error {
         match self {
             Error::MethodNotFound { method } => Error::MethodNotFound { method: method.clone() },
             Error::NodeNotFound { app_id } => Error::NodeNotFound { app_id: app_id.clone() },
+            Error::AllDraining { method, draining } => {
+                Error::AllDraining { method: method.clone(), draining: *draining }
+            }
+            Error::InstanceNotFound { app_id, lease_id } => {
+                Error::InstanceNotFound { app_id: app_id.clone(), lease_id: *lease_id }
+            }
             Error::InvalidConfig { field, reason } => Error::InvalidConfig { field, reason: reason.clone() },
             Error::TooLarge { what, size, limit } => Error::TooLarge { what: what.clone(), size: *size, limit: *limit },
             Error::BackendUnavailable { backend, source } => {

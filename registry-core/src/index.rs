@@ -1,5 +1,5 @@
-//! The discovery index: method → nodes and app → nodes, newest registration
-//! first.
+//! The discovery index: method → nodes and app → nodes, serving nodes
+//! newest registration first, then draining ones newest first.
 //!
 //! [`ServiceIndex`] is an immutable snapshot; readers load it from an
 //! `ArcSwap` without locks and get [`Nodes`] — a shared slice of shared
@@ -38,26 +38,62 @@ use crate::model::Methods;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Nodes answered by discovery, newest registration first. Cloning is one
-/// reference-count increment; the nodes themselves are shared.
+/// Nodes answered by discovery: serving nodes newest registration first,
+/// then draining ones ([`ServiceNode::draining`]) newest first. Cloning is
+/// one reference-count increment; the nodes themselves are shared.
+///
+/// [`serving`](Nodes::serving) is the serving part as `Nodes` of its own
+/// (the same allocation, a shorter view): what
+/// [`Discovery::get_service`](crate::Discovery::get_service) answers by
+/// default.
 #[derive(Clone, Debug, Default)]
-pub struct Nodes(Arc<[Arc<ServiceNode>]>);
+pub struct Nodes {
+    all: Arc<[Arc<ServiceNode>]>,
+    /// Nodes in this view: `all[..len]` (`u32`: the map entries stay 24 bytes).
+    len: u32,
+    /// Serving nodes: `all[..serving]` (`serving <= len`).
+    serving: u32,
+}
 
 impl Deref for Nodes {
     type Target = [Arc<ServiceNode>];
+    #[inline]
     fn deref(&self) -> &Self::Target {
-        &self.0
+        self.all.get(..self.len as usize).unwrap_or_default()
     }
 }
 
 impl Nodes {
+    /// `nodes` ordered serving first (the index keeps them so).
     fn from_vec(nodes: Vec<Arc<ServiceNode>>) -> Self {
-        Nodes(nodes.into())
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let serving = count(nodes.partition_point(|n| !n.draining));
+        let len = count(nodes.len());
+        Nodes { all: nodes.into(), len, serving }
     }
 
-    /// True when both share the same allocation (no change between snapshots).
+    /// The serving nodes only (newest first), without copying: the same
+    /// allocation, a shorter view.
+    #[inline]
+    pub fn serving(&self) -> Nodes {
+        Nodes { all: Arc::clone(&self.all), len: self.serving, serving: self.serving }
+    }
+
+    /// How many of these nodes are serving (the rest, after them, are draining).
+    #[inline]
+    pub fn serving_count(&self) -> usize {
+        self.serving as usize
+    }
+
+    /// The draining nodes (after the serving ones), newest first.
+    pub fn draining(&self) -> &[Arc<ServiceNode>] {
+        self.get(self.serving as usize..).unwrap_or_default()
+    }
+
+    /// True when both are the same view of the same allocation (no change
+    /// between snapshots).
     pub fn ptr_eq(&self, other: &Nodes) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.all, &other.all) && self.len == other.len
     }
 }
 
@@ -99,13 +135,14 @@ impl ServiceIndex {
         Self { by_method: self.by_method.clone(), by_app: self.by_app.clone(), node_count: self.node_count }
     }
 
-    /// Nodes serving `method`, newest first (all apps that serve it).
+    /// Nodes serving `method` (all apps that serve it): serving ones newest
+    /// first, then draining ones ([`Nodes::serving`] is the first part).
     #[inline]
     pub fn by_method(&self, method: &str) -> Option<&Nodes> {
         self.by_method.get(method)
     }
 
-    /// Nodes of `app_id`, newest first.
+    /// Nodes of `app_id`: serving ones newest first, then draining ones.
     #[inline]
     pub fn by_app(&self, app_id: &str) -> Option<&Nodes> {
         self.by_app.get(app_id)
@@ -125,7 +162,8 @@ impl ServiceIndex {
         methods
     }
 
-    /// Every node, grouped by app (apps sorted), newest first within an app.
+    /// Every node, grouped by app (apps sorted), serving nodes newest first
+    /// then draining ones within an app.
     pub fn all_nodes(&self) -> Vec<Arc<ServiceNode>> {
         let mut apps: Vec<(&Arc<str>, &Nodes)> = self.by_app.iter().collect();
         apps.sort_by(|a, b| a.0.cmp(b.0));
@@ -239,11 +277,18 @@ struct App {
     dirty: bool,
 }
 
-/// Where `key` with `recency` is (`Ok`) or goes (`Err`) in an app's keys.
-fn position(slots: &FastMap<Arc<str>, Slot>, keys: &[Arc<str>], recency: Recency, key: &str) -> Result<usize, usize> {
+/// Where a node goes in a list: serving before draining, then newest first.
+type Rank = (bool, Reverse<Recency>);
+
+fn rank(node: &ServiceNode, recency: Recency) -> Rank {
+    (node.draining, Reverse(recency))
+}
+
+/// Where `key` with `rank` is (`Ok`) or goes (`Err`) in an app's keys.
+fn position(slots: &FastMap<Arc<str>, Slot>, keys: &[Arc<str>], at: Rank, key: &str) -> Result<usize, usize> {
     keys.binary_search_by(|k| {
-        let r = if **k == *key { recency } else { slots.get(k).map_or(recency, |s| s.recency) };
-        (Reverse(r), &**k).cmp(&(Reverse(recency), key))
+        let r = if **k == *key { at } else { slots.get(k).map_or(at, |s| rank(&s.node, s.recency)) };
+        (r, &**k).cmp(&(at, key))
     })
 }
 
@@ -325,7 +370,7 @@ impl IndexWriter {
             }
         };
         if let Some(app) = self.apps.get_mut(&id) {
-            let (Ok(at) | Err(at)) = position(&self.slots, &app.keys, recency, &key);
+            let (Ok(at) | Err(at)) = position(&self.slots, &app.keys, rank(&node, recency), &key);
             app.keys.insert(at, Arc::clone(&key));
             if !app.dirty {
                 app.dirty = true;
@@ -346,7 +391,7 @@ impl IndexWriter {
         if let Some((id, _)) = self.apps.get_key_value(slot.node.meta.app_id.as_str()) {
             let id = Arc::clone(id);
             if let Some(app) = self.apps.get_mut(&id) {
-                let at = match position(&self.slots, &app.keys, slot.recency, key) {
+                let at = match position(&self.slots, &app.keys, rank(&slot.node, slot.recency), key) {
                     Ok(at) => Some(at),
                     Err(_) => app.keys.iter().position(|k| **k == *key),
                 };
@@ -509,19 +554,19 @@ impl IndexWriter {
         }
     }
 
-    /// Nodes of `apps` serving `method`, newest first (apps in id order
-    /// among equally recent nodes).
+    /// Nodes of `apps` serving `method`, serving before draining, newest
+    /// first (apps in id order among equally recent nodes).
     fn nodes_serving(&self, method: &str, apps: &[Arc<str>]) -> Nodes {
         let mut apps = apps.to_vec();
         apps.sort();
-        let mut picked: Vec<(Reverse<Recency>, Arc<ServiceNode>)> = Vec::new();
+        let mut picked: Vec<(Rank, Arc<ServiceNode>)> = Vec::new();
         for app in &apps {
             let Some(app) = self.apps.get(app) else { continue };
             for k in &app.keys {
                 if let Some(slot) = self.slots.get(k)
                     && serves(&slot.node.methods, method)
                 {
-                    picked.push((Reverse(slot.recency), Arc::clone(&slot.node)));
+                    picked.push((rank(&slot.node, slot.recency), Arc::clone(&slot.node)));
                 }
             }
         }
@@ -552,7 +597,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn node(app: &str, lease: i64, methods: &[&str]) -> ServiceNode {
+        drained(app, lease, methods, false)
+    }
+
+    fn drained(app: &str, lease: i64, methods: &[&str], draining: bool) -> ServiceNode {
         ServiceNode {
+            draining,
             lease_id: lease,
             meta: Meta::new("prod", app, "v1"),
             methods: methods.iter().map(|m| (m.to_string(), true)).collect(),
@@ -573,6 +623,35 @@ mod tests {
         assert_eq!(leases(idx.by_method("/s.S/M")), [2, 1]);
         assert_eq!(leases(idx.by_app("a")), [2, 1]);
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn draining_nodes_come_after_serving_ones_and_move_back() {
+        let mut w = IndexWriter::new();
+        let at = |b| Recency { seen_batch: b, ..Default::default() };
+        w.upsert("a/1", node("a", 1, &["/s.S/M"]), at(1));
+        w.upsert("a/2", drained("a", 2, &["/s.S/M"], true), at(2));
+        w.upsert("a/3", node("a", 3, &["/s.S/M"]), at(3));
+        let idx = w.publish().expect("changed");
+        let m = idx.by_method("/s.S/M").expect("present");
+        assert_eq!(leases(Some(m)), [3, 1, 2], "serving newest first, then draining");
+        assert_eq!(m.serving_count(), 2);
+        assert_eq!(leases(Some(&m.serving())), [3, 1]);
+        assert_eq!(m.draining().iter().map(|n| n.lease_id).collect::<Vec<_>>(), [2]);
+        assert!(m.serving().ptr_eq(&m.serving()) && !m.serving().ptr_eq(m), "a view is its own list");
+        // Undrained, it takes its place by recency again; drained, it moves back.
+        w.upsert("a/2", node("a", 2, &["/s.S/M"]), at(2));
+        w.upsert("a/3", drained("a", 3, &["/s.S/M"], true), at(3));
+        let idx = w.publish().expect("changed");
+        let m = idx.by_method("/s.S/M").expect("present");
+        assert_eq!(leases(Some(m)), [2, 1, 3]);
+        assert_eq!(leases(Some(&m.serving())), [2, 1]);
+        w.upsert("a/1", drained("a", 1, &["/s.S/M"], true), at(1));
+        w.upsert("a/2", drained("a", 2, &["/s.S/M"], true), at(2));
+        let idx = w.publish().expect("changed");
+        let m = idx.by_method("/s.S/M").expect("present");
+        assert_eq!(leases(Some(m)), [3, 2, 1]);
+        assert!(m.serving().is_empty());
     }
 
     #[test]
@@ -641,9 +720,11 @@ mod tests {
     fn matches_a_rebuild_from_scratch_under_random_changes() {
         let methods = ["/s.S/A", "/s.S/B", "/s.S/C", "/t.T/A", "/t.T/B"];
         let mut w = IndexWriter::new();
-        // key → (app, recency, lease)
-        let mut model: BTreeMap<String, (String, Recency, i64)> = BTreeMap::new();
-        type Listing = Vec<(String, Vec<i64>)>;
+        // key → (app, recency, lease, draining)
+        type Model = (String, Recency, i64, bool);
+        let mut model: BTreeMap<String, Model> = BTreeMap::new();
+        // (entry, leases in order, how many serve)
+        type Listing = Vec<(String, Vec<i64>, usize)>;
         let mut kept: Vec<(Arc<ServiceIndex>, Listing)> = Vec::new();
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         let mut next = || {
@@ -670,24 +751,27 @@ mod tests {
                 };
                 let served: Vec<&str> = served.iter().map(String::as_str).collect();
                 let recency = Recency { seen_batch: (r >> 24) % 3, registered_at_ms: 0, lease_id: lease };
-                w.upsert(key.as_str(), node(&app, lease, &served), recency);
-                model.insert(key, (app, recency, lease));
+                let draining = (r >> 32) % 4 == 0;
+                w.upsert(key.as_str(), drained(&app, lease, &served, draining), recency);
+                model.insert(key, (app, recency, lease, draining));
             }
             if step % 7 != 0 {
                 continue;
             }
             let Some(idx) = w.publish() else { continue };
-            let mut want: Vec<(String, Vec<i64>)> = Vec::new();
-            let mut apps: Vec<&String> = model.values().map(|(a, _, _)| a).collect();
+            let mut want: Listing = Vec::new();
+            let mut apps: Vec<&String> = model.values().map(|(a, _, _, _)| a).collect();
             apps.sort();
             apps.dedup();
             let ordered = |app: &str| {
-                let mut v: Vec<(&String, &(String, Recency, i64))> = model.iter().filter(|(_, e)| e.0 == app).collect();
-                v.sort_by(|a, b| (Reverse(a.1.1), a.0).cmp(&(Reverse(b.1.1), b.0)));
+                let mut v: Vec<(&String, &Model)> = model.iter().filter(|(_, e)| e.0 == app).collect();
+                v.sort_by(|a, b| (a.1.3, Reverse(a.1.1), a.0).cmp(&(b.1.3, Reverse(b.1.1), b.0)));
                 v
             };
             for app in &apps {
-                want.push((format!("app {app}"), ordered(app).iter().map(|(_, e)| e.2).collect()));
+                let nodes = ordered(app);
+                let serving = nodes.iter().filter(|(_, e)| !e.3).count();
+                want.push((format!("app {app}"), nodes.iter().map(|(_, e)| e.2).collect(), serving));
             }
             let mut all_methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
             all_methods.extend((0..4).flat_map(|a| (0..3).map(move |i| format!("/app{a}.S/M{i}"))));
@@ -697,22 +781,31 @@ mod tests {
                 for app in &apps {
                     for (k, e) in ordered(app) {
                         if w.get(k).is_some_and(|n| n.serves(m)) {
-                            picked.push((Reverse(e.1), e.2));
+                            picked.push(((e.3, Reverse(e.1)), e.2));
                         }
                     }
                 }
                 picked.sort_by_key(|p| p.0);
                 if !picked.is_empty() {
-                    want.push((format!("method {m}"), picked.into_iter().map(|p| p.1).collect()));
+                    let serving = picked.iter().filter(|p| !p.0.0).count();
+                    want.push((format!("method {m}"), picked.into_iter().map(|p| p.1).collect(), serving));
                 }
             }
             let got = |idx: &ServiceIndex| {
                 let mut got = Vec::new();
+                let entry = |name: String, nodes: Option<&Nodes>| {
+                    let serving = nodes.map_or(0, |n| n.serving_count());
+                    if let Some(n) = nodes {
+                        assert_eq!(leases(Some(&n.serving())), leases(Some(n))[..serving], "{name}: serving view");
+                        assert!(n.serving().iter().all(|x| !x.draining) && n.draining().iter().all(|x| x.draining));
+                    }
+                    (name, leases(nodes), serving)
+                };
                 for app in idx.apps() {
-                    got.push((format!("app {app}"), leases(idx.by_app(&app))));
+                    got.push(entry(format!("app {app}"), idx.by_app(&app)));
                 }
                 for m in idx.methods() {
-                    got.push((format!("method {m}"), leases(idx.by_method(&m))));
+                    got.push(entry(format!("method {m}"), idx.by_method(&m)));
                 }
                 got
             };

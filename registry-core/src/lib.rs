@@ -34,6 +34,7 @@ pub mod list_watch;
 pub mod memory;
 pub mod merge;
 mod model;
+pub mod operator;
 pub mod options;
 mod register;
 mod registrar;
@@ -43,7 +44,7 @@ pub mod telemetry;
 
 pub use conf::{DiscoveryOptions, EmptyProtection, ServiceConf};
 pub use discoverer::{Discoverer, app_lease_key};
-pub use discovery::{Discovery, DiscoveryEvent};
+pub use discovery::{Discovery, DiscoveryEvent, DrainingNodes};
 pub use error::{BoxError, Error, Result};
 pub use fanout::FanoutRegistrar;
 pub use grpc::GrpcServices;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::list_watch::ListWatchReader;
+use crate::operator::Operator;
 use crate::store::{
     BackendSpec, Change, ListWatch, Listing, RawRecord, Scope, Store, StoreReader, StoreWriter, WatchUpdate,
 };
@@ -268,6 +269,41 @@ impl Store for MemoryStore {
         let source = Arc::new(MemoryReader { store: self.clone(), prefix: scope.key_prefix() });
         Ok(Arc::new(ListWatchReader::new(source)))
     }
+
+    fn operator(&self, scope: &Scope) -> Result<Arc<dyn Operator>> {
+        Ok(Arc::new(MemoryOperator { store: self.clone(), scope: scope.clone() }))
+    }
+}
+
+/// Operator marks in the record's JSON (`drained_by_operator`), written
+/// under the store's lock: the record as it is now, never a stale copy.
+struct MemoryOperator {
+    store: MemoryStore,
+    scope: Scope,
+}
+
+#[async_trait]
+impl Operator for MemoryOperator {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn set_drained(&self, app_id: &str, lease_id: i64, drained: bool) -> Result<()> {
+        let key = self.scope.record_key(app_id, lease_id);
+        let mut state = self.store.lock()?;
+        let Some(record) = state.records.get(&key) else {
+            return Err(Error::InstanceNotFound { app_id: app_id.to_owned(), lease_id });
+        };
+        if crate::operator::is_marked(&record.value) == drained {
+            return Ok(());
+        }
+        let value = crate::operator::set_mark(&record.value, drained)?;
+        let revision = state.bump(key.clone(), Some(value.clone()));
+        state.records.insert(key, Record { value, mod_revision: revision });
+        drop(state);
+        self.store.shared.revision.send_replace(revision);
+        Ok(())
+    }
 }
 
 struct MemoryWriter {
@@ -297,12 +333,16 @@ impl StoreWriter for MemoryWriter {
     }
 
     async fn put(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
-        let value = node.to_json()?;
+        let mut value = node.to_json()?;
         if value.len() > MAX_RECORD_BYTES {
             return Err(Error::TooLarge { what: "node JSON".into(), size: value.len(), limit: MAX_RECORD_BYTES });
         }
         let key = self.key(node);
         let mut state = self.store.lock()?;
+        // An operator's mark on the record stays (see `crate::operator`).
+        if !node.drained_by_operator && state.records.get(&key).is_some_and(|r| crate::operator::is_marked(&r.value)) {
+            value = ServiceNode { drained_by_operator: true, ..node.clone() }.to_json()?;
+        }
         let lease = state.live_lease(node.lease_id, Instant::now()).ok_or(Error::LeaseExpired { backend: KIND })?;
         if !lease.keys.contains(&key) {
             lease.keys.push(key.clone());

@@ -184,8 +184,20 @@ pub struct ServiceNode {
     /// taking no new ones ([`crate::Register::drain`]). Written only while
     /// true. Go readers ignore the field, so a Go gateway keeps sending to a
     /// draining Rust instance until it uninstalls.
+    ///
+    /// In nodes answered by discovery it is the instance's effective state:
+    /// true also when an operator drained it (`drained_by_operator`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// An operator marked the instance draining from outside
+    /// (`registryctl drain`, [`crate::operator::Operator`]), whatever the
+    /// instance itself says; only an operator clears it (`registryctl
+    /// undrain`). The instance's own writes (installs, heartbeats, its own
+    /// drain and undrain) keep the mark: stores that keep it inside the
+    /// record carry it over, the others keep it beside the record. Go readers
+    /// ignore it. A registrar never sets it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drained_by_operator: bool,
 }
 
 impl Default for ServiceNode {
@@ -203,6 +215,7 @@ impl Default for ServiceNode {
             renewed_at_ms: None,
             ttl: None,
             draining: false,
+            drained_by_operator: false,
         }
     }
 }

@@ -230,6 +230,8 @@ impl Register for Registrar {
         node.network = conf.network.clone();
         node.weight = conf.weight;
         node.ttl = Some(conf.ttl.as_secs());
+        // Only an operator sets that mark; the store keeps it (see `crate::operator`).
+        node.drained_by_operator = false;
         let mut state = self.inner.state.lock().await;
         node.draining = state.draining;
         let registered = *state.registered_at_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());

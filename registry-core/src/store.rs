@@ -118,6 +118,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The change source for a discoverer of `scope`.
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>>;
+
+    /// Operator actions on the records of `scope` (`registryctl drain`; see
+    /// [`crate::operator`]). The default: not supported, an error naming
+    /// the backend.
+    fn operator(&self, scope: &Scope) -> Result<Arc<dyn crate::operator::Operator>> {
+        let _ = scope;
+        Err(crate::Error::backend(self.kind(), "this backend offers no operator actions (drain, undrain)"))
+    }
 }
 
 /// Writes one instance's record. Called only by [`crate::Registrar`], which
@@ -181,6 +189,11 @@ pub struct RawRecord {
     pub version: Option<String>,
     /// How liveness is judged.
     pub liveness: Liveness,
+    /// An operator marked the record drained, in a place the store keeps
+    /// beside the record rather than in `value` (see [`crate::operator`]);
+    /// discovery then reports the node draining and `drained_by_operator`.
+    /// Not a sign of life: a change of the mark alone renews nothing.
+    pub drained_by_operator: bool,
 }
 
 impl RawRecord {
@@ -199,7 +212,21 @@ impl RawRecord {
 
     /// A store-managed record whose stamp is its value.
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: value.into(), stamp: None, version: None, liveness: Liveness::StoreManaged }
+        Self {
+            key: key.into(),
+            value: value.into(),
+            stamp: None,
+            version: None,
+            liveness: Liveness::StoreManaged,
+            drained_by_operator: false,
+        }
+    }
+
+    /// Sets the operator's mark kept beside the record (see
+    /// [`RawRecord::drained_by_operator`]).
+    pub fn with_drained_by_operator(mut self, drained: bool) -> Self {
+        self.drained_by_operator = drained;
+        self
     }
 
     /// Sets the stamp.
