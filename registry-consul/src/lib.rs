@@ -85,6 +85,7 @@ mod agent;
 mod client;
 mod config;
 mod error;
+mod operator;
 mod reader;
 mod store;
 mod writer;

@@ -275,6 +275,12 @@ impl ConsulReader {
 
 // ---------------------------------------------------------------- joining
 
+/// `<app_id>/<lease_id>/drained` below the prefix: an operator's mark
+/// ([`crate::operator`]).
+fn mark_of(relative: &str) -> Option<(&str, i64)> {
+    instance_of(relative.strip_suffix(crate::operator::MARK_SUFFIX)?)
+}
+
 /// `<app_id>/<lease_id>` below the prefix.
 fn instance_of(relative: &str) -> Option<(&str, i64)> {
     let (app_id, lease) = relative.split_once('/')?;
@@ -304,6 +310,8 @@ fn in_scope(scope: &Scope, service: &HealthService) -> bool {
 /// - passing instance of ours whose KV entry is not written yet → nothing yet
 ///   (its `node` meta is the Go-shaped copy, without our fields);
 /// - KV entry whose instance is not passing → nothing (it is expiring);
+/// - KV entry `<app_id>/<lease_id>/drained` held by a session → the
+///   operator's mark on that record ([`RawRecord::drained_by_operator`]);
 /// - anything else under the prefix or the service name → a [`Malformed`]
 ///   entry core skips and counts.
 fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> (Vec<RawRecord>, Vec<Malformed>) {
@@ -311,10 +319,22 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
     let mut used: HashSet<&str> = HashSet::new();
     let mut records = Vec::with_capacity(health.len());
     let mut malformed = Vec::new();
+    // Operator marks, by instance, with the session holding them: a mark
+    // counts only when the record's own session holds it.
+    let marks: HashMap<(&str, i64), &str> = kv
+        .iter()
+        .filter_map(|e| {
+            let mark = mark_of(e.key.strip_prefix(prefix).unwrap_or(&e.key))?;
+            Some((mark, e.session.as_deref()?))
+        })
+        .collect();
     for entry in kv {
         let relative = entry.key.strip_prefix(prefix).unwrap_or(&entry.key);
         if relative.is_empty() || relative.ends_with('/') {
             // A folder entry (the UI creates them): not a record.
+            continue;
+        }
+        if entry.session.is_some() && mark_of(relative).is_some() {
             continue;
         }
         let ours = instance_of(relative).filter(|_| entry.session.is_some());
@@ -343,7 +363,8 @@ fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> 
                 continue;
             }
         };
-        records.push(RawRecord::new(service_id, value));
+        let marked = entry.session.as_deref().is_some_and(|s| marks.get(&(app_id, lease_id)) == Some(&s));
+        records.push(RawRecord::new(service_id, value).with_drained_by_operator(marked));
     }
     for entry in health {
         let service = &entry.service;
@@ -416,6 +437,17 @@ mod tests {
     fn passing_instance_with_kv_record_is_listed_from_kv() {
         let got = records(&[service("ns-dev-app-1", OURS)], &[kv("ns/dev/app/1", "{\"a\":1}", Some("s"))]);
         assert_eq!(got, [("ns-dev-app-1".to_owned(), "{\"a\":1}".to_owned())]);
+    }
+
+    #[test]
+    fn an_operator_mark_beside_the_record_is_reported_on_it() {
+        let kv = [kv("ns/dev/app/1", "{}", Some("s")), kv("ns/dev/app/1/drained", "operator", Some("s"))];
+        let (records, malformed) = join(&scope(), "ns/dev/", &[service("ns-dev-app-1", OURS)], &kv);
+        assert!(malformed.is_empty(), "{malformed:?}");
+        assert_eq!(records.len(), 1);
+        assert!(records[0].drained_by_operator);
+        let (records, _) = join(&scope(), "ns/dev/", &[service("ns-dev-app-1", OURS)], &kv[..1]);
+        assert!(!records[0].drained_by_operator);
     }
 
     #[test]

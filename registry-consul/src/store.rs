@@ -119,4 +119,8 @@ impl Store for ConsulStore {
         let source = ConsulReader::new(ReaderShared::new(Arc::clone(&self.client), scope, Self::service_name(scope)));
         Ok(Arc::new(ListWatchReader::new(Arc::new(source))))
     }
+
+    fn operator(&self, scope: &Scope) -> Result<Arc<dyn registry_core::operator::Operator>> {
+        Ok(Arc::new(crate::operator::ConsulOperator::new(Arc::clone(&self.client), scope.clone())))
+    }
 }

@@ -47,6 +47,7 @@
 
 mod config;
 mod error;
+mod operator;
 mod reader;
 mod store;
 mod writer;

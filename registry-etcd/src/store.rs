@@ -160,6 +160,10 @@ impl Store for EtcdStore {
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
         Ok(Arc::new(ListWatchReader::new(self.list_watch(scope))))
     }
+
+    fn operator(&self, scope: &Scope) -> Result<Arc<dyn registry_core::operator::Operator>> {
+        Ok(Arc::new(crate::operator::EtcdOperator::new(self.client.clone(), scope.clone(), self.request_timeout)))
+    }
 }
 
 #[cfg(test)]

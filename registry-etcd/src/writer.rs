@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use registry_core::store::{Scope, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::Mutex;
@@ -108,13 +108,12 @@ impl StoreWriter for EtcdWriter {
             // Never write a record without a lease: it would outlive the instance.
             return Err(Error::LeaseExpired { backend: KIND });
         }
-        let value = node.to_json()?;
-        let size = value.len();
+        // For the error only: the put encodes the node itself.
+        let size = node.to_json()?.len();
         let key = EtcdStore::key(&self.scope, node);
         let mut client = self.client.clone();
-        let options = PutOptions::new().with_lease(node.lease_id);
-        match self.call("put").run(client.put(key, value, Some(options))).await {
-            Ok(_) => Ok(()),
+        match crate::operator::put_keeping_mark(&mut client, &key, node, self.timeout).await {
+            Ok(()) => Ok(()),
             Err(Error::TooLarge { limit, .. }) => Err(Error::TooLarge { what: "node JSON".into(), size, limit }),
             Err(e) => Err(e),
         }
