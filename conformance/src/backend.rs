@@ -1,6 +1,9 @@
 //! The [`Backend`] trait a backend's test glue implements.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use registry_core::operator::Operator;
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
@@ -54,6 +57,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// A discoverer of `env`.
     async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer>;
+
+    /// Operator actions on the records of `scope` (the store's
+    /// [`Store::operator`](registry_core::store::Store::operator)): what
+    /// `registryctl drain` uses. Every backend offers them; the scenario
+    /// `operator_drain_survives_the_owner` checks they behave the same.
+    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn Operator>>;
 
     /// Writes, the backend's own way, a record that our registrars did not
     /// write: `value` (e.g. invalid JSON, or a node of another env) stored

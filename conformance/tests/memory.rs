@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_core::memory::MemoryStore;
-use registry_core::store::Scope;
+use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
 /// The embedded backend; a "server" is a `MemoryStore`, and an outage makes it unreachable.
@@ -25,6 +25,13 @@ impl Backend for Memory {
 
     async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
         Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn operator(
+        &self,
+        scope: &Scope,
+    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
+        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
-use registry_core::store::Scope;
+use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_testenv::consul::{self, ConsulServer};
 use tokio::sync::Mutex;
@@ -64,6 +64,13 @@ impl Backend for Consul {
 
     async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
         Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn operator(
+        &self,
+        scope: &Scope,
+    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
+        self.store.operator(scope)
     }
 
     /// Two foreign entries per call, both where discovery of `scope` looks:

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
-use registry_core::store::Scope;
+use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_etcd::{EtcdConfig, EtcdStore};
 use registry_testenv::etcd::{self, EtcdServer};
@@ -51,6 +51,13 @@ impl Backend for Etcd {
 
     async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
         Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn operator(
+        &self,
+        scope: &Scope,
+    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
+        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {

@@ -29,6 +29,11 @@
 //!   core last observed, then `remove` — a heartbeat in between changes the
 //!   value, and the patch fails harmlessly.
 //!
+//! An operator's drain mark lives beside the entries, in the ConfigMap's
+//! annotation `<prefix>/drained-by-operator` (a JSON list of entry keys,
+//! written with the ConfigMap's `resourceVersion` as precondition,
+//! [`crate::operator`]): the owner's merge patches of its entry never touch it.
+//!
 //! Discovery watches the one ConfigMap (field selector `metadata.name`, so
 //! ConfigMaps written by the Go framework without our labels are seen too)
 //! and diffs its entries ([`crate::watch`]); liveness is `Heartbeat` with the
@@ -294,12 +299,23 @@ impl StoreWriter for ConfigMapWriter {
 /// The entries of `ff-registry-<env>` as records.
 pub(crate) struct ConfigMapLayout {
     name: String,
+    names: Names,
+}
+
+/// The entry keys an operator marked drained: the annotation
+/// `<prefix>/drained-by-operator` on the ConfigMap, a JSON list of keys
+/// (anything else reads as none).
+pub(crate) fn drained_keys(cm: &ConfigMap, names: &Names) -> std::collections::BTreeSet<String> {
+    cm.annotations()
+        .get(&names.drained_annotation())
+        .and_then(|v| serde_json::from_str::<std::collections::BTreeSet<String>>(v).ok())
+        .unwrap_or_default()
 }
 
 impl ConfigMapLayout {
-    /// Reads `ff-registry-<env>`.
-    pub(crate) fn new(env: &str) -> Self {
-        Self { name: configmap_name(env) }
+    /// Reads `ff-registry-<env>` (and the operator's marks under `names`' prefix).
+    pub(crate) fn new(env: &str, names: Names) -> Self {
+        Self { name: configmap_name(env), names }
     }
 
     /// The watched ConfigMap's name.
@@ -317,13 +333,16 @@ impl Layout for ConfigMapLayout {
             return Vec::new();
         }
         let mut items = Vec::new();
+        let drained = drained_keys(cm, &self.names);
         for (key, value) in cm.data.iter().flatten() {
             if let Err(reason) = parse_configmap_key(key) {
                 items.push(Item::Malformed { key: key.clone(), reason });
                 continue;
             }
             // The value is the stamp, and the exact value a reap tests for.
-            let record = RawRecord::new(key.clone(), value.clone()).with_liveness(Liveness::Heartbeat { window: None });
+            let record = RawRecord::new(key.clone(), value.clone())
+                .with_liveness(Liveness::Heartbeat { window: None })
+                .with_drained_by_operator(drained.contains(key));
             items.push(Item::Record(record));
         }
         for key in cm.binary_data.iter().flatten().map(|(k, _)| k) {

@@ -173,6 +173,18 @@ impl Names {
         format!("{}={TYPE_SERVICE},{}={env}", self.type_label(), self.env_label())
     }
 
+    /// `<prefix>/drained-by-operator`: an operator's drain mark on a Lease
+    /// (`true`), or on the ConfigMap (a JSON list of the marked entry keys).
+    pub fn drained_annotation(&self) -> String {
+        format!("{}/drained-by-operator", self.prefix)
+    }
+
+    /// `<prefix>/drained-<app_id>`: an operator's drain mark on a Pod, whose
+    /// value is the marked registration's lease id.
+    pub fn pod_drained_annotation(&self, app_id: &str) -> Result<String> {
+        self.pod_key("drained-", app_id)
+    }
+
     /// `<prefix>/selector-<app_id>` (the Pod-label layout of go-micro's Kubernetes registry), or `InvalidConfig` when the
     /// app id makes the label name longer than 63 characters.
     pub fn selector_label(&self, app_id: &str) -> Result<String> {

@@ -2,7 +2,9 @@
 //!
 //! - name `<env>.<app slug>.<lease id>` ([`crate::encode::lease_name`]);
 //! - labels `<prefix>/type=service`, `<prefix>/env=<env>`, `<prefix>/app=<app_id>`;
-//! - annotation `<prefix>/node` = node JSON;
+//! - annotation `<prefix>/node` = node JSON; an operator's drain mark is the
+//!   annotation `<prefix>/drained-by-operator: "true"` ([`crate::operator`]),
+//!   which the owner's apply and heartbeat patches never touch;
 //! - `spec.holderIdentity` = the Pod name (or `<app_id>/<lease_id>`),
 //!   `spec.leaseDurationSeconds` = TTL, `spec.renewTime` refreshed every TTL/2;
 //! - an ownerReference to the registrar's Pod when its name is known and the
@@ -212,7 +214,11 @@ impl Layout for LeaseLayout {
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
         let stamp = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
-        let mut record = RawRecord::new(key, value.clone()).with_liveness(Liveness::Heartbeat { window });
+        // An operator's mark is beside the node, in an annotation the owner never writes.
+        let marked = lease.annotations().get(&self.names.drained_annotation()).is_some_and(|v| v == "true");
+        let mut record = RawRecord::new(key, value.clone())
+            .with_liveness(Liveness::Heartbeat { window })
+            .with_drained_by_operator(marked);
         record.stamp = stamp;
         record.version = lease.resource_version();
         vec![Item::Record(record)]

@@ -63,6 +63,7 @@ mod configmap;
 mod encode;
 mod error;
 mod lease;
+mod operator;
 mod pod;
 mod watch;
 
@@ -267,6 +268,24 @@ impl Store for KubernetesStore {
         })
     }
 
+    fn operator(&self, scope: &Scope) -> Result<Arc<dyn registry_core::operator::Operator>> {
+        use crate::operator::{KubeOperator, Objects};
+        self.validate(scope, None)?;
+        let objects = match self.config.mode {
+            Mode::Lease => Objects::Leases(self.api(scope)),
+            Mode::ConfigMap => Objects::ConfigMap(self.api(scope)),
+            Mode::Pod => Objects::Pods(self.api(scope)),
+        };
+        let c = &self.config;
+        Ok(Arc::new(KubeOperator::new(
+            objects,
+            self.names.clone(),
+            scope.env.clone(),
+            &c.field_manager,
+            c.max_conflict_retries,
+        )))
+    }
+
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
         let selector = self.names.selector(&scope.env);
         Ok(match self.config.mode {
@@ -279,7 +298,7 @@ impl Store for KubernetesStore {
             Mode::ConfigMap => {
                 let api = self.api::<ConfigMap>(scope);
                 let reaper = self.reaper(|after| Arc::new(ConfigMapReaper::new(api.clone(), &scope.env, after)));
-                let layout = ConfigMapLayout::new(&scope.env);
+                let layout = ConfigMapLayout::new(&scope.env, self.names.clone());
                 // By name, not by label: a ConfigMap written by the Go framework carries no labels of ours.
                 let fields = format!("metadata.name={}", layout.name());
                 Arc::new(WatchReader::new(layout, api, watcher::Config::default().fields(&fields), reaper))

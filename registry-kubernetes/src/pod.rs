@@ -142,7 +142,11 @@ impl StoreWriter for PodWriter {
         let patch = serde_json::json!({
             "metadata": {
                 "labels": { self.names.selector_label(app)?: null },
-                "annotations": { self.names.service_annotation(app)?: null },
+                "annotations": {
+                    self.names.service_annotation(app)?: null,
+                    // An operator's drain mark of this registration goes with it.
+                    self.names.pod_drained_annotation(app)?: null,
+                },
             }
         });
         match self.api.patch(&self.pod_name, &self.params(), &Patch::Merge(&patch)).await {
@@ -170,6 +174,11 @@ fn is_running(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
+/// The `lease_id` of a node JSON.
+fn lease_id_of(node: &str) -> Option<i64> {
+    serde_json::from_str::<serde_json::Value>(node).ok()?.get("lease_id")?.as_i64()
+}
+
 impl Layout for PodLayout {
     type Object = Pod;
     const RESOURCE: &'static str = RESOURCE;
@@ -179,11 +188,20 @@ impl Layout for PodLayout {
             return Vec::new();
         }
         let name = pod.name_any();
-        pod.annotations()
+        let annotations = pod.annotations();
+        annotations
             .iter()
             .filter_map(|(key, value)| {
                 let app = self.names.app_of_service_annotation(key)?;
-                Some(Item::Record(RawRecord::new(format!("{name}/{app}"), value.clone())))
+                // An operator's mark names the lease id it drains (`crate::operator`).
+                let marked = self
+                    .names
+                    .pod_drained_annotation(app)
+                    .ok()
+                    .and_then(|k| annotations.get(&k))
+                    .is_some_and(|mark| lease_id_of(value).is_some_and(|lease| mark == &lease.to_string()));
+                let record = RawRecord::new(format!("{name}/{app}"), value.clone()).with_drained_by_operator(marked);
+                Some(Item::Record(record))
             })
             .collect()
     }

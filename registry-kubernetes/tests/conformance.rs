@@ -26,7 +26,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use registry_core::store::Scope;
+use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Register, Registrar, ServiceConf, ServiceNode};
 use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode, Names, configmap_name};
 use registry_testenv::kube::KubeServer;
@@ -124,6 +124,13 @@ impl<M: StorageMode> Backend for Kube<M> {
 
     async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
         Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn operator(
+        &self,
+        scope: &Scope,
+    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
+        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {

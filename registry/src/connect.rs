@@ -72,6 +72,14 @@ impl Registry {
         Ok(Arc::new(Registrar::new(&*self.store, meta, conf)?))
     }
 
+    /// Operator actions (drain, undrain another process's instance; see
+    /// [`registry_core::operator`]) on the records of `env` in `namespace`.
+    pub fn operator(&self, namespace: &str, env: &str) -> Result<Arc<dyn registry_core::operator::Operator>> {
+        let scope = registry_core::store::Scope::new(namespace, env);
+        self.store.validate(&scope, None)?;
+        self.store.operator(&scope)
+    }
+
     /// A discoverer of `env` in `conf.namespace`. Call
     /// [`Discovery::watcher`] to start it.
     pub fn discoverer(&self, env: &str, conf: ServiceConf) -> Result<Arc<dyn Discovery>> {

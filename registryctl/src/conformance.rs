@@ -102,6 +102,10 @@ impl Backend for UrlBackend {
         Discoverer::new(&**self.registry.store(), env, conf)
     }
 
+    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry::operator::Operator>> {
+        self.registry.store().operator(scope)
+    }
+
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
         anyhow::bail!("not applicable to a URL backend")
     }

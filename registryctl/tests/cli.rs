@@ -180,6 +180,6 @@ async fn conformance_command_runs_the_suite_against_a_url() {
     let (ok, out, err) = registryctl(&["conformance", "--backend", &url]).await;
     assert!(ok, "conformance failed:\n{out}\n{err}");
     assert!(out.contains("url::install_then_discover_by_every_method") && out.contains("... ok"), "{out}");
-    assert!(out.contains("17 passed; 0 failed; 2 ignored"), "{out}");
+    assert!(out.contains("18 passed; 0 failed; 2 ignored"), "{out}");
     assert!(out.contains("needs a server it can stop"), "the outage scenario says why it is not run:\n{out}");
 }

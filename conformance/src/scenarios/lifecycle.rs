@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use registry_core::{Discovery, DiscoveryEvent, Error, Register};
+use registry_core::store::Scope;
+use registry_core::{Discovery, DiscoveryEvent, DrainingNodes, Error, Register};
 
 use super::World;
 use crate::Backend;
@@ -144,22 +145,50 @@ pub async fn invalid_names_are_rejected<B: Backend>(b: &B) -> anyhow::Result<()>
 }
 
 /// `drain` keeps the instance registered and discoverable with its draining
-/// mark, through heartbeats past one TTL; `undrain` clears it; the changes
-/// arrive as events.
+/// mark, through heartbeats past one TTL; `get_service` stops answering it
+/// (the other instance only; both, serving first, with
+/// [`DrainingNodes::Last`]); `undrain` clears it; the changes arrive as
+/// events.
 pub async fn drain_is_seen_and_undone<B: Backend>(b: &B) -> anyhow::Result<()> {
     let mut w = World::new(b).await?;
     let disc = w.discoverer().await?;
+    let last = w.discoverer().await?;
+    last.set_draining_nodes(DrainingNodes::Last);
     let mut events = disc.events();
     let inst = w.start("drainer", node("shop.Drain", &["Call"])).await?;
+    let other = w.start("drainer", node("shop.Drain", &["Call"])).await?;
+    let (lease, other_lease) = (inst.node.lease_id, other.node.lease_id);
     let m = method("shop.Drain", "Call");
-    let draining =
-        |disc: &dyn Discovery| disc.get_app("drainer").ok().map(|n| n.iter().map(|x| x.draining).collect::<Vec<_>>());
-    eventually(PROPAGATION, "installed node visible", || draining(&*disc) == Some(vec![false])).await?;
+    let draining = |disc: &dyn Discovery| {
+        disc.get_app("drainer").ok().map(|n| {
+            let mut marks: Vec<(i64, bool)> = n.iter().map(|x| (x.lease_id, x.draining)).collect();
+            marks.sort();
+            marks
+        })
+    };
+    let marks = |drained: bool| {
+        let mut want = vec![(lease, drained), (other_lease, false)];
+        want.sort();
+        Some(want)
+    };
+    eventually(PROPAGATION, "installed nodes visible", || draining(&*disc) == marks(false)).await?;
+    eventually(PROPAGATION, "both nodes served", || leases_for(&*disc, &m).len() == 2).await?;
     inst.registrar.drain().await?;
-    eventually(PROPAGATION, "draining mark visible", || draining(&*disc) == Some(vec![true])).await?;
+    eventually(PROPAGATION, "draining mark visible", || draining(&*disc) == marks(true)).await?;
+    anyhow::ensure!(
+        leases_for(&*disc, &m) == [other_lease],
+        "get_service answers a draining node: {:?}",
+        leases_for(&*disc, &m)
+    );
+    eventually(PROPAGATION, "draining mark visible (Last)", || draining(&*last) == marks(true)).await?;
+    anyhow::ensure!(
+        leases_for(&*last, &m) == [other_lease, lease],
+        "DrainingNodes::Last: serving first, then draining: {:?}",
+        leases_for(&*last, &m)
+    );
     let saw_drain = tokio::time::timeout(PROPAGATION, async {
         while let Some(event) = events.next().await {
-            if matches!(&event, DiscoveryEvent::Up { node, .. } if node.meta.app_id == "drainer" && node.draining) {
+            if matches!(&event, DiscoveryEvent::Up { node, .. } if node.lease_id == lease && node.draining) {
                 return true;
             }
         }
@@ -170,14 +199,82 @@ pub async fn drain_is_seen_and_undone<B: Backend>(b: &B) -> anyhow::Result<()> {
     anyhow::ensure!(saw_drain, "no Up event with the draining mark");
     // Heartbeats keep the mark (and the registration) for longer than a TTL.
     tokio::time::sleep(crate::fixtures::TTL + crate::fixtures::TTL / 2).await;
-    anyhow::ensure!(
-        draining(&*disc) == Some(vec![true]),
-        "draining mark lost after heartbeats: {:?}",
-        draining(&*disc)
-    );
-    anyhow::ensure!(!leases_for(&*disc, &m).is_empty(), "a draining node is still registered");
+    anyhow::ensure!(draining(&*disc) == marks(true), "draining mark lost after heartbeats: {:?}", draining(&*disc));
+    anyhow::ensure!(leases_for(&*disc, &m) == [other_lease], "after heartbeats: {:?}", leases_for(&*disc, &m));
+    // The last serving instance drains too: no answer but the typed error.
+    other.registrar.drain().await?;
+    eventually(PROPAGATION, "every node draining", || {
+        matches!(disc.get_service(&m), Err(Error::AllDraining { draining: 2, .. }))
+    })
+    .await?;
+    eventually(PROPAGATION, "Last still answers them", || leases_for(&*last, &m).len() == 2).await?;
     inst.registrar.undrain().await?;
-    eventually(PROPAGATION, "draining mark cleared", || draining(&*disc) == Some(vec![false])).await?;
+    eventually(PROPAGATION, "draining mark cleared", || leases_for(&*disc, &m) == [lease]).await?;
+    other.stop().await?;
+    inst.stop().await?;
+    w.cleanup().await;
+    Ok(())
+}
+
+/// An operator's drain (`Store::operator`, what `registryctl drain` does)
+/// marks another process's instance draining; the instance's own writes —
+/// heartbeats past a TTL, installing again, its own drain and undrain, and
+/// installs racing the operator's writes — never undo the mark or lose
+/// their own change; only the operator's undrain clears it; an unknown
+/// instance is `InstanceNotFound`.
+pub async fn operator_drain_survives_the_owner<B: Backend>(b: &B) -> anyhow::Result<()> {
+    let mut w = World::new(b).await?;
+    let disc = w.discoverer().await?;
+    let inst = w.start("held", node("shop.Held", &["Call"])).await?;
+    let lease = inst.node.lease_id;
+    let m = method("shop.Held", "Call");
+    eventually(PROPAGATION, "installed node served", || leases_for(&*disc, &m) == [lease]).await?;
+    let op = b.operator(&Scope::new(w.namespace.clone(), w.env.clone())).await?;
+    // (draining, drained_by_operator, methods)
+    let state = |disc: &dyn Discovery| {
+        disc.get_app("held")
+            .ok()
+            .and_then(|n| n.first().map(|x| (x.draining, x.drained_by_operator, x.served_methods().count())))
+    };
+    op.set_drained("held", lease, true).await?;
+    eventually(PROPAGATION, "operator mark visible", || state(&*disc) == Some((true, true, 1))).await?;
+    anyhow::ensure!(
+        matches!(disc.get_service(&m), Err(Error::AllDraining { .. })),
+        "get_service answers an instance an operator drained"
+    );
+    op.set_drained("held", lease, true).await?; // idempotent
+
+    // The owner's writes: install again, its own drain and undrain, heartbeats.
+    inst.registrar.install(node("shop.Held", &["Call"])).await?;
+    inst.registrar.drain().await?;
+    inst.registrar.undrain().await?;
+    tokio::time::sleep(crate::fixtures::TTL + crate::fixtures::TTL / 2).await;
+    anyhow::ensure!(
+        state(&*disc) == Some((true, true, 1)),
+        "the owner's writes undid the operator's mark: {:?}",
+        state(&*disc)
+    );
+
+    // Installs racing the operator's writes: each side's change lands.
+    let mut methods = vec!["Call"];
+    for (round, name) in ["Two", "Three", "Four"].into_iter().enumerate() {
+        methods.push(name);
+        let drained = round % 2 == 1;
+        let (installed, marked) =
+            tokio::join!(inst.registrar.install(node("shop.Held", &methods)), op.set_drained("held", lease, drained));
+        installed?;
+        marked?;
+        let want = Some((drained, drained, methods.len()));
+        eventually(PROPAGATION, &format!("race round {round}: both writes visible"), || state(&*disc) == want)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}: {:?}", state(&*disc)))?;
+    }
+
+    op.set_drained("held", lease, false).await?;
+    eventually(PROPAGATION, "operator mark cleared", || leases_for(&*disc, &m) == [lease]).await?;
+    anyhow::ensure!(state(&*disc) == Some((false, false, 4)), "after undrain: {:?}", state(&*disc));
+    let missing = op.set_drained("held", lease.wrapping_add(1), true).await;
+    anyhow::ensure!(matches!(missing, Err(Error::InstanceNotFound { .. })), "unknown instance: {missing:?}");
     inst.stop().await?;
     w.cleanup().await;
     Ok(())

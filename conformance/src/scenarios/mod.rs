@@ -20,8 +20,8 @@ pub use index::{method_index_follows_nodes, two_instances_newest_first};
 pub use isolation::{env_isolation, namespace_isolation};
 pub use lifecycle::{
     discovery_started_before_anything_exists, drain_is_seen_and_undone, events_report_up_and_down,
-    install_then_discover_by_every_method, invalid_names_are_rejected, uninstall_disappears_promptly,
-    uninstall_is_idempotent,
+    install_then_discover_by_every_method, invalid_names_are_rejected, operator_drain_survives_the_owner,
+    uninstall_disappears_promptly, uninstall_is_idempotent,
 };
 pub use liveness::{crashed_instance_expires_within_ttl, keepalive_holds_past_three_ttls};
 pub use outage::outage_then_recovery;
@@ -67,6 +67,7 @@ pub fn all<B: Backend>() -> Vec<Scenario<B>> {
         scenario!(uninstall_disappears_promptly, SharedServer),
         scenario!(uninstall_is_idempotent, SharedServer),
         scenario!(drain_is_seen_and_undone, SharedServer),
+        scenario!(operator_drain_survives_the_owner, SharedServer),
         scenario!(keepalive_holds_past_three_ttls, SharedServer),
         scenario!(crashed_instance_expires_within_ttl, SharedServer),
         scenario!(env_isolation, SharedServer),
