@@ -106,6 +106,14 @@ pub struct KubernetesConfig {
     pub field_manager: String,
     /// Conflict retries before a write gives up with `Error::Conflict` (default 10).
     pub max_conflict_retries: u32,
+    /// [`Mode::Pod`]: discover only Pods whose `Ready` condition is `True`
+    /// (default on; `readiness=false` in the URL). A Pod whose readiness
+    /// probe fails, or whose container died and is restarting, then leaves
+    /// discovery as it leaves a Service's endpoints. A Pod that reports no
+    /// `Ready` condition at all (status written by hand, no kubelet) counts
+    /// by its phase alone. Lease and ConfigMap modes do not read Pods: they
+    /// follow the registrar's own heartbeat and drain mark.
+    pub readiness: bool,
 }
 
 impl Default for KubernetesConfig {
@@ -121,6 +129,7 @@ impl Default for KubernetesConfig {
             janitor_after: registry_core::store::DEFAULT_REAP_AFTER,
             field_manager: "registry".to_owned(),
             max_conflict_retries: 10,
+            readiness: true,
         }
     }
 }
@@ -137,6 +146,7 @@ impl std::fmt::Debug for KubernetesConfig {
             .field("pod_name", &self.pod_name)
             .field("namespace", &self.namespace)
             .field("janitor", &self.janitor)
+            .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
 }
@@ -200,7 +210,13 @@ impl KubernetesConfig {
         self
     }
 
-    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&janitor=true|false]`.
+    /// Honours (or ignores) the Pod's `Ready` condition in [`Mode::Pod`] (see [`readiness`](Self::readiness)).
+    pub fn with_readiness(mut self, on: bool) -> Self {
+        self.readiness = on;
+        self
+    }
+
+    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&janitor=true|false&readiness=true|false]`.
     ///
     /// `kubernetes://in-cluster` (or `incluster=true`) forces the in-cluster
     /// service account; otherwise the kubeconfig is inferred
@@ -242,6 +258,9 @@ impl KubernetesConfig {
         }
         if let Some(on) = options.bool("janitor")? {
             config.janitor = on;
+        }
+        if let Some(on) = options.bool("readiness")? {
+            config.readiness = on;
         }
         options.finish()?;
         config.validate()?;
@@ -303,8 +322,9 @@ mod tests {
 
     #[test]
     fn url_parameters_are_read() {
-        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&janitor=false")
+        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&janitor=false&readiness=false")
             .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.readiness);
         assert_eq!(c.mode, Mode::ConfigMap);
         assert_eq!(c.cluster, ClusterSource::Kubeconfig("/tmp/kc".into()));
         assert_eq!(c.context.as_deref(), Some("kind"));

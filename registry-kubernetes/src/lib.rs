@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance (`lease.rs`) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
 //! | [`Mode::ConfigMap`] (the Go framework's ConfigMap layout) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
-//! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running` | watch Pods by label selector |
+//! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running`, not terminating and `Ready` ([`KubernetesConfig::readiness`]) | watch Pods by label selector |
 //!
 //! Every mode discovers through `kube::runtime::watcher` (`watch.rs`): an
 //! initial list, then a watch, relisting on 410 Gone and backing off while
@@ -306,7 +306,7 @@ impl Store for KubernetesStore {
             Mode::Pod => {
                 let api = self.api::<Pod>(scope);
                 Arc::new(WatchReader::new(
-                    PodLayout::new(self.names.clone()),
+                    PodLayout::new(self.names.clone(), self.config.readiness),
                     api,
                     watcher::Config::default().labels(&selector),
                     None,

@@ -13,8 +13,12 @@
 //!   `selector-<app_id>` is longer than 63 characters) is `InvalidConfig`.
 //!
 //! Liveness is the Pod itself: discovery watches Pods by label selector and
-//! counts only Pods in phase `Running` and not being deleted; a Pod that
-//! stops running deletes its records. A heartbeat reads the Pod and reports
+//! counts only Pods in phase `Running`, not being deleted (a terminating Pod
+//! leaves at once, while its grace period runs) and — unless
+//! [`KubernetesConfig::readiness`](crate::KubernetesConfig::readiness) is
+//! off — `Ready` (a failing readiness probe, or a container that died and is
+//! restarting, takes the Pod out until it is Ready again); a Pod that stops
+//! counting deletes its records. A heartbeat reads the Pod and reports
 //! `LeaseExpired` when the annotation is gone (core writes it again).
 
 use std::collections::BTreeMap;
@@ -157,21 +161,36 @@ impl StoreWriter for PodWriter {
     }
 }
 
-/// The registrations on Running Pods as records (key `<pod>/<app_id>`).
+/// The registrations on Running (and Ready) Pods as records (key `<pod>/<app_id>`).
 pub(crate) struct PodLayout {
     names: Names,
+    readiness: bool,
 }
 
 impl PodLayout {
-    /// Reads `<prefix>/service-*` annotations.
-    pub(crate) fn new(names: Names) -> Self {
-        Self { names }
+    /// Reads `<prefix>/service-*` annotations; `readiness`: only of Ready Pods.
+    pub(crate) fn new(names: Names, readiness: bool) -> Self {
+        Self { names, readiness }
+    }
+
+    /// True when the Pod counts: phase `Running`, not being deleted and,
+    /// with readiness on, not reporting `Ready` other than `True`.
+    fn counts(&self, pod: &Pod) -> bool {
+        let status = pod.status.as_ref();
+        let running =
+            pod.metadata.deletion_timestamp.is_none() && status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        running && (!self.readiness || ready(pod))
     }
 }
 
-/// True when the Pod counts: phase `Running` and not being deleted.
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none() && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+/// The Pod's `Ready` condition is `True`, or the Pod reports none (status
+/// written without a kubelet).
+fn ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    match conditions.into_iter().flatten().find(|c| c.type_ == "Ready") {
+        Some(condition) => condition.status == "True",
+        None => true,
+    }
 }
 
 /// The `lease_id` of a node JSON.
@@ -184,7 +203,7 @@ impl Layout for PodLayout {
     const RESOURCE: &'static str = RESOURCE;
 
     fn items(&self, pod: &Pod) -> Vec<Item> {
-        if !is_running(pod) {
+        if !self.counts(pod) {
             return Vec::new();
         }
         let name = pod.name_any();

@@ -1,0 +1,724 @@
+//! The Kubernetes backend on a real single-node cluster
+//! ([`registry_testenv::kube_node::KubeNode`]: kubelet, controllers,
+//! scheduler, containerd) with the demo service (`demo/`, image
+//! [`registry_testenv::demo_image::DEMO_IMAGE`]) in real Pods.
+//!
+//! One node serves every test of this binary (started by the first, torn
+//! down after the run); tests run one at a time (they measure delays).
+//! Without root or the node's binaries every test is reported ignored with
+//! the reason, or fails under `REGISTRY_TEST_REQUIRE=1`.
+//!
+//! `REGISTRY_NODE_REPEAT=N` repeats each measurement N times (default 1) and
+//! prints the median.
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod node_support;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use conformance::fixtures::unique;
+use conformance::{Arguments, Runner};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use node_support::{Cluster, Demo, cluster, demo_pid, kill, median, phase, pod_ip, ready, restarts, set_ready_file};
+use registry_core::store::{Scope, Store, StoreEvent};
+use registry_core::{Discoverer, Discovery, ServiceConf};
+use registry_core::{Register, Registrar};
+use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode, lease_name};
+
+const METHOD: &str = "/grpc.health.v1.Health/Check";
+const MODES: [Mode; 3] = [Mode::Lease, Mode::ConfigMap, Mode::Pod];
+
+fn repeat() -> usize {
+    std::env::var("REGISTRY_NODE_REPEAT").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
+}
+
+fn main() -> ExitCode {
+    let mut runner =
+        Runner::new().test("node::conformance_suite_through_kubeconfig", node_support::available(), || {
+            conformance_through_kubeconfig()
+        });
+    for mode in MODES {
+        runner = runner
+            .test(format!("node::in_cluster_{mode}"), node_support::available(), move || in_cluster(mode))
+            .test(format!("node::crash_expiry_{mode}"), node_support::available(), move || crash_expiry(mode));
+    }
+    runner = runner.test("node::lease_garbage_collected_with_pod", node_support::available(), lease_gc).test(
+        "node::pod_mode_lifecycle_with_kubelet",
+        node_support::available(),
+        pod_lifecycle,
+    );
+    for mode in MODES {
+        runner =
+            runner.test(format!("node::rbac_minimal_{mode}"), node_support::available(), move || rbac_minimal(mode));
+    }
+    let migration_needs = node_support::available().and_then(|()| registry_testenv::binary("etcd").map(|_| ()));
+    runner = runner.test("node::migration_runbook_on_a_deployment", migration_needs, migration);
+    let mut args = Arguments::from_args();
+    // One at a time: one node, and the tests measure delays.
+    args.test_threads.get_or_insert(1);
+    let code = runner.run_with(args);
+    node_support::shutdown();
+    code
+}
+
+/// A discoverer in the test process (admin kubeconfig) for `env` in `namespace`.
+async fn discoverer(c: &Cluster, mode: Mode, namespace: &str, env: &str) -> anyhow::Result<Discoverer> {
+    let store =
+        KubernetesStore::connect(KubernetesConfig::new(mode).with_kubeconfig(c.node.kubeconfig()).with_pod_name(None))
+            .await?;
+    let discoverer = Discoverer::new(&store, env, ServiceConf::default().with_namespace(namespace))?;
+    discoverer.watcher().await?;
+    Ok(discoverer)
+}
+
+/// The addresses `discovery` lists for [`METHOD`].
+fn addresses(discovery: &dyn Discovery) -> Vec<String> {
+    discovery.get_service(METHOD).map(|n| n.iter().map(|n| n.network.internal.clone()).collect()).unwrap_or_default()
+}
+
+/// Polls until `check(addresses)` holds; returns when it did.
+async fn until(
+    discovery: &dyn Discovery,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = addresses(discovery);
+        if check(&now) {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "discovery not {what} after {timeout:?}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Step 2 of issue 11: the whole Kubernetes conformance suite, run exactly
+/// as a user with a kind cluster runs it — `KUBECONFIG=<the node's admin
+/// kubeconfig> cargo test -p registry-kubernetes --test conformance` — with
+/// controllers, a scheduler and a kubelet present.
+async fn conformance_through_kubeconfig() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let output = tokio::process::Command::new(cargo)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["test", "--quiet", "-p", "registry-kubernetes", "--test", "conformance"])
+        .env("KUBECONFIG", c.node.kubeconfig())
+        .env("REGISTRY_TEST_REQUIRE", "1")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let summary = stdout.lines().filter(|l| l.starts_with("test result:")).collect::<Vec<_>>().join("; ");
+    eprintln!("node: conformance suite through KUBECONFIG in {:.1?}: {summary}", started.elapsed());
+    anyhow::ensure!(
+        output.status.success() && summary.contains(" 0 failed") && summary.contains(" 0 ignored"),
+        "the suite against the node failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    Ok(())
+}
+
+/// Scenario 1: the demo service in a Pod registers through in-cluster
+/// configuration only (ServiceAccount token, CA and namespace files,
+/// `POD_NAME`/`POD_NAMESPACE`/`POD_IP` from the downward API, the Role of
+/// `deploy/rbac/<mode>.yaml`); a second Pod discovers it; a Pod whose
+/// ServiceAccount lacks the Role logs the permission error naming the verb
+/// and resource and exits with status 1, no panic.
+async fn in_cluster(mode: Mode) -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let ns = c.namespace("incluster").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(mode, ns, "registry", |_| {}).await?;
+    c.service_account(ns, "norole").await?;
+    let env = unique("env");
+    let url = format!("kubernetes://in-cluster?mode={mode}");
+
+    c.create_demo(ns, &Demo::serve("svc", "registry", &url, &env)).await?;
+    c.create_demo(ns, &Demo::lookup("gw", "registry", &url, &env)).await?;
+    let denied = Demo { never_restart: true, ..Demo::serve("denied", "norole", &url, &env) };
+    c.create_demo(ns, &denied).await?;
+
+    let svc = c.wait_ready(ns, "svc").await?;
+    let address = format!("{}:50051", pod_ip(&svc));
+    let found = format!("1 node(s): demo@{address}");
+    let log = c.wait_log(ns, "gw", &found, Duration::from_secs(60)).await?;
+    eprintln!(
+        "node: {mode}: gateway Pod discovered {address}: {}",
+        log.lines().rev().find(|l| l.contains(&found)).unwrap_or_default()
+    );
+
+    // The test process sees it too (admin kubeconfig).
+    let discovery = discoverer(&c, mode, ns, &env).await?;
+    until(&discovery, Duration::from_secs(10), "listing the Pod", |a| a == [address.clone()]).await?;
+
+    let failed = c.wait_pod(ns, "denied", Duration::from_secs(60), "Failed", |p| phase(p) == "Failed").await?;
+    let exit = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|s| s.first())
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    let log = c.logs(ns, "denied").await?;
+    let line = log.lines().find(|l| l.contains("denied permission")).unwrap_or_default().to_owned();
+    eprintln!("node: {mode}: without the Role: exit {exit:?}: {line}");
+    anyhow::ensure!(exit == Some(1), "denied Pod exit code {exit:?} (1 expected):\n{log}");
+    anyhow::ensure!(!log.contains("panicked"), "denied Pod panicked:\n{log}");
+    let resource = match mode {
+        Mode::Lease => "\"leases\"",
+        Mode::ConfigMap => "\"configmaps\"",
+        _ => "\"pods\"",
+    };
+    anyhow::ensure!(
+        line.contains("forbidden") && line.contains(resource) && line.contains("cannot "),
+        "the permission error does not name the verb and {resource}:\n{log}"
+    );
+    Ok(())
+}
+
+/// Scenario 4: SIGKILL of the registered process inside its Pod
+/// (`restartPolicy: Never`), per mode: how long until discovery drops it.
+/// Lease and ConfigMap modes: the heartbeat stops, so at most TTL + 2 s;
+/// pod mode: the kubelet marks the Pod `Failed` within seconds.
+async fn crash_expiry(mode: Mode) -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_secs(6);
+    let c = cluster().await?;
+    let ns = c.namespace("crash").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(mode, ns, "registry", |_| {}).await?;
+    let env = unique("env");
+    let url = format!("kubernetes://in-cluster?mode={mode}");
+    let discovery = discoverer(&c, mode, ns, &env).await?;
+    let mut delays = Vec::new();
+    for round in 0..repeat() {
+        let name = format!("crash-{round}");
+        let demo = Demo { never_restart: true, ttl_secs: TTL.as_secs(), ..Demo::serve(&name, "registry", &url, &env) };
+        c.create_demo(ns, &demo).await?;
+        let pod = c.wait_ready(ns, &name).await?;
+        let address = format!("{}:50051", pod_ip(&pod));
+        until(&discovery, Duration::from_secs(20), "listing the Pod", |a| a.contains(&address)).await?;
+        // Let one heartbeat land, so the kill is mid-window as in life.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pid = demo_pid(&pod)?;
+        let killed = Instant::now();
+        kill(pid, "-KILL")?;
+        let gone =
+            until(&discovery, TTL + Duration::from_secs(10), "dropping the killed instance", |a| !a.contains(&address))
+                .await?;
+        let delay = gone - killed;
+        eprintln!("node: {mode}: crash expiry round {round}: {:.2}s (TTL {}s)", delay.as_secs_f64(), TTL.as_secs());
+        delays.push(delay);
+        c.pods(ns).delete(&name, &DeleteParams::default()).await?;
+    }
+    let med = median(&delays);
+    eprintln!(
+        "node: {mode}: crash expiry median {:.2}s over {} run(s): {:?}",
+        med.as_secs_f64(),
+        delays.len(),
+        delays.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+    for d in &delays {
+        anyhow::ensure!(*d <= TTL + Duration::from_secs(2), "{mode}: dropped {d:?} after the kill (TTL {TTL:?} + 2 s)");
+    }
+    Ok(())
+}
+
+/// Scenario 2: in lease mode the Lease carries an ownerReference to the
+/// registrar's Pod; when the Pod object goes (force delete, the process
+/// frozen so it cannot uninstall), the garbage collector deletes the Lease
+/// and discovery drops the instance at once — long before its TTL (30 s).
+async fn lease_gc() -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_secs(30);
+    let c = cluster().await?;
+    let ns = c.namespace("gc").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(Mode::Lease, ns, "registry", |_| {}).await?;
+    let env = unique("env");
+    let url = "kubernetes://in-cluster?mode=lease";
+    let discovery = discoverer(&c, Mode::Lease, ns, &env).await?;
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), ns);
+    let (mut gc_delays, mut drop_delays) = (Vec::new(), Vec::new());
+    for round in 0..repeat() {
+        let name = format!("owner-{round}");
+        let demo = Demo { never_restart: true, ttl_secs: TTL.as_secs(), ..Demo::serve(&name, "registry", url, &env) };
+        c.create_demo(ns, &demo).await?;
+        let pod = c.wait_ready(ns, &name).await?;
+        let address = format!("{}:50051", pod_ip(&pod));
+        until(&discovery, Duration::from_secs(20), "listing the Pod", |a| a.contains(&address)).await?;
+        let node = discovery
+            .get_service(METHOD)?
+            .iter()
+            .find(|n| n.network.internal == address)
+            .map(|n| (**n).clone())
+            .ok_or_else(|| anyhow::anyhow!("instance vanished"))?;
+        let lease_name = lease_name(&env, &node.meta.app_id, node.lease_id);
+        let lease = leases.get(&lease_name).await?;
+        let owners = lease.owner_references().to_vec();
+        anyhow::ensure!(
+            owners.len() == 1
+                && owners[0].kind == "Pod"
+                && owners[0].name == name
+                && Some(&owners[0].uid) == pod.metadata.uid.as_ref(),
+            "Lease {lease_name} ownerReferences {owners:?}, expected Pod {name} uid {:?}",
+            pod.metadata.uid
+        );
+        // Freeze the service so it cannot uninstall on SIGTERM: only the garbage collector can remove the Lease.
+        kill(demo_pid(&pod)?, "-STOP")?;
+        let deleted = Instant::now();
+        c.pods(ns).delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await?;
+        let mut lease_gone = None;
+        let mut dropped = None;
+        while (lease_gone.is_none() || dropped.is_none()) && deleted.elapsed() < TTL {
+            if lease_gone.is_none() && leases.get_opt(&lease_name).await?.is_none() {
+                lease_gone = Some(deleted.elapsed());
+            }
+            if dropped.is_none() && !addresses(&discovery).contains(&address) {
+                dropped = Some(deleted.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (Some(lease_gone), Some(dropped)) = (lease_gone, dropped) else {
+            anyhow::bail!("after {TTL:?}: Lease gone {lease_gone:?}, dropped from discovery {dropped:?}");
+        };
+        eprintln!(
+            "node: lease GC round {round}: Pod deleted -> Lease gone {:.3}s, -> dropped from discovery {:.3}s (TTL {}s)",
+            lease_gone.as_secs_f64(),
+            dropped.as_secs_f64(),
+            TTL.as_secs()
+        );
+        gc_delays.push(lease_gone);
+        drop_delays.push(dropped);
+        anyhow::ensure!(
+            dropped < Duration::from_secs(10),
+            "dropped {dropped:?} after the Pod deletion: not the GC path"
+        );
+    }
+    eprintln!(
+        "node: lease GC median over {} run(s): Lease gone {:.3}s, dropped from discovery {:.3}s",
+        gc_delays.len(),
+        median(&gc_delays).as_secs_f64(),
+        median(&drop_delays).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Scenario 3: pod mode with a kubelet. `kill -9` of the container's
+/// process: the Pod stops being Ready and leaves discovery, the kubelet
+/// restarts the container (restartCount 1) and the service is back; a
+/// terminating Pod (deletionTimestamp set, its process frozen so it cannot
+/// uninstall, 20 s grace period running) leaves discovery at once; a Pod whose
+/// readiness probe fails is not discovered until it is Ready, and leaves
+/// again when the probe fails. (`restartPolicy: Never` → `Failed` → gone is
+/// `crash_expiry_pod`.)
+async fn pod_lifecycle() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let ns = c.namespace("podlife").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(Mode::Pod, ns, "registry", |_| {}).await?;
+    let env = unique("env");
+    let url = "kubernetes://in-cluster?mode=pod";
+    let discovery = discoverer(&c, Mode::Pod, ns, &env).await?;
+
+    // 1. kill -9 with restartPolicy Always.
+    c.create_demo(ns, &Demo::serve("restarts", "registry", url, &env)).await?;
+    let pod = c.wait_ready(ns, "restarts").await?;
+    let address = format!("{}:50051", pod_ip(&pod));
+    until(&discovery, Duration::from_secs(20), "listing the Pod", |a| a.contains(&address)).await?;
+    let killed = Instant::now();
+    kill(demo_pid(&pod)?, "-KILL")?;
+    let dropped =
+        until(&discovery, Duration::from_secs(20), "dropping the killed container", |a| !a.contains(&address)).await?;
+    let pod = c
+        .wait_pod(ns, "restarts", Duration::from_secs(60), "restarted and Ready", |p| restarts(p) >= 1 && ready(p))
+        .await?;
+    let back =
+        until(&discovery, Duration::from_secs(20), "listing the restarted container", |a| a.contains(&address)).await?;
+    eprintln!(
+        "node: pod mode: kill -9 -> dropped {:.2}s, restartCount {} and back in discovery {:.2}s",
+        (dropped - killed).as_secs_f64(),
+        restarts(&pod),
+        (back - killed).as_secs_f64()
+    );
+
+    // 2. A terminating Pod leaves discovery while its grace period runs.
+    let term = Demo { grace_secs: 20, ..Demo::serve("terminating", "registry", url, &env) };
+    c.create_demo(ns, &term).await?;
+    let pod = c.wait_ready(ns, "terminating").await?;
+    let term_address = format!("{}:50051", pod_ip(&pod));
+    until(&discovery, Duration::from_secs(20), "listing the Pod", |a| a.contains(&term_address)).await?;
+    let pid = demo_pid(&pod)?;
+    kill(pid, "-STOP")?;
+    let deleting = Instant::now();
+    c.pods(ns).delete("terminating", &DeleteParams::default()).await?;
+    let dropped =
+        until(&discovery, Duration::from_secs(5), "dropping the terminating Pod", |a| !a.contains(&term_address))
+            .await?;
+    let still = c.pods(ns).get_opt("terminating").await?;
+    anyhow::ensure!(
+        still.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the Pod should still be terminating (grace 20 s), found {:?}",
+        still.map(|p| p.metadata.deletion_timestamp)
+    );
+    eprintln!(
+        "node: pod mode: terminating Pod (deletionTimestamp set, grace 20 s) dropped {:.2}s after the delete",
+        (dropped - deleting).as_secs_f64()
+    );
+    // The frozen process would hold the grace period: end it now.
+    let _ = kill(pid, "-KILL");
+
+    // 3. Readiness probe.
+    let probed = Demo { readiness_file: true, ..Demo::serve("probed", "registry", url, &env) };
+    c.create_demo(ns, &probed).await?;
+    let pod = c.wait_pod(ns, "probed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await?;
+    let probe_address = format!("{}:50051", pod_ip(&pod));
+    c.wait_log(ns, "probed", "listening and registered", Duration::from_secs(30)).await?;
+    let annotated = c.pods(ns).get("probed").await?;
+    anyhow::ensure!(
+        annotated.annotations().keys().any(|k| k.contains("/service-demo")) && !ready(&annotated),
+        "expected a registered, not Ready Pod: ready={} annotations={:?}",
+        ready(&annotated),
+        annotated.annotations().keys().collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(!addresses(&discovery).contains(&probe_address), "a not-Ready Pod is discovered");
+    let pid = demo_pid(&pod)?;
+    let touched = Instant::now();
+    set_ready_file(pid, true)?;
+    let listed =
+        until(&discovery, Duration::from_secs(20), "listing the Ready Pod", |a| a.contains(&probe_address)).await?;
+    let removed = Instant::now();
+    set_ready_file(pid, false)?;
+    let unlisted =
+        until(&discovery, Duration::from_secs(20), "dropping the not-Ready Pod", |a| !a.contains(&probe_address))
+            .await?;
+    set_ready_file(pid, true)?;
+    until(&discovery, Duration::from_secs(20), "listing the Ready-again Pod", |a| a.contains(&probe_address)).await?;
+    eprintln!(
+        "node: pod mode: readiness probe passes -> discovered {:.2}s; fails -> dropped {:.2}s",
+        (listed - touched).as_secs_f64(),
+        (unlisted - removed).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Scenario 6: `deploy/rbac/<mode>.yaml` is enough — install, discover,
+/// uninstall as a ServiceAccount bound to exactly that Role — and removing
+/// any single verb of any rule makes registration or discovery fail with a
+/// permission error that names the verb and the resource. (Lease mode's
+/// `pods: get` is the one optional rule: without it the Lease has no
+/// ownerReference — checked — and registration goes on.)
+async fn rbac_minimal(mode: Mode) -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let ns = c.namespace("rbac").await?;
+    let ns = ns.name.as_str();
+    let sleeper = "host-pod";
+    c.sleeper(ns, sleeper).await?;
+    let rules: serde_json::Value = {
+        let text = std::fs::read_to_string(node_support::rbac_manifest(mode))?;
+        let role = serde_yaml::Deserializer::from_str(&text)
+            .map(<serde_json::Value as serde::Deserialize>::deserialize)
+            .find_map(|d| d.ok().filter(|v| v["kind"] == "Role"))
+            .ok_or_else(|| anyhow::anyhow!("no Role in the manifest"))?;
+        role["rules"].clone()
+    };
+    let mut cases: Vec<Option<(usize, String)>> = vec![None];
+    for (i, rule) in rules.as_array().into_iter().flatten().enumerate() {
+        for verb in rule["verbs"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+            cases.push(Some((i, verb.to_owned())));
+        }
+    }
+    let mut unneeded = Vec::new();
+    let pod_env = unique("env");
+    for (n, case) in cases.iter().enumerate() {
+        // A fresh env per case: nothing left by an earlier case (a ConfigMap) spares a verb.
+        // (Pod mode: one env, the host Pod keeps its env label; it creates nothing.)
+        let env = if mode == Mode::Pod { pod_env.clone() } else { unique("env") };
+        let account = format!("sa-{n}");
+        c.service_account(ns, &account).await?;
+        let removed = case.clone();
+        c.apply_rbac(mode, ns, &account, move |rules| {
+            if let Some((i, verb)) = &removed {
+                let verbs = rules[*i]["verbs"].as_array_mut().expect("verbs");
+                verbs.retain(|v| v.as_str() != Some(verb.as_str()));
+                if verbs.is_empty() {
+                    rules.as_array_mut().expect("rules").remove(*i);
+                }
+            }
+        })
+        .await?;
+        let kubeconfig = c.token_kubeconfig(ns, &account).await?;
+        let app = format!("app{n}");
+        let result = rbac_workflow(&c, &kubeconfig, mode, ns, &env, sleeper, &app).await;
+        let resource = rules
+            .get(case.as_ref().map_or(0, |(i, _)| *i))
+            .map(|r| r["resources"][0].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        match (case, result) {
+            (None, Ok(true)) => {
+                eprintln!("node: rbac {mode}: the manifest as written: install, discover, uninstall OK")
+            }
+            (None, Ok(false)) => anyhow::bail!("{mode}: with the manifest as written the Lease has no ownerReference"),
+            (None, Err(e)) => anyhow::bail!("{mode}: the manifest as written is not enough: {e:#}"),
+            (Some((_, verb)), Err(e)) => {
+                let text = format!("{e:#}");
+                anyhow::ensure!(
+                    text.contains(&format!("cannot {verb} resource \"{resource}\"")),
+                    "{mode}: without `{verb}` on {resource} the error does not say so: {text}"
+                );
+                eprintln!("node: rbac {mode}: without {verb} {resource}: {}", text.lines().next().unwrap_or_default());
+            }
+            (Some((_, verb)), Ok(false)) if mode == Mode::Lease && resource == "pods" && verb == "get" => {
+                eprintln!("node: rbac {mode}: without get pods: registered, Lease without ownerReference (checked)");
+            }
+            (Some((_, verb)), Ok(_)) => unneeded.push(format!("{verb} {resource}")),
+        }
+    }
+    anyhow::ensure!(unneeded.is_empty(), "{mode}: not needed, so the Role is not minimal: {unneeded:?}");
+    Ok(())
+}
+
+/// Install, discover (list + watch), uninstall, as the kubeconfig's user,
+/// registering on Pod `pod`. Errors carry the API server's message. Returns
+/// whether the Lease had an ownerReference to `pod` (always true in other modes).
+async fn rbac_workflow(
+    c: &Cluster,
+    kubeconfig: &std::path::Path,
+    mode: Mode,
+    ns: &str,
+    env: &str,
+    pod: &str,
+    app: &str,
+) -> anyhow::Result<bool> {
+    let store = KubernetesStore::connect(
+        KubernetesConfig::new(mode).with_kubeconfig(kubeconfig).with_pod_name(Some(pod.to_owned())),
+    )
+    .await?;
+    let conf = ServiceConf::default().with_namespace(ns);
+    let scope = Scope::new(ns, env);
+    // Discovery first: the raw change stream says exactly what failed (list, then watch).
+    let reader = store.reader(&scope)?;
+    let mut events = reader.events();
+    let registrar = Registrar::new(&store, registry_core::Meta::new(env, app, "v1"), conf.clone())?;
+    registrar
+        .install(registry_core::GrpcServices::new().service("grpc.health.v1.Health", ["Check"])?.into_node())
+        .await?;
+    let mut owned = true;
+    if mode == Mode::Lease {
+        let leases: Api<Lease> = Api::namespaced(c.client.clone(), ns);
+        let node = registrar.node().ok_or_else(|| anyhow::anyhow!("installed without a node"))?;
+        let lease = leases.get(&lease_name(env, app, node.lease_id)).await?;
+        owned = lease.owner_references().iter().any(|o| o.kind == "Pod" && o.name == pod);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut synced = false;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+            Ok(Some(StoreEvent::Error(e))) => return Err(anyhow::anyhow!("discovery: {e}")),
+            Ok(Some(StoreEvent::Synced)) => synced = true,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => break,
+        }
+    }
+    anyhow::ensure!(synced, "discovery never listed");
+    let discoverer = Discoverer::new(&store, env, conf)?;
+    tokio::time::timeout(Duration::from_secs(5), discoverer.watcher()).await??;
+    let method = "/grpc.health.v1.Health/Check";
+    conformance::fixtures::eventually(Duration::from_secs(5), "discovered", || {
+        discoverer.get_service(method).is_ok_and(|n| n.iter().any(|n| n.meta.app_id == app))
+    })
+    .await?;
+    registrar.uninstall().await.map_err(|e| anyhow::anyhow!("uninstall: {e}"))?;
+    conformance::fixtures::eventually(Duration::from_secs(5), "gone after uninstall", || {
+        !discoverer.get_service(method).is_ok_and(|n| n.iter().any(|n| n.meta.app_id == app))
+    })
+    .await?;
+    Ok(owned)
+}
+
+/// Scenario 5: docs/migrate-etcd-to-kubernetes.md executed for real. A
+/// Deployment of the demo service (2 replicas, rolling update with a gRPC
+/// readiness probe: a Pod is Ready once registered) registers on an etcd
+/// reachable from the Pods (on the bridge address), then on both (step 1:
+/// `REGISTRY_URL` lists both URLs, `FanoutRegistrar`), then on Kubernetes
+/// only (step 4); the gateway — this test — discovers through
+/// `merged_discovery` (step 2), then from Kubernetes only (step 3), looking
+/// `METHOD` up every 10 ms: not one lookup may find it missing.
+async fn migration() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let c = cluster().await?;
+    let ns = c.namespace("migrate").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(Mode::Lease, ns, "registry", |_| {}).await?;
+    // The fleet's etcd, reachable from the Pods: on the bridge address (the only non-loopback one allowed).
+    let port = registry_testenv::free_port();
+    let etcd_url = format!("http://{}:{port}", c.node.bridge_addr());
+    let _etcd = registry_testenv::etcd::EtcdServer::start_local_with(&[
+        "--listen-client-urls",
+        &etcd_url,
+        "--advertise-client-urls",
+        &etcd_url,
+    ])
+    .await?;
+    let etcd = format!("etcd://{}:{port}", c.node.bridge_addr());
+    let kube_in_pod = "kubernetes://in-cluster?mode=lease";
+    let env = unique("env");
+    let conf = ServiceConf::default().with_namespace(ns);
+
+    let deployment = |url: &str| -> anyhow::Result<Deployment> {
+        let demo = Demo { labels: serde_json::json!({ "app": "orders" }), ..Demo::serve("orders", "registry", url, &env) };
+        let mut template = serde_json::to_value(demo.pod(&c.node)?)?;
+        template["metadata"] = serde_json::json!({ "labels": { "app": "orders" } });
+        template["spec"]["containers"][0]["readinessProbe"] =
+            serde_json::json!({ "grpc": { "port": 50051 }, "periodSeconds": 1, "failureThreshold": 1 });
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "orders" },
+            "spec": {
+                "replicas": 2,
+                "selector": { "matchLabels": { "app": "orders" } },
+                "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
+                "template": template,
+            }
+        }))?)
+    };
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
+    // Waits until the Deployment's new Pods are all updated and available and the old ones gone.
+    let rolled_out = |generation_at_least: i64| {
+        let deployments = deployments.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let d = deployments.get("orders").await?;
+                let st = d.status.clone().unwrap_or_default();
+                let observed = st.observed_generation.unwrap_or_default();
+                if observed >= generation_at_least
+                    && st.updated_replicas == Some(2)
+                    && st.available_replicas == Some(2)
+                    && st.replicas == Some(2)
+                {
+                    return anyhow::Ok(());
+                }
+                anyhow::ensure!(Instant::now() < deadline, "Deployment not rolled out: {st:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // Before: etcd only.
+    deployments.create(&PostParams::default(), &deployment(&etcd)?).await?;
+    rolled_out(1).await?;
+    let from = (registry_etcd::BACKEND.connect)(etcd.clone()).await?;
+    let to = KubernetesStore::connect(
+        KubernetesConfig::new(Mode::Lease).with_kubeconfig(c.node.kubeconfig()).with_pod_name(None),
+    )
+    .await?;
+    let etcd_view: Arc<dyn Discovery> = Arc::new(Discoverer::new(from.as_ref(), &env, conf.clone())?);
+    let kube_view: Arc<dyn Discovery> = Arc::new(Discoverer::new(&to, &env, conf.clone())?);
+    etcd_view.watcher().await?;
+    kube_view.watcher().await?;
+    until(etcd_view.as_ref(), Duration::from_secs(20), "listing both replicas on etcd", |a| a.len() == 2).await?;
+
+    // The gateway: one source at a time, swapped by the test; a lookup every 10 ms.
+    let source: Arc<arc_swap_like::Slot> = Arc::new(arc_swap_like::Slot::new(Arc::clone(&etcd_view)));
+    let (lookups, misses, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let checker = tokio::spawn({
+        let (source, lookups, misses, stop) = (Arc::clone(&source), Arc::clone(&lookups), Arc::clone(&misses), Arc::clone(&stop));
+        async move {
+            let mut first_miss = None;
+            while !stop.load(Ordering::Relaxed) {
+                lookups.fetch_add(1, Ordering::Relaxed);
+                if source.get().get_service(METHOD).map(|n| n.is_empty()).unwrap_or(true) {
+                    misses.fetch_add(1, Ordering::Relaxed);
+                    first_miss.get_or_insert_with(Instant::now);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            first_miss
+        }
+    });
+    let phase_started = Instant::now();
+
+    // Step 1: the services register on both backends (a rolling update of the Deployment).
+    let both = format!("{etcd} {kube_in_pod}");
+    let patch = |url: String| {
+        serde_json::json!({ "spec": { "template": { "spec": { "containers": [{ "name": "demo", "env": [{ "name": "REGISTRY_URL", "value": url }] }] } } } })
+    };
+    deployments.patch("orders", &PatchParams::default(), &Patch::Strategic(patch(both))).await?;
+    rolled_out(2).await?;
+    // Verify (runbook): the Kubernetes side lists the same instances as etcd.
+    until(kube_view.as_ref(), Duration::from_secs(20), "listing both replicas on Kubernetes", |a| a.len() == 2).await?;
+    until(etcd_view.as_ref(), Duration::from_secs(20), "listing only the new replicas on etcd", |a| a.len() == 2).await?;
+    let mut on_etcd = addresses(etcd_view.as_ref());
+    let mut on_kube = addresses(kube_view.as_ref());
+    on_etcd.sort();
+    on_kube.sort();
+    anyhow::ensure!(on_etcd == on_kube, "step 1 verify: etcd lists {on_etcd:?}, Kubernetes {on_kube:?}");
+    eprintln!("node: migration step 1 (dual registration) rolled out in {:.1?}: both list {on_kube:?}", phase_started.elapsed());
+
+    // Step 2: the gateway discovers from both.
+    let merged: Arc<dyn Discovery> = Arc::new(registry_core::merged_discovery(
+        vec![Arc::clone(&etcd_view), Arc::clone(&kube_view)],
+        Scope::new(ns, env.clone()),
+        conf.ttl,
+    )?);
+    merged.watcher().await?;
+    until(merged.as_ref(), Duration::from_secs(10), "the merged view listing both replicas once", |a| a.len() == 2).await?;
+    source.set(Arc::clone(&merged));
+
+    // Step 3: the gateway discovers from Kubernetes only.
+    source.set(Arc::clone(&kube_view));
+
+    // Step 4: the services register on Kubernetes only; etcd can go.
+    let step4 = Instant::now();
+    deployments.patch("orders", &PatchParams::default(), &Patch::Strategic(patch(kube_in_pod.to_owned()))).await?;
+    rolled_out(3).await?;
+    until(etcd_view.as_ref(), Duration::from_secs(20), "etcd empty", |a| a.is_empty()).await?;
+    until(kube_view.as_ref(), Duration::from_secs(20), "Kubernetes listing the 2 new replicas", |a| a.len() == 2).await?;
+    eprintln!("node: migration step 4 (Kubernetes only) rolled out in {:.1?}; etcd lists nothing", step4.elapsed());
+
+    stop.store(true, Ordering::Relaxed);
+    let first_miss = checker.await?;
+    let (lookups, misses) = (lookups.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
+    eprintln!("node: migration: {lookups} lookups every 10 ms over {:.1?}, {misses} missed", phase_started.elapsed());
+    anyhow::ensure!(misses == 0, "{misses} of {lookups} lookups found {METHOD} missing (first after {:?})", first_miss.map(|t| t - phase_started));
+    Ok(())
+}
+
+/// The gateway's current discovery, swapped while the checker reads it.
+mod arc_swap_like {
+    use std::sync::{Arc, RwLock};
+
+    use registry_core::Discovery;
+
+    pub struct Slot(RwLock<Arc<dyn Discovery>>);
+
+    impl Slot {
+        pub fn new(d: Arc<dyn Discovery>) -> Self {
+            Self(RwLock::new(d))
+        }
+        pub fn get(&self) -> Arc<dyn Discovery> {
+            Arc::clone(&self.0.read().expect("slot"))
+        }
+        pub fn set(&self, d: Arc<dyn Discovery>) {
+            *self.0.write().expect("slot") = d;
+        }
+    }
+}
