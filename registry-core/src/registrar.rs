@@ -184,6 +184,7 @@ impl Registrar {
         stamp_heartbeat(&mut node);
         self.write(&mut state, &mut node).await?;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, draining, "drain state written");
+        metrics::gauge!(telemetry::DRAINING, &self.inner.labels).set(if draining { 1.0 } else { 0.0 });
         self.inner.last_node.store(Some(Arc::new(node.clone())));
         state.node = Some(node);
         Ok(())
@@ -242,6 +243,8 @@ impl Register for Registrar {
         stamp_heartbeat(&mut node);
         self.write(&mut state, &mut node).await?;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, methods = node.methods.len(), "installed");
+        metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(1.0);
+        metrics::gauge!(telemetry::DRAINING, &self.inner.labels).set(if node.draining { 1.0 } else { 0.0 });
         state.node = Some(node.clone());
         self.inner.last_node.store(Some(Arc::new(node.clone())));
         self.inner.phase.send_replace(Phase::Installed);
@@ -278,6 +281,10 @@ impl Register for Registrar {
             match self.heartbeat().await {
                 Ok(()) => {
                     metrics::counter!(telemetry::HEARTBEATS, &self.inner.labels).increment(1);
+                    if self.inner.last_node.load().is_some() {
+                        // Still installed (an uninstall may have raced this heartbeat).
+                        metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(1.0);
+                    }
                     if failures > 0 {
                         tracing::info!(parent: &self.inner.span, failures, "keepalive recovered");
                         self.hooks().fire_after_recovery(failures);
@@ -288,6 +295,7 @@ impl Register for Registrar {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(0.0);
                     let info = RetryInfo { attempt: failures, max_retry: conf.max_retry, error: &error };
                     if conf.max_retry > 0 && failures >= conf.max_retry {
                         tracing::error!(parent: &self.inner.span, failures, %error, "keepalive gave up");
@@ -312,6 +320,7 @@ impl Register for Registrar {
         state.lease_valid = false;
         self.inner.last_node.store(None);
         let Some(node) = state.node.take() else { return Ok(()) };
+        metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(0.0);
         let result = self.bounded("remove", self.inner.conf.ttl, self.inner.writer.remove(&node)).await;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
         result

@@ -34,10 +34,19 @@ pub struct GetArgs {
 }
 
 async fn discover(scope: &Scope) -> anyhow::Result<std::sync::Arc<dyn Discovery>> {
+    discover_with(scope, registry::DrainingNodes::Exclude).await
+}
+
+async fn discover_with(
+    scope: &Scope,
+    draining: registry::DrainingNodes,
+) -> anyhow::Result<std::sync::Arc<dyn Discovery>> {
     let registry = registry::connect(scope.url.as_str())
         .await
         .with_context(|| format!("connecting to {}", registry::options::redact(&scope.url)))?;
-    let discovery = registry.discoverer(&scope.env, ServiceConf::default().with_namespace(&scope.namespace))?;
+    let options = registry::DiscoveryOptions::default().with_draining_nodes(draining);
+    let conf = ServiceConf::default().with_namespace(&scope.namespace).with_discovery(options);
+    let discovery = registry.discoverer(&scope.env, conf)?;
     tokio::time::timeout(Duration::from_secs(30), discovery.watcher())
         .await
         .context("no answer from the backend within 30 s")?
@@ -45,14 +54,24 @@ async fn discover(scope: &Scope) -> anyhow::Result<std::sync::Arc<dyn Discovery>
     Ok(discovery)
 }
 
+/// `serving`, `draining` (the instance drains itself) or `drained-by-operator`.
+fn state(node: &ServiceNode) -> &'static str {
+    match (node.drained_by_operator, node.draining) {
+        (true, _) => "drained-by-operator",
+        (false, true) => "draining",
+        (false, false) => "serving",
+    }
+}
+
 fn row(node: &ServiceNode) -> String {
     format!(
-        "{:<24} {:<10} {:<22} {:>20} {:>4}",
+        "{:<24} {:<10} {:<22} {:>20} {:>7} {}",
         node.meta.app_id,
         node.meta.version,
         node.network.internal,
         node.lease_id,
-        node.served_methods().count()
+        node.served_methods().count(),
+        state(node)
     )
 }
 
@@ -62,7 +81,7 @@ fn print_nodes<'a>(nodes: impl Iterator<Item = &'a ServiceNode>, json: bool) -> 
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
-    println!("{:<24} {:<10} {:<22} {:>20} {:>4}", "APP", "VERSION", "INTERNAL", "LEASE", "METHODS");
+    println!("{:<24} {:<10} {:<22} {:>20} {:>7} STATE", "APP", "VERSION", "INTERNAL", "LEASE", "METHODS");
     for node in nodes {
         println!("{}", row(node));
     }
@@ -149,9 +168,10 @@ pub async fn list(scope: Scope) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `registryctl get <method>`: the nodes serving a method, newest first.
+/// `registryctl get <method>`: the nodes serving a method, newest first,
+/// draining ones last (STATE says which; `get_service` callers do not get them).
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let discovery = discover(&args.scope).await?;
+    let discovery = discover_with(&args.scope, registry::DrainingNodes::Last).await?;
     let nodes = discovery.get_service(&args.method)?;
     print_nodes(nodes.iter().map(|n| &**n), args.scope.json)?;
     discovery.unwatch();

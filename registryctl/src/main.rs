@@ -2,6 +2,9 @@
 //!
 //! - `registryctl list|get|watch --url URL --env ENV` shows what a backend holds;
 //! - `registryctl migrate --from URL --to URL --env ENV` mirrors live nodes;
+//! - `registryctl drain|undrain --url URL --env ENV --lease-id ID` marks
+//!   another process's instance draining (or serving again);
+//! - `--metrics-addr HOST:PORT` (any command) serves Prometheus metrics;
 //! - `registryctl conformance --backend URL` runs the conformance suite against it;
 //! - `registryctl bench --backend memory` measures propagation, crash expiry
 //!   and lookup latency and prints one summary line.
@@ -12,6 +15,7 @@ mod bench;
 mod conformance;
 mod inspect;
 mod migrate;
+mod operate;
 mod servers;
 
 use std::process::ExitCode;
@@ -22,18 +26,39 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "registryctl", version, about)]
 struct Cli {
+    /// Serve the library's metrics (registrations, heartbeats, discovery
+    /// health, cache size, propagation lag) for Prometheus on this address,
+    /// at `/metrics`, while the command runs (e.g. `127.0.0.1:9464`).
+    #[arg(long, global = true, env = "REGISTRYCTL_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Installs the Prometheus exporter (listening on `addr`) as the `metrics`
+/// recorder, from inside the runtime that serves it.
+fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    registry::telemetry::describe();
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// List apps and nodes (table, or --json).
     List(inspect::Scope),
-    /// Nodes serving one gRPC method, newest first.
+    /// Nodes serving one gRPC method, newest first; draining ones last (STATE column).
     Get(inspect::GetArgs),
     /// Stream changes with timestamps until Ctrl-C.
     Watch(inspect::Scope),
+    /// Mark an instance draining (operator drain): get_service stops answering it; its own writes keep the mark.
+    Drain(operate::DrainArgs),
+    /// Clear an operator's drain mark.
+    Undrain(operate::DrainArgs),
     /// Mirror live nodes from one backend to another (etcd → Kubernetes migrations).
     Migrate(migrate::MigrateArgs),
     /// Run the conformance suite against a reachable server, one line per scenario.
@@ -56,7 +81,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             });
         }
-        other => Cli { command: other },
+        other => Cli { command: other, ..cli },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -66,11 +91,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if let Some(addr) = cli.metrics_addr {
+            serve_metrics(addr)?;
+        }
         match cli.command {
             Command::List(scope) => inspect::list(scope).await,
             Command::Get(args) => inspect::get(args).await,
             Command::Watch(scope) => inspect::watch(scope).await,
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Drain(args) => operate::run(args, true).await,
+            Command::Undrain(args) => operate::run(args, false).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Conformance(_) => Ok(()),
         }
