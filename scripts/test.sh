@@ -57,6 +57,9 @@ cargo run --quiet -p registry --features tonic --example grpc_balance
 step "graceful example (drain, grace period, uninstall, stop)"
 cargo run --quiet -p registry --features tonic-server --example graceful -- --once
 
+step "metrics example (Prometheus endpoint of a service, scraped)"
+cargo run --quiet -p registry --example metrics
+
 step "registryctl bench --backend memory"
 cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --samples 200
 
