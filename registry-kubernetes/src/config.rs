@@ -106,14 +106,22 @@ pub struct KubernetesConfig {
     pub field_manager: String,
     /// Conflict retries before a write gives up with `Error::Conflict` (default 10).
     pub max_conflict_retries: u32,
-    /// [`Mode::Pod`]: discover only Pods whose `Ready` condition is `True`
-    /// (default on; `readiness=false` in the URL). A Pod whose readiness
-    /// probe fails, or whose container died and is restarting, then leaves
-    /// discovery as it leaves a Service's endpoints. A Pod that reports no
-    /// `Ready` condition at all (status written by hand, no kubelet) counts
-    /// by its phase alone. Lease and ConfigMap modes do not read Pods: they
-    /// follow the registrar's own heartbeat and drain mark.
-    pub readiness: bool,
+    /// Honour the `Ready` condition of the registrars' Pods in discovery
+    /// (`readiness=true|false` in the URL; `None`: the mode's default, see
+    /// [`honours_readiness`](Self::honours_readiness)). A Pod whose readiness
+    /// probe fails, whose container died and is restarting, or that is
+    /// terminating then leaves discovery as it leaves a Service's endpoints.
+    ///
+    /// - [`Mode::Pod`] (default on): only `Running`, not terminating and
+    ///   `Ready` Pods count; a Pod reporting no `Ready` condition at all
+    ///   (status written without a kubelet) counts by its phase.
+    /// - [`Mode::Lease`] and [`Mode::ConfigMap`] (default off): the
+    ///   discoverer also watches the namespace's Pods and hides a record whose
+    ///   `network.internal` host is the IP of a Pod that is not `Ready` or is
+    ///   terminating; needs `list` + `watch` on `pods` (without them it logs
+    ///   the permission error and hides nothing). Off, these modes follow the
+    ///   registrar's heartbeat and drain mark only.
+    pub readiness: Option<bool>,
 }
 
 impl Default for KubernetesConfig {
@@ -129,7 +137,7 @@ impl Default for KubernetesConfig {
             janitor_after: registry_core::store::DEFAULT_REAP_AFTER,
             field_manager: "registry".to_owned(),
             max_conflict_retries: 10,
-            readiness: true,
+            readiness: None,
         }
     }
 }
@@ -210,10 +218,17 @@ impl KubernetesConfig {
         self
     }
 
-    /// Honours (or ignores) the Pod's `Ready` condition in [`Mode::Pod`] (see [`readiness`](Self::readiness)).
+    /// Honours (or ignores) the Pods' `Ready` condition (see [`readiness`](Self::readiness)).
     pub fn with_readiness(mut self, on: bool) -> Self {
-        self.readiness = on;
+        self.readiness = Some(on);
         self
+    }
+
+    /// Whether discovery honours the Pods' `Ready` condition: the
+    /// [`readiness`](Self::readiness) setting, else on in [`Mode::Pod`] and
+    /// off in the other modes.
+    pub fn honours_readiness(&self) -> bool {
+        self.readiness.unwrap_or(self.mode == Mode::Pod)
     }
 
     /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&janitor=true|false&readiness=true|false]`.
@@ -260,7 +275,7 @@ impl KubernetesConfig {
             config.janitor = on;
         }
         if let Some(on) = options.bool("readiness")? {
-            config.readiness = on;
+            config.readiness = Some(on);
         }
         options.finish()?;
         config.validate()?;
@@ -324,7 +339,10 @@ mod tests {
     fn url_parameters_are_read() {
         let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&janitor=false&readiness=false")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(!c.readiness);
+        assert!(!c.honours_readiness());
+        assert!(parse("kubernetes://?mode=pod").is_ok_and(|c| c.honours_readiness()));
+        assert!(parse("kubernetes://?mode=lease").is_ok_and(|c| !c.honours_readiness()));
+        assert!(parse("kubernetes://?mode=lease&readiness=true").is_ok_and(|c| c.honours_readiness()));
         assert_eq!(c.mode, Mode::ConfigMap);
         assert_eq!(c.cluster, ClusterSource::Kubeconfig("/tmp/kc".into()));
         assert_eq!(c.context.as_deref(), Some("kind"));

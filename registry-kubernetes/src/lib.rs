@@ -7,6 +7,12 @@
 //! | [`Mode::ConfigMap`] (the Go framework's ConfigMap layout) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
 //! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running`, not terminating and `Ready` ([`KubernetesConfig::readiness`]) | watch Pods by label selector |
 //!
+//! Readiness ([`KubernetesConfig::readiness`]): pod mode counts only `Ready`
+//! Pods by default; lease and ConfigMap modes follow the registrar's
+//! heartbeat and drain mark, and with `readiness=true` also hide the records
+//! of Pods that are not `Ready` or are terminating (joined by Pod IP,
+//! `ready.rs`; needs `list` + `watch` on `pods`).
+//!
 //! Every mode discovers through `kube::runtime::watcher` (`watch.rs`): an
 //! initial list, then a watch, relisting on 410 Gone and backing off while
 //! the API server is down (discovery keeps its last view meanwhile). Errors
@@ -65,6 +71,7 @@ mod error;
 mod lease;
 mod operator;
 mod pod;
+mod ready;
 mod watch;
 
 use std::collections::HashMap;
@@ -288,7 +295,7 @@ impl Store for KubernetesStore {
 
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
         let selector = self.names.selector(&scope.env);
-        Ok(match self.config.mode {
+        let reader: Arc<dyn StoreReader> = match self.config.mode {
             Mode::Lease => {
                 let api = self.api::<Lease>(scope);
                 let reaper = self.reaper(|after| Arc::new(LeaseReaper::new(api.clone(), after)));
@@ -306,12 +313,17 @@ impl Store for KubernetesStore {
             Mode::Pod => {
                 let api = self.api::<Pod>(scope);
                 Arc::new(WatchReader::new(
-                    PodLayout::new(self.names.clone(), self.config.readiness),
+                    PodLayout::new(self.names.clone(), self.config.honours_readiness()),
                     api,
                     watcher::Config::default().labels(&selector),
                     None,
                 ))
             }
-        })
+        };
+        // Pod mode reads readiness from the Pods it watches; the others join with the namespace's Pods.
+        if self.config.mode != Mode::Pod && self.config.honours_readiness() {
+            return Ok(Arc::new(ready::ReadyFilter::new(reader, self.api::<Pod>(scope))));
+        }
+        Ok(reader)
     }
 }

@@ -57,6 +57,10 @@ fn main() -> ExitCode {
         runner =
             runner.test(format!("node::rbac_minimal_{mode}"), node_support::available(), move || rbac_minimal(mode));
     }
+    for mode in [Mode::Lease, Mode::ConfigMap] {
+        runner = runner
+            .test(format!("node::readiness_option_{mode}"), node_support::available(), move || readiness_option(mode));
+    }
     let migration_needs = node_support::available().and_then(|()| registry_testenv::binary("etcd").map(|_| ()));
     runner = runner.test("node::migration_runbook_on_a_deployment", migration_needs, migration);
     let mut args = Arguments::from_args();
@@ -69,9 +73,17 @@ fn main() -> ExitCode {
 
 /// A discoverer in the test process (admin kubeconfig) for `env` in `namespace`.
 async fn discoverer(c: &Cluster, mode: Mode, namespace: &str, env: &str) -> anyhow::Result<Discoverer> {
-    let store =
-        KubernetesStore::connect(KubernetesConfig::new(mode).with_kubeconfig(c.node.kubeconfig()).with_pod_name(None))
-            .await?;
+    discoverer_with(c, KubernetesConfig::new(mode), namespace, env).await
+}
+
+/// A discoverer in the test process with `config` (admin kubeconfig).
+async fn discoverer_with(
+    c: &Cluster,
+    config: KubernetesConfig,
+    namespace: &str,
+    env: &str,
+) -> anyhow::Result<Discoverer> {
+    let store = KubernetesStore::connect(config.with_kubeconfig(c.node.kubeconfig()).with_pod_name(None)).await?;
     let discoverer = Discoverer::new(&store, env, ServiceConf::default().with_namespace(namespace))?;
     discoverer.watcher().await?;
     Ok(discoverer)
@@ -584,7 +596,8 @@ async fn migration() -> anyhow::Result<()> {
     let conf = ServiceConf::default().with_namespace(ns);
 
     let deployment = |url: &str| -> anyhow::Result<Deployment> {
-        let demo = Demo { labels: serde_json::json!({ "app": "orders" }), ..Demo::serve("orders", "registry", url, &env) };
+        let demo =
+            Demo { labels: serde_json::json!({ "app": "orders" }), ..Demo::serve("orders", "registry", url, &env) };
         let mut template = serde_json::to_value(demo.pod(&c.node)?)?;
         template["metadata"] = serde_json::json!({ "labels": { "app": "orders" } });
         template["spec"]["containers"][0]["readinessProbe"] =
@@ -638,9 +651,11 @@ async fn migration() -> anyhow::Result<()> {
 
     // The gateway: one source at a time, swapped by the test; a lookup every 10 ms.
     let source: Arc<arc_swap_like::Slot> = Arc::new(arc_swap_like::Slot::new(Arc::clone(&etcd_view)));
-    let (lookups, misses, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (lookups, misses, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let checker = tokio::spawn({
-        let (source, lookups, misses, stop) = (Arc::clone(&source), Arc::clone(&lookups), Arc::clone(&misses), Arc::clone(&stop));
+        let (source, lookups, misses, stop) =
+            (Arc::clone(&source), Arc::clone(&lookups), Arc::clone(&misses), Arc::clone(&stop));
         async move {
             let mut first_miss = None;
             while !stop.load(Ordering::Relaxed) {
@@ -658,20 +673,22 @@ async fn migration() -> anyhow::Result<()> {
 
     // Step 1: the services register on both backends (a rolling update of the Deployment).
     let both = format!("{etcd} {kube_in_pod}");
-    let patch = |url: String| {
-        serde_json::json!({ "spec": { "template": { "spec": { "containers": [{ "name": "demo", "env": [{ "name": "REGISTRY_URL", "value": url }] }] } } } })
-    };
+    let patch = |url: String| serde_json::json!({ "spec": { "template": { "spec": { "containers": [{ "name": "demo", "env": [{ "name": "REGISTRY_URL", "value": url }] }] } } } });
     deployments.patch("orders", &PatchParams::default(), &Patch::Strategic(patch(both))).await?;
     rolled_out(2).await?;
     // Verify (runbook): the Kubernetes side lists the same instances as etcd.
     until(kube_view.as_ref(), Duration::from_secs(20), "listing both replicas on Kubernetes", |a| a.len() == 2).await?;
-    until(etcd_view.as_ref(), Duration::from_secs(20), "listing only the new replicas on etcd", |a| a.len() == 2).await?;
+    until(etcd_view.as_ref(), Duration::from_secs(20), "listing only the new replicas on etcd", |a| a.len() == 2)
+        .await?;
     let mut on_etcd = addresses(etcd_view.as_ref());
     let mut on_kube = addresses(kube_view.as_ref());
     on_etcd.sort();
     on_kube.sort();
     anyhow::ensure!(on_etcd == on_kube, "step 1 verify: etcd lists {on_etcd:?}, Kubernetes {on_kube:?}");
-    eprintln!("node: migration step 1 (dual registration) rolled out in {:.1?}: both list {on_kube:?}", phase_started.elapsed());
+    eprintln!(
+        "node: migration step 1 (dual registration) rolled out in {:.1?}: both list {on_kube:?}",
+        phase_started.elapsed()
+    );
 
     // Step 2: the gateway discovers from both.
     let merged: Arc<dyn Discovery> = Arc::new(registry_core::merged_discovery(
@@ -680,7 +697,8 @@ async fn migration() -> anyhow::Result<()> {
         conf.ttl,
     )?);
     merged.watcher().await?;
-    until(merged.as_ref(), Duration::from_secs(10), "the merged view listing both replicas once", |a| a.len() == 2).await?;
+    until(merged.as_ref(), Duration::from_secs(10), "the merged view listing both replicas once", |a| a.len() == 2)
+        .await?;
     source.set(Arc::clone(&merged));
 
     // Step 3: the gateway discovers from Kubernetes only.
@@ -691,14 +709,19 @@ async fn migration() -> anyhow::Result<()> {
     deployments.patch("orders", &PatchParams::default(), &Patch::Strategic(patch(kube_in_pod.to_owned()))).await?;
     rolled_out(3).await?;
     until(etcd_view.as_ref(), Duration::from_secs(20), "etcd empty", |a| a.is_empty()).await?;
-    until(kube_view.as_ref(), Duration::from_secs(20), "Kubernetes listing the 2 new replicas", |a| a.len() == 2).await?;
+    until(kube_view.as_ref(), Duration::from_secs(20), "Kubernetes listing the 2 new replicas", |a| a.len() == 2)
+        .await?;
     eprintln!("node: migration step 4 (Kubernetes only) rolled out in {:.1?}; etcd lists nothing", step4.elapsed());
 
     stop.store(true, Ordering::Relaxed);
     let first_miss = checker.await?;
     let (lookups, misses) = (lookups.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
     eprintln!("node: migration: {lookups} lookups every 10 ms over {:.1?}, {misses} missed", phase_started.elapsed());
-    anyhow::ensure!(misses == 0, "{misses} of {lookups} lookups found {METHOD} missing (first after {:?})", first_miss.map(|t| t - phase_started));
+    anyhow::ensure!(
+        misses == 0,
+        "{misses} of {lookups} lookups found {METHOD} missing (first after {:?})",
+        first_miss.map(|t| t - phase_started)
+    );
     Ok(())
 }
 
@@ -721,4 +744,61 @@ mod arc_swap_like {
             *self.0.write().expect("slot") = d;
         }
     }
+}
+
+/// Scenario 3 for lease and ConfigMap modes with the readiness option on
+/// (`KubernetesConfig::with_readiness(true)`; off by default in these
+/// modes): a Pod whose readiness probe fails is not discovered although its
+/// record is written and heartbeating, is discovered once Ready, leaves when
+/// the probe fails again; a terminating Pod (process frozen, grace period
+/// running) leaves at once. With the option off the same not-Ready Pod is
+/// discovered (the modes follow the heartbeat only).
+async fn readiness_option(mode: Mode) -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let ns = c.namespace("ready").await?;
+    let ns = ns.name.as_str();
+    c.service_account(ns, "registry").await?;
+    c.apply_rbac(mode, ns, "registry", |_| {}).await?;
+    let env = unique("env");
+    let url = format!("kubernetes://in-cluster?mode={mode}");
+    let honouring = discoverer_with(&c, KubernetesConfig::new(mode).with_readiness(true), ns, &env).await?;
+    let plain = discoverer(&c, mode, ns, &env).await?;
+
+    let probed = Demo { readiness_file: true, grace_secs: 20, ..Demo::serve("probed", "registry", &url, &env) };
+    c.create_demo(ns, &probed).await?;
+    let pod = c.wait_pod(ns, "probed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await?;
+    let address = format!("{}:50051", pod_ip(&pod));
+    c.wait_log(ns, "probed", "listening and registered", Duration::from_secs(30)).await?;
+    until(&plain, Duration::from_secs(10), "listing the not-Ready Pod without the option", |a| a.contains(&address))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(!ready(&c.pods(ns).get("probed").await?), "the Pod became Ready without its file");
+    anyhow::ensure!(
+        !addresses(&honouring).contains(&address),
+        "{mode}: a not-Ready Pod is discovered with readiness on"
+    );
+    let pid = demo_pid(&pod)?;
+    let touched = Instant::now();
+    set_ready_file(pid, true)?;
+    let listed = until(&honouring, Duration::from_secs(20), "listing the Ready Pod", |a| a.contains(&address)).await?;
+    let removed = Instant::now();
+    set_ready_file(pid, false)?;
+    let unlisted =
+        until(&honouring, Duration::from_secs(20), "dropping the not-Ready Pod", |a| !a.contains(&address)).await?;
+    anyhow::ensure!(addresses(&plain).contains(&address), "{mode}: without the option the Pod should stay listed");
+    set_ready_file(pid, true)?;
+    until(&honouring, Duration::from_secs(20), "listing the Ready-again Pod", |a| a.contains(&address)).await?;
+    kill(pid, "-STOP")?;
+    let deleting = Instant::now();
+    c.pods(ns).delete("probed", &DeleteParams::default()).await?;
+    let gone =
+        until(&honouring, Duration::from_secs(5), "dropping the terminating Pod", |a| !a.contains(&address)).await?;
+    let _ = kill(pid, "-KILL");
+    eprintln!(
+        "node: {mode} with readiness: probe passes -> discovered {:.2}s; fails -> dropped {:.2}s; terminating -> dropped {:.2}s",
+        (listed - touched).as_secs_f64(),
+        (unlisted - removed).as_secs_f64(),
+        (gone - deleting).as_secs_f64()
+    );
+    Ok(())
 }
