@@ -42,6 +42,9 @@ cargo package --workspace --no-verify --allow-dirty --quiet
 step "cargo test (all features, real servers required)"
 cargo test --workspace --all-features --no-fail-fast
 
+step "unit tests that need a server (ignored by a plain cargo test)"
+cargo test --all-features -p registry-kubernetes --lib -- --ignored
+
 if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
   step "scale tests (ignored by default)"
   # Release build: a debug build cannot drive 2,000 heartbeating instances on 2 cores.

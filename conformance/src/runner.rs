@@ -41,12 +41,13 @@ pub struct Runner {
 
 impl Runner {
     /// An empty run.
+    ///
+    /// Logs go to stderr only when `RUST_LOG` asks for them (libtest-mimic
+    /// does not capture output, and faults make clients log on every retry).
     pub fn new() -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-            .with_ansi(false)
-            .with_test_writer()
-            .try_init();
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
+        }
         Self::default()
     }
 
@@ -81,6 +82,28 @@ impl Runner {
         };
         self.trials.push(trial);
         self
+    }
+
+    /// Like [`test`](Runner::test), but ignored unless the command line asks
+    /// for ignored tests (`-- --ignored`): for slow tests (scale) that
+    /// `scripts/test.sh` runs on request. `why` is shown next to the name.
+    pub fn test_ignored<F, Fut>(
+        self,
+        name: impl Into<String>,
+        why: &str,
+        available: Result<(), Unavailable>,
+        body: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + 'static,
+    {
+        let mut runner = self.test(name, available, body);
+        if let Some(trial) = runner.trials.pop() {
+            let ignored = if trial.has_ignored_flag() { trial } else { trial.with_ignored_flag(true).with_kind(why) };
+            runner.trials.push(ignored);
+        }
+        runner
     }
 
     /// Adds every scenario for backend `B`, named `<name>::<scenario>`.

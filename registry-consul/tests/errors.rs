@@ -6,8 +6,10 @@
 // Test code: failed expectations panic.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use conformance::Runner;
 use conformance::fixtures::{
     PROPAGATION, TTL, conf, eventually, eventually_async, leases_for, meta, method, node, unique,
 };
@@ -15,41 +17,25 @@ use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar};
 use registry_testenv::consul::{self, ConsulServer};
-use registry_testenv::{free_port, required};
+use registry_testenv::free_port;
 
 const MASTER_TOKEN: &str = "master-token-3b9e0c1d";
 const WRONG_TOKEN: &str = "wrong-token-5f0e1c2d";
-
-/// Whether a local agent can be started; announces a skip.
-fn local_agent_available() -> bool {
-    match consul::available().and_then(|()| registry_testenv::binary("consul").map(drop)) {
-        Ok(()) => true,
-        Err(e) if required() => panic!("consul required (REGISTRY_TEST_REQUIRE=1): {e}"),
-        Err(e) => {
-            eprintln!("SKIPPING: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
-            false
-        }
-    }
-}
 
 fn shows(err: &Error) -> String {
     format!("{err} | {err:?}")
 }
 
-#[tokio::test]
-async fn nothing_listening_is_backend_unavailable() {
+async fn nothing_listening_is_backend_unavailable() -> anyhow::Result<()> {
     let config = ConsulConfig::new(format!("http://127.0.0.1:{}", free_port())).with_token(WRONG_TOKEN);
     let err = ConsulStore::connect(config).await.expect_err("no agent there");
     assert!(matches!(err, Error::BackendUnavailable { backend: "consul", .. }), "{err:?}");
     assert!(err.is_transient());
     assert!(!shows(&err).contains(WRONG_TOKEN), "{}", shows(&err));
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_stopped_under_a_registrar_is_backend_unavailable() {
-    if !local_agent_available() {
-        return;
-    }
+async fn agent_stopped_under_a_registrar_is_backend_unavailable() -> anyhow::Result<()> {
     let mut server = ConsulServer::start_local().await.expect("agent");
     let store = ConsulStore::connect(ConsulConfig::new(server.address())).await.expect("connected");
     let namespace = unique("ns");
@@ -57,13 +43,10 @@ async fn agent_stopped_under_a_registrar_is_backend_unavailable() {
     server.stop().expect("stopped");
     let err = registrar.install(node("t.Down", &["A"])).await.expect_err("agent is down");
     assert!(matches!(err, Error::BackendUnavailable { backend: "consul", .. }), "{err:?}");
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn acl_tokens_are_checked_and_never_shown() {
-    if !local_agent_available() {
-        return;
-    }
+async fn acl_tokens_are_checked_and_never_shown() -> anyhow::Result<()> {
     let server = ConsulServer::start_local_with_acl(MASTER_TOKEN).await.expect("ACL agent");
     let base = || ConsulConfig::new(server.address());
 
@@ -99,9 +82,9 @@ async fn acl_tokens_are_checked_and_never_shown() {
     let registrar = Registrar::new(&master, meta(&env, "app"), conf(&namespace)).expect("registrar");
     registrar.install(node("t.Acl", &["A"])).await.expect("master token installs");
     registrar.uninstall().await.expect("uninstalled");
+    Ok(())
 }
 
-#[test]
 fn config_debug_hides_the_token() {
     let config = ConsulConfig::new("http://127.0.0.1:8500").with_token(MASTER_TOKEN);
     let shown = format!("{config:?}");
@@ -112,16 +95,9 @@ fn config_debug_hides_the_token() {
     assert!(!format!("{config:?}").contains(MASTER_TOKEN));
 }
 
-/// Any agent (the user's, or a local one), or `None` (announced).
-async fn any_agent() -> Option<ConsulServer> {
-    match consul::available() {
-        Ok(()) => Some(ConsulServer::start().await.expect("consul agent starts")),
-        Err(e) if required() => panic!("consul required (REGISTRY_TEST_REQUIRE=1): {e}"),
-        Err(e) => {
-            eprintln!("SKIPPING: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
-            None
-        }
-    }
+/// Any agent (the user's, or a local one).
+async fn any_agent() -> ConsulServer {
+    ConsulServer::start().await.expect("consul agent starts")
 }
 
 fn config_for(server: &ConsulServer) -> ConsulConfig {
@@ -142,9 +118,8 @@ async fn kv_session(server: &ConsulServer, key: &str) -> Option<String> {
     entries[0]["Session"].as_str().map(str::to_owned)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn service_deregistered_behind_our_back_is_registered_again() {
-    let Some(server) = any_agent().await else { return };
+async fn service_deregistered_behind_our_back_is_registered_again() -> anyhow::Result<()> {
+    let server = any_agent().await;
     let store = ConsulStore::connect(config_for(&server)).await.expect("connected");
     let (namespace, env) = (unique("ns"), unique("env"));
     let scope = Scope::new(namespace.clone(), env.clone());
@@ -173,11 +148,11 @@ async fn service_deregistered_behind_our_back_is_registered_again() {
     registrar.uninstall().await.expect("uninstalled");
     keepalive.await.expect("joined").expect("keepalive ended cleanly");
     discoverer.unwatch();
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kv_record_released_behind_our_back_is_written_again() {
-    let Some(server) = any_agent().await else { return };
+async fn kv_record_released_behind_our_back_is_written_again() -> anyhow::Result<()> {
+    let server = any_agent().await;
     let store = ConsulStore::connect(config_for(&server)).await.expect("connected");
     let (namespace, env) = (unique("ns"), unique("env"));
     let scope = Scope::new(namespace.clone(), env.clone());
@@ -214,4 +189,35 @@ async fn kv_record_released_behind_our_back_is_written_again() {
     keepalive.await.expect("joined").expect("keepalive ended cleanly");
     tokio::time::sleep(Duration::from_millis(10)).await;
     discoverer.unwatch();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("nothing_listening_is_backend_unavailable", Ok(()), nothing_listening_is_backend_unavailable)
+        .test(
+            "agent_stopped_under_a_registrar_is_backend_unavailable",
+            consul::local_available(),
+            agent_stopped_under_a_registrar_is_backend_unavailable,
+        )
+        .test(
+            "acl_tokens_are_checked_and_never_shown",
+            consul::local_available(),
+            acl_tokens_are_checked_and_never_shown,
+        )
+        .test("config_debug_hides_the_token", Ok(()), || async {
+            config_debug_hides_the_token();
+            Ok(())
+        })
+        .test(
+            "service_deregistered_behind_our_back_is_registered_again",
+            consul::available(),
+            service_deregistered_behind_our_back_is_registered_again,
+        )
+        .test(
+            "kv_record_released_behind_our_back_is_written_again",
+            consul::available(),
+            kv_record_released_behind_our_back_is_written_again,
+        )
+        .run()
 }

@@ -9,47 +9,30 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, unique};
 use conformance::interop::{
     CONSUL_HEALTH_SERVICE, GoServiceNode, consul_agent_services, go_consul_read, same_fields, usable_by_go,
 };
-use conformance::required;
 use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, GrpcServices, Network, Register, Registrar, ServiceNode};
 use registry_testenv::consul::{self, ConsulServer};
 use serde_json::Value;
 
-/// Skips (loudly) or fails, as `REGISTRY_TEST_REQUIRE` says, when there is no agent.
-fn can_have_agent() -> bool {
-    match consul::available() {
-        Ok(()) => true,
-        Err(e) if required() => panic!("consul required (REGISTRY_TEST_REQUIRE=1): {e}"),
-        Err(e) => {
-            eprintln!("SKIPPING: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
-            false
-        }
-    }
-}
-
 /// The agent (the user's, when `CONSUL_HTTP_ADDR` names one): for tests
 /// whose names are unique.
-async fn agent() -> Option<ConsulServer> {
-    if !can_have_agent() {
-        return None;
-    }
-    Some(ConsulServer::start().await.expect("consul agent starts"))
+async fn agent() -> ConsulServer {
+    ConsulServer::start().await.expect("consul agent starts")
 }
 
 /// An agent of the test's own, whatever `CONSUL_HTTP_ADDR` says: for tests
 /// that register the captured, fixed names (`shop-prod`).
-async fn local_agent() -> Option<ConsulServer> {
-    if !can_have_agent() {
-        return None;
-    }
-    Some(ConsulServer::start_local().await.expect("local consul agent starts"))
+async fn local_agent() -> ConsulServer {
+    ConsulServer::start_local().await.expect("local consul agent starts")
 }
 
 async fn store(server: &ConsulServer) -> ConsulStore {
@@ -147,9 +130,8 @@ fn serves_the_captured_node(discoverer: &Discoverer) {
 /// registered and by one listing after — with every field (weight 50), and
 /// the agent's health answer is the captured one as far as a Go reader can
 /// tell. Deregistered, it disappears.
-#[tokio::test(flavor = "multi_thread")]
-async fn captured_go_service_is_discovered() {
-    let Some(server) = local_agent().await else { return };
+async fn captured_go_service_is_discovered() -> anyhow::Result<()> {
+    let server = local_agent().await;
     let store = store(&server).await;
     let scope = Scope::new("shop", "prod");
     let watching = Discoverer::new(&store, "prod", conf("shop")).expect("discoverer");
@@ -189,6 +171,7 @@ async fn captured_go_service_is_discovered() {
     ok(&server, "PUT", &format!("/v1/agent/service/deregister/{id}"), None).await;
     eventually(PROPAGATION, "Go service gone", || leases_for(&watching, create).is_empty()).await.expect("gone");
     watching.unwatch();
+    Ok(())
 }
 
 /// The configuration of the Rust nodes below: the captured Go node's
@@ -214,9 +197,8 @@ async fn go_sees(server: &ConsulServer, scope: &Scope, lease_id: i64) -> Option<
 /// A Rust node with the captured node's three methods is read by the Go
 /// reader's rules from the agent's real health answer, with every field and
 /// the Go JSON byte for byte in meta `node`.
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_node_is_seen_by_the_go_reader() {
-    let Some(server) = agent().await else { return };
+async fn rust_node_is_seen_by_the_go_reader() -> anyhow::Result<()> {
+    let server = agent().await;
     let store = store(&server).await;
     let namespace = unique("shop");
     let scope = Scope::new(namespace.clone(), "prod");
@@ -251,15 +233,15 @@ async fn rust_node_is_seen_by_the_go_reader() {
     assert!(go_consul_read(&answer, "staging").is_empty(), "a Go reader of another env sees it");
 
     registrar.uninstall().await.expect("uninstalled");
+    Ok(())
 }
 
 /// The largest number of methods named `/shop.v1.Orders/MethodNN` a Rust
 /// node (env `prod`, app `orders`, the captured address) can have while a Go
 /// reader still sees it, found on the real agent; every larger node is
 /// absent from meta `node` (so from the Go reader) and still discovered by Rust.
-#[tokio::test(flavor = "multi_thread")]
-async fn largest_node_a_go_reader_sees() {
-    let Some(server) = agent().await else { return };
+async fn largest_node_a_go_reader_sees() -> anyhow::Result<()> {
+    let server = agent().await;
     let store = store(&server).await;
     let namespace = unique("shop");
     let scope = Scope::new(namespace.clone(), "prod");
@@ -312,14 +294,14 @@ async fn largest_node_a_go_reader_sees() {
     );
     assert_eq!(discoverer.skipped(), 0);
     discoverer.unwatch();
+    Ok(())
 }
 
 /// Go names (namespace `shop_v2`, env `Prod`, app `Orders_X`) round-trip
 /// through our registrar and discoverer on an agent of our own, and the Go
 /// reader sees the node.
-#[tokio::test(flavor = "multi_thread")]
-async fn go_names_round_trip() {
-    let Some(server) = local_agent().await else { return };
+async fn go_names_round_trip() -> anyhow::Result<()> {
+    let server = local_agent().await;
     let store = store(&server).await;
     let (namespace, env, app) = ("shop_v2", "Prod", "Orders_X");
     let scope = Scope::new(namespace, env);
@@ -342,4 +324,14 @@ async fn go_names_round_trip() {
     registrar.uninstall().await.expect("uninstalled");
     eventually(PROPAGATION, "gone", || leases_for(&discoverer, &create).is_empty()).await.expect("gone");
     discoverer.unwatch();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("captured_go_service_is_discovered", consul::local_available(), captured_go_service_is_discovered)
+        .test("rust_node_is_seen_by_the_go_reader", consul::available(), rust_node_is_seen_by_the_go_reader)
+        .test("largest_node_a_go_reader_sees", consul::available(), largest_node_a_go_reader_sees)
+        .test("go_names_round_trip", consul::local_available(), go_names_round_trip)
+        .run()
 }

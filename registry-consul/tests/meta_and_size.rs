@@ -5,25 +5,19 @@
 // Test code: failed expectations panic.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, unique};
-use conformance::required;
 use registry_consul::{ConsulConfig, ConsulStore, KV_VALUE_LIMIT, META_VALUE_LIMIT};
 use registry_core::store::Scope;
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar, ServiceNode};
 use registry_testenv::consul::{self, ConsulServer};
 
-/// The agent, or `None` (announced) when there is none and none is required.
-async fn agent() -> Option<ConsulServer> {
-    match consul::available() {
-        Ok(()) => Some(ConsulServer::start().await.expect("consul agent starts")),
-        Err(e) if required() => panic!("consul required (REGISTRY_TEST_REQUIRE=1): {e}"),
-        Err(e) => {
-            eprintln!("SKIPPING: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
-            None
-        }
-    }
+/// The agent (the user's, when `CONSUL_HTTP_ADDR` names one).
+async fn agent() -> ConsulServer {
+    ConsulServer::start().await.expect("consul agent starts")
 }
 
 async fn store(server: &ConsulServer) -> ConsulStore {
@@ -58,9 +52,8 @@ async fn health_entry(server: &ConsulServer, scope: &Scope, service_id: &str) ->
         .unwrap_or_else(|| panic!("{service_id} not passing in {entries}"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn five_hundred_method_node_round_trips() {
-    let Some(server) = agent().await else { return };
+async fn five_hundred_method_node_round_trips() -> anyhow::Result<()> {
+    let server = agent().await;
     let store = store(&server).await;
     let (namespace, env) = (unique("ns"), unique("env"));
     let registrar = Registrar::new(&store, meta(&env, "big"), conf(&namespace)).expect("registrar");
@@ -97,11 +90,11 @@ async fn five_hundred_method_node_round_trips() {
 
     registrar.uninstall().await.expect("uninstalled");
     discoverer.unwatch();
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn small_node_is_readable_from_node_meta_alone() {
-    let Some(server) = agent().await else { return };
+async fn small_node_is_readable_from_node_meta_alone() -> anyhow::Result<()> {
+    let server = agent().await;
     let store = store(&server).await;
     let (namespace, env) = (unique("ns"), unique("env"));
     let registrar = Registrar::new(&store, meta(&env, "tiny"), conf(&namespace)).expect("registrar");
@@ -126,11 +119,11 @@ async fn small_node_is_readable_from_node_meta_alone() {
     assert_eq!(from_meta.network, installed.network);
 
     registrar.uninstall().await.expect("uninstalled");
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn node_larger_than_a_kv_value_is_refused() {
-    let Some(server) = agent().await else { return };
+async fn node_larger_than_a_kv_value_is_refused() -> anyhow::Result<()> {
+    let server = agent().await;
     let store = store(&server).await;
     let (namespace, env) = (unique("ns"), unique("env"));
     let registrar = Registrar::new(&store, meta(&env, "huge"), conf(&namespace)).expect("registrar");
@@ -141,4 +134,17 @@ async fn node_larger_than_a_kv_value_is_refused() {
         .expect("answers")
         .expect_err("refused");
     assert!(matches!(err, Error::TooLarge { limit: KV_VALUE_LIMIT, .. }), "{err:?}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("five_hundred_method_node_round_trips", consul::available(), five_hundred_method_node_round_trips)
+        .test(
+            "small_node_is_readable_from_node_meta_alone",
+            consul::available(),
+            small_node_is_readable_from_node_meta_alone,
+        )
+        .test("node_larger_than_a_kv_value_is_refused", consul::available(), node_larger_than_a_kv_value_is_refused)
+        .run()
 }

@@ -7,13 +7,15 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
 use etcd_client::{Permission, PutOptions};
 use registry_core::store::{ListWatch, Scope};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore};
+use registry_testenv::etcd::local_available;
 use registry_testenv::free_port;
-use support::{Needs, Test, conf, config, local_etcd, raw_client, store};
+use support::{conf, config, local_etcd, raw_client, store};
 
 /// The request timeout of the unreachable-endpoint tests.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -272,23 +274,22 @@ async fn oversized_node_is_too_large() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    macro_rules! test {
-        ($name:ident, $needs:expr) => {
-            Test { name: stringify!($name), needs: $needs, run: || Box::pin($name()) }
-        };
-    }
-    support::run(vec![
-        test!(config_debug_hides_the_password, Needs::Nothing),
-        test!(refused_endpoint_install_is_unavailable, Needs::Nothing),
-        test!(refused_endpoint_watcher_is_unavailable, Needs::Nothing),
-        test!(silent_endpoint_install_times_out, Needs::Nothing),
-        test!(silent_endpoint_watcher_times_out, Needs::Nothing),
-        test!(unreachable_endpoint_with_auth_fails_connect, Needs::Nothing),
-        test!(wrong_password_is_permission_denied, Needs::Etcd),
-        test!(right_password_registers_and_discovers, Needs::Etcd),
-        test!(user_without_write_permission_is_permission_denied, Needs::Etcd),
-        test!(revoked_lease_is_registered_again, Needs::Etcd),
-        test!(compacted_resume_point_is_resume_lost, Needs::Etcd),
-        test!(oversized_node_is_too_large, Needs::Etcd),
-    ])
+    Runner::new()
+        .test("config_debug_hides_the_password", Ok(()), config_debug_hides_the_password)
+        .test("refused_endpoint_install_is_unavailable", Ok(()), refused_endpoint_install_is_unavailable)
+        .test("refused_endpoint_watcher_is_unavailable", Ok(()), refused_endpoint_watcher_is_unavailable)
+        .test("silent_endpoint_install_times_out", Ok(()), silent_endpoint_install_times_out)
+        .test("silent_endpoint_watcher_times_out", Ok(()), silent_endpoint_watcher_times_out)
+        .test("unreachable_endpoint_with_auth_fails_connect", Ok(()), unreachable_endpoint_with_auth_fails_connect)
+        .test("wrong_password_is_permission_denied", local_available(), wrong_password_is_permission_denied)
+        .test("right_password_registers_and_discovers", local_available(), right_password_registers_and_discovers)
+        .test(
+            "user_without_write_permission_is_permission_denied",
+            local_available(),
+            user_without_write_permission_is_permission_denied,
+        )
+        .test("revoked_lease_is_registered_again", local_available(), revoked_lease_is_registered_again)
+        .test("compacted_resume_point_is_resume_lost", local_available(), compacted_resume_point_is_resume_lost)
+        .test("oversized_node_is_too_large", local_available(), oversized_node_is_too_large)
+        .run()
 }

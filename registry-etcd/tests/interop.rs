@@ -12,12 +12,14 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, eventually, meta, method, node, unique};
 use conformance::interop::{EtcdRecord, GoServiceNode, etcd_records, go_etcd_read, same_fields, usable_by_go};
 use etcd_client::{GetOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use registry_core::{Discoverer, Discovery, Register, Registrar};
+use registry_testenv::etcd::local_available;
 use serde_json::Value;
-use support::{Needs, Test, conf, local_etcd, raw_client, store};
+use support::{conf, local_etcd, raw_client, store};
 
 /// TTL of the leases standing in for the Go writer's (long enough for a test).
 const GO_LEASE_TTL: i64 = 30;
@@ -379,28 +381,16 @@ async fn go_names_round_trip() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    support::run(vec![
-        Test {
-            name: "captured_go_records_are_listed",
-            needs: Needs::Etcd,
-            run: || Box::pin(captured_go_records_are_listed()),
-        },
-        Test {
-            name: "captured_go_records_are_watched",
-            needs: Needs::Etcd,
-            run: || Box::pin(captured_go_records_are_watched()),
-        },
-        Test { name: "go_names_round_trip", needs: Needs::Etcd, run: || Box::pin(go_names_round_trip()) },
-        Test { name: "our_node_has_the_go_shape", needs: Needs::Etcd, run: || Box::pin(our_node_has_the_go_shape()) },
-        Test {
-            name: "discovery_prefix_ends_with_a_slash",
-            needs: Needs::Etcd,
-            run: || Box::pin(discovery_prefix_ends_with_a_slash()),
-        },
-        Test {
-            name: "fleet_larger_than_a_listing_page_is_discovered_whole",
-            needs: Needs::Etcd,
-            run: || Box::pin(fleet_larger_than_a_listing_page_is_discovered_whole()),
-        },
-    ])
+    Runner::new()
+        .test("captured_go_records_are_listed", local_available(), captured_go_records_are_listed)
+        .test("captured_go_records_are_watched", local_available(), captured_go_records_are_watched)
+        .test("go_names_round_trip", local_available(), go_names_round_trip)
+        .test("our_node_has_the_go_shape", local_available(), our_node_has_the_go_shape)
+        .test("discovery_prefix_ends_with_a_slash", local_available(), discovery_prefix_ends_with_a_slash)
+        .test(
+            "fleet_larger_than_a_listing_page_is_discovered_whole",
+            local_available(),
+            fleet_larger_than_a_listing_page_is_discovered_whole,
+        )
+        .run()
 }

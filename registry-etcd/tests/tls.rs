@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore, EtcdTls};
+use registry_testenv::etcd::local_available;
 use registry_testenv::etcd::{EtcdServer, ServerTls};
-use support::{Needs, Test, conf};
+use support::conf;
 
 /// A CA, and PEM files signed by it, in a temp dir.
 struct Pki {
@@ -147,15 +149,14 @@ async fn unreadable_ca_file_is_invalid_config() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    macro_rules! test {
-        ($name:ident, $needs:expr) => {
-            Test { name: stringify!($name), needs: $needs, run: || Box::pin($name()) }
-        };
-    }
-    support::run(vec![
-        test!(tls_with_client_certificate_registers_and_discovers, Needs::Etcd),
-        test!(untrusted_server_certificate_is_refused, Needs::Etcd),
-        test!(missing_client_certificate_is_refused, Needs::Etcd),
-        test!(unreadable_ca_file_is_invalid_config, Needs::Nothing),
-    ])
+    Runner::new()
+        .test(
+            "tls_with_client_certificate_registers_and_discovers",
+            local_available(),
+            tls_with_client_certificate_registers_and_discovers,
+        )
+        .test("untrusted_server_certificate_is_refused", local_available(), untrusted_server_certificate_is_refused)
+        .test("missing_client_certificate_is_refused", local_available(), missing_client_certificate_is_refused)
+        .test("unreadable_ca_file_is_invalid_config", Ok(()), unreadable_ca_file_is_invalid_config)
+        .run()
 }

@@ -206,7 +206,12 @@ mod tests {
     }
 
     /// What a real API server answers to an object over its limit, mapped.
+    /// A unit test (it maps with the crate's private `map`) that needs a
+    /// server: libtest cannot decide at run time to ignore it, so it is
+    /// ignored by default and `scripts/test.sh` runs it with `--ignored`
+    /// under `REGISTRY_TEST_REQUIRE=1`, where a missing server fails it.
     #[tokio::test]
+    #[ignore = "needs kube-apiserver; scripts/test.sh runs it (cargo test -p registry-kubernetes --lib -- --ignored)"]
     async fn api_server_size_errors_report_the_limit_of_their_object() {
         use k8s_openapi::api::coordination::v1::Lease;
         use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -214,12 +219,7 @@ mod tests {
         use kube::api::PostParams;
         use registry_testenv::kube::KubeServer;
 
-        if let Err(e) = KubeServer::available() {
-            assert!(!conformance::required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
-            eprintln!("SKIPPING: {e}");
-            return;
-        }
-        let server = KubeServer::start().await.unwrap();
+        let server = KubeServer::start().await.unwrap_or_else(|e| panic!("kube-apiserver: {e}"));
         let namespace = conformance::fixtures::unique("size");
         server.create_namespace(&namespace).await.unwrap();
         let big = "x".repeat(300 * 1024);

@@ -5,11 +5,13 @@
 
 mod support;
 
+use conformance::Runner;
 use conformance::fixtures::{conf, meta, unique};
 use registry_core::{Discoverer, Discovery, Error, GrpcServices, Register, Registrar, ServiceNode};
 use registry_kubernetes::{KubernetesConfig, KubernetesStore, MAX_CONFIGMAP_BYTES, Mode};
+use registry_testenv::free_port;
 use registry_testenv::kube::KubeServer;
-use registry_testenv::{free_port, required};
+use std::process::ExitCode;
 
 /// A kubeconfig for a loopback port where nothing listens.
 fn unreachable_kubeconfig() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -51,8 +53,7 @@ fn node_of_size(bytes: usize) -> ServiceNode {
     }
 }
 
-#[tokio::test]
-async fn unreachable_api_server_is_backend_unavailable() {
+async fn unreachable_api_server_is_backend_unavailable() -> anyhow::Result<()> {
     let (_dir, path) = unreachable_kubeconfig();
     let err = KubernetesStore::connect(KubernetesConfig::new(Mode::Lease).with_kubeconfig(&path)).await.unwrap_err();
     assert!(matches!(err, Error::BackendUnavailable { backend: "kubernetes", .. }), "connect: {err:?}");
@@ -67,14 +68,14 @@ async fn unreachable_api_server_is_backend_unavailable() {
         assert!(matches!(err, Error::BackendUnavailable { .. }), "{mode} watch: {err:?}");
         discoverer.unwatch();
     }
+    Ok(())
 }
 
 fn support_node() -> ServiceNode {
     GrpcServices::new().service("t.Err", ["Call"]).unwrap().into_node()
 }
 
-#[tokio::test]
-async fn unencodable_app_id_in_pod_mode_is_invalid_config() {
+async fn unencodable_app_id_in_pod_mode_is_invalid_config() -> anyhow::Result<()> {
     let (_dir, store) = offline_store(Mode::Pod).await;
     // Valid for core (≤ 63 characters), but `selector-<app_id>` is longer than a label name may be.
     let app = "a".repeat(60);
@@ -91,33 +92,28 @@ async fn unencodable_app_id_in_pod_mode_is_invalid_config() {
         }
         other => panic!("expected InvalidConfig, got {other:?}"),
     }
+    Ok(())
 }
 
-#[tokio::test]
-async fn pod_mode_without_a_pod_name_is_invalid_config() {
+async fn pod_mode_without_a_pod_name_is_invalid_config() -> anyhow::Result<()> {
     let (_dir, store) = offline_store(Mode::Pod).await;
     let store =
         KubernetesStore::from_client(store.client().clone(), KubernetesConfig::new(Mode::Pod).with_pod_name(None))
             .unwrap();
     let err = Registrar::new(&store, meta("dev", "app"), conf("default")).unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { field: "kubernetes.pod_name", .. }), "{err:?}");
+    Ok(())
 }
 
-#[tokio::test]
-async fn node_too_large_for_an_annotation_is_too_large() {
+async fn node_too_large_for_an_annotation_is_too_large() -> anyhow::Result<()> {
     let (_dir, store) = offline_store(Mode::Lease).await;
     let registrar = Registrar::new(&store, meta("dev", "huge"), conf("default")).unwrap();
     let err = registrar.install(node_of_size(300 * 1024)).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 262_144, .. }), "{err:?}");
+    Ok(())
 }
 
-#[tokio::test]
-async fn configmap_refuses_before_passing_one_mebibyte() {
-    if let Err(e) = KubeServer::available() {
-        assert!(!required(), "kube-apiserver unavailable and REGISTRY_TEST_REQUIRE=1: {e}");
-        eprintln!("SKIPPING: {e}");
-        return;
-    }
+async fn configmap_refuses_before_passing_one_mebibyte() -> anyhow::Result<()> {
     let server = KubeServer::start().await.unwrap();
     let namespace = unique("big");
     server.create_namespace(&namespace).await.unwrap();
@@ -156,4 +152,23 @@ async fn configmap_refuses_before_passing_one_mebibyte() {
     fitted.sort_unstable();
     assert_eq!(seen, fitted);
     discoverer.unwatch();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("unreachable_api_server_is_backend_unavailable", Ok(()), unreachable_api_server_is_backend_unavailable)
+        .test(
+            "unencodable_app_id_in_pod_mode_is_invalid_config",
+            Ok(()),
+            unencodable_app_id_in_pod_mode_is_invalid_config,
+        )
+        .test("pod_mode_without_a_pod_name_is_invalid_config", Ok(()), pod_mode_without_a_pod_name_is_invalid_config)
+        .test("node_too_large_for_an_annotation_is_too_large", Ok(()), node_too_large_for_an_annotation_is_too_large)
+        .test(
+            "configmap_refuses_before_passing_one_mebibyte",
+            KubeServer::available(),
+            configmap_refuses_before_passing_one_mebibyte,
+        )
+        .run()
 }

@@ -9,6 +9,7 @@
 
 mod support;
 
+use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, conf, eventually, leases_for, meta, method, node, unique};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,10 +17,11 @@ use kube::Api;
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_kubernetes::{DEFAULT_PREFIX, Mode};
 use registry_kubernetes::{configmap_key, configmap_name, lease_name};
+use registry_testenv::kube::KubeServer;
+use std::process::ExitCode;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn go_env_and_app_names_register_and_are_discovered() {
-    let Some(server) = support::server().await else { return };
+async fn go_env_and_app_names_register_and_are_discovered() -> anyhow::Result<()> {
+    let server = support::server().await;
     let namespace = unique("go-names");
     server.create_namespace(&namespace).await.unwrap();
     let (env, app) = ("Prod", "Orders_X");
@@ -97,4 +99,15 @@ async fn go_env_and_app_names_register_and_are_discovered() {
             }
         }
     }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test(
+            "go_env_and_app_names_register_and_are_discovered",
+            KubeServer::available(),
+            go_env_and_app_names_register_and_are_discovered,
+        )
+        .run()
 }

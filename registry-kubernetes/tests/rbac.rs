@@ -11,6 +11,8 @@
 
 mod support;
 
+use conformance::Runner;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,7 +72,7 @@ async fn store_as(
 
 /// Install, discover, keep alive, uninstall — as the mode's ServiceAccount.
 async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
-    let Some(server) = support::server().await else { return Ok(()) };
+    let server = support::server().await;
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
     apply_manifest(&server, mode, &namespace, "registry").await?;
@@ -119,7 +121,7 @@ async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
 
 /// Without the Role, install and watch are refused with the verb and resource named.
 async fn no_role_is_permission_denied(mode: Mode, resource: &str) -> anyhow::Result<()> {
-    let Some(server) = support::server().await else { return Ok(()) };
+    let server = support::server().await;
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
     let pod = match mode {
@@ -157,32 +159,45 @@ async fn no_role_is_permission_denied(mode: Mode, resource: &str) -> anyhow::Res
     Ok(())
 }
 
-#[tokio::test]
 async fn lease_role_is_enough() -> anyhow::Result<()> {
     role_is_enough(Mode::Lease).await
 }
 
-#[tokio::test]
 async fn configmap_role_is_enough() -> anyhow::Result<()> {
     role_is_enough(Mode::ConfigMap).await
 }
 
-#[tokio::test]
 async fn pod_role_is_enough() -> anyhow::Result<()> {
     role_is_enough(Mode::Pod).await
 }
 
-#[tokio::test]
 async fn lease_without_role_is_permission_denied() -> anyhow::Result<()> {
     no_role_is_permission_denied(Mode::Lease, "leases").await
 }
 
-#[tokio::test]
 async fn configmap_without_role_is_permission_denied() -> anyhow::Result<()> {
     no_role_is_permission_denied(Mode::ConfigMap, "configmaps").await
 }
 
-#[tokio::test]
 async fn pod_without_role_is_permission_denied() -> anyhow::Result<()> {
     no_role_is_permission_denied(Mode::Pod, "pods").await
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("lease_role_is_enough", KubeServer::available(), lease_role_is_enough)
+        .test("configmap_role_is_enough", KubeServer::available(), configmap_role_is_enough)
+        .test("pod_role_is_enough", KubeServer::available(), pod_role_is_enough)
+        .test(
+            "lease_without_role_is_permission_denied",
+            KubeServer::available(),
+            lease_without_role_is_permission_denied,
+        )
+        .test(
+            "configmap_without_role_is_permission_denied",
+            KubeServer::available(),
+            configmap_without_role_is_permission_denied,
+        )
+        .test("pod_without_role_is_permission_denied", KubeServer::available(), pod_without_role_is_permission_denied)
+        .run()
 }

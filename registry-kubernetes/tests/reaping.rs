@@ -9,6 +9,8 @@
 
 mod support;
 
+use conformance::Runner;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use conformance::fixtures::{PROPAGATION, TTL, conf, eventually, meta, node, unique};
@@ -110,7 +112,7 @@ impl Place {
 /// (3) windows without a heartbeat, not before the heartbeat could have
 /// stopped, and leaves the live neighbour alone.
 async fn crashed_instance_is_reaped(mode: Mode) {
-    let Some(server) = support::server().await else { return };
+    let server = support::server().await;
     let place = Place::new(server, mode).await;
     let discoverer = Discoverer::new(&place.store, &place.env, conf(&place.namespace)).unwrap();
     discoverer.watcher().await.unwrap();
@@ -140,21 +142,21 @@ async fn crashed_instance_is_reaped(mode: Mode) {
     discoverer.unwatch();
 }
 
-#[tokio::test]
-async fn crashed_lease_is_reaped() {
+async fn crashed_lease_is_reaped() -> anyhow::Result<()> {
     crashed_instance_is_reaped(Mode::Lease).await;
+    Ok(())
 }
 
-#[tokio::test]
-async fn crashed_configmap_entry_is_reaped() {
+async fn crashed_configmap_entry_is_reaped() -> anyhow::Result<()> {
     crashed_instance_is_reaped(Mode::ConfigMap).await;
+    Ok(())
 }
 
 /// A reap of the version core saw, after the record was renewed, fails its
 /// precondition (`Conflict`) and deletes nothing; a reap of the current
 /// version deletes exactly that record, and reaping it again is harmless.
 async fn reap_deletes_only_the_version_observed(mode: Mode) {
-    let Some(server) = support::server().await else { return };
+    let server = support::server().await;
     let place = Place::new(server, mode).await;
     let reaper = place.store.reader(&place.scope()).unwrap().reaper().expect("a reaper");
     let neighbour = Registrar::new(&place.store, meta(&place.env, "neighbour"), conf(&place.namespace)).unwrap();
@@ -186,14 +188,14 @@ async fn reap_deletes_only_the_version_observed(mode: Mode) {
     }
 }
 
-#[tokio::test]
-async fn lease_reap_needs_the_observed_resource_version() {
+async fn lease_reap_needs_the_observed_resource_version() -> anyhow::Result<()> {
     reap_deletes_only_the_version_observed(Mode::Lease).await;
+    Ok(())
 }
 
-#[tokio::test]
-async fn configmap_reap_needs_the_observed_value() {
+async fn configmap_reap_needs_the_observed_value() -> anyhow::Result<()> {
     reap_deletes_only_the_version_observed(Mode::ConfigMap).await;
+    Ok(())
 }
 
 /// A client for a loopback port where nothing listens (no round trip is made).
@@ -212,8 +214,7 @@ async fn offline_client() -> (tempfile::TempDir, kube::Client) {
     (dir, kube::Client::try_from(config).unwrap())
 }
 
-#[tokio::test]
-async fn janitor_false_and_pod_mode_offer_no_reaper() {
+async fn janitor_false_and_pod_mode_offer_no_reaper() -> anyhow::Result<()> {
     let (_dir, client) = offline_client().await;
     let scope = Scope::new("default", "prod");
     for (mode, janitor, expected) in [
@@ -231,4 +232,23 @@ async fn janitor_false_and_pod_mode_offer_no_reaper() {
     let url = url::Url::parse("kubernetes://?mode=configmap&janitor=false").unwrap();
     let store = KubernetesStore::from_client(client, KubernetesConfig::from_url(&url).unwrap()).unwrap();
     assert!(store.reader(&scope).unwrap().reaper().is_none(), "janitor=false in the URL");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("crashed_lease_is_reaped", KubeServer::available(), crashed_lease_is_reaped)
+        .test("crashed_configmap_entry_is_reaped", KubeServer::available(), crashed_configmap_entry_is_reaped)
+        .test(
+            "lease_reap_needs_the_observed_resource_version",
+            KubeServer::available(),
+            lease_reap_needs_the_observed_resource_version,
+        )
+        .test(
+            "configmap_reap_needs_the_observed_value",
+            KubeServer::available(),
+            configmap_reap_needs_the_observed_value,
+        )
+        .test("janitor_false_and_pod_mode_offer_no_reaper", Ok(()), janitor_false_and_pod_mode_offer_no_reaper)
+        .run()
 }

@@ -14,6 +14,9 @@
 
 mod support;
 
+use conformance::Runner;
+use registry_testenv::kube::KubeServer;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,14 +48,12 @@ async fn wait_for_count(disc: &Discoverer, app: &str, want: usize, within: Durat
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "scale: 2,000 Leases on one API server; run with --ignored"]
-async fn lease_mode_carries_two_thousand_instances() {
+async fn lease_mode_carries_two_thousand_instances() -> anyhow::Result<()> {
     // REGISTRY_SCALE_INSTANCES / REGISTRY_SCALE_TTL override the defaults (2,000 and 15 s).
     let instances: usize = std::env::var("REGISTRY_SCALE_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let ttl = Duration::from_secs(std::env::var("REGISTRY_SCALE_TTL").ok().and_then(|v| v.parse().ok()).unwrap_or(15));
     const CONCURRENCY: usize = 64;
-    let Some(server) = support::server().await else { return };
+    let server = support::server().await;
     let namespace = unique("scale");
     server.create_namespace(&namespace).await.unwrap();
     let store = support::store(&server, Mode::Lease).await.unwrap();
@@ -160,16 +161,15 @@ async fn lease_mode_carries_two_thousand_instances() {
     disc.unwatch();
     watching.abort();
     progress.abort();
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "scale: 100 concurrent ConfigMap writers; run with --ignored"]
-async fn configmap_mode_lands_a_hundred_concurrent_installs() {
+async fn configmap_mode_lands_a_hundred_concurrent_installs() -> anyhow::Result<()> {
     const INSTANCES: usize = 100;
     // Generous: every write rewrites the one ConfigMap, and a hundred at once
     // are serialised by the API server; core bounds each write by the TTL.
     const TTL: Duration = Duration::from_secs(30);
-    let Some(server) = support::server().await else { return };
+    let server = support::server().await;
     let namespace = unique("scale");
     server.create_namespace(&namespace).await.unwrap();
     let env = unique("env");
@@ -248,4 +248,22 @@ async fn configmap_mode_lands_a_hundred_concurrent_installs() {
     futures::future::try_join_all(together.iter().map(|r| r.uninstall())).await.unwrap();
     disc.unwatch();
     disc2.unwatch();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test_ignored(
+            "lease_mode_carries_two_thousand_instances",
+            "scale: 2,000 Leases on one API server; run with --ignored",
+            KubeServer::available(),
+            lease_mode_carries_two_thousand_instances,
+        )
+        .test_ignored(
+            "configmap_mode_lands_a_hundred_concurrent_installs",
+            "scale: 100 concurrent ConfigMap writers; run with --ignored",
+            KubeServer::available(),
+            configmap_mode_lands_a_hundred_concurrent_installs,
+        )
+        .run()
 }

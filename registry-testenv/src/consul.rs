@@ -53,6 +53,13 @@ pub fn external_configured() -> bool {
     var(ADDR_VAR).is_some()
 }
 
+/// A cheap check for tests that need a Consul agent of its own (they stop it, enable
+/// auth, or write fixed keys, so never the user's server): the `consul` binary
+/// is installed.
+pub fn local_available() -> Result<(), Unavailable> {
+    binary("consul").map(|_| ())
+}
+
 /// A cheap check that an agent can be had: `CONSUL_HTTP_ADDR` is set or the
 /// `consul` binary is installed.
 pub fn available() -> Result<(), Unavailable> {

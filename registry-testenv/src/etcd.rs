@@ -57,6 +57,13 @@ pub fn external_configured() -> bool {
     var(ENDPOINTS_VAR).is_some()
 }
 
+/// A cheap check for tests that need an etcd of its own (they stop it, enable
+/// auth, or write fixed keys, so never the user's server): the `etcd` binary
+/// is installed.
+pub fn local_available() -> Result<(), Unavailable> {
+    binary("etcd").map(|_| ())
+}
+
 /// A cheap check that an etcd can be had: `ETCD_ENDPOINTS` is set or the
 /// `etcd` binary is installed.
 pub fn available() -> Result<(), Unavailable> {

@@ -12,27 +12,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use conformance::required;
+use conformance::Runner;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{LogParams, PostParams};
-use libtest_mimic::{Arguments, Failed, Trial};
 use registry_testenv::kube_node::{self, BUSYBOX_IMAGE, KubeNode};
 
 const POD: &str = "probe-demo";
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
-    let mut trial = Trial::test("kube_node::busybox_pod_ready_then_clean_teardown", || {
-        run().map_err(|e| Failed::from(format!("{e:#}")))
-    });
-    if let Err(e) = KubeNode::available()
-        && !required()
-    {
-        eprintln!("SKIPPING kube_node: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
-        trial = trial.with_ignored_flag(true).with_kind(format!("no server: {e}"));
-    }
-    libtest_mimic::run(&args, vec![trial]).exit_code()
+    Runner::new()
+        .test("kube_node::busybox_pod_ready_then_clean_teardown", KubeNode::available(), || async {
+            // `run` drives runtimes of its own (one per phase, so a dropped
+            // node is observed from outside any runtime): a thread of its own.
+            std::thread::spawn(run).join().map_err(|_| anyhow::anyhow!("the test thread panicked"))?
+        })
+        .run()
 }
 
 /// What the node looked like just before it was dropped.

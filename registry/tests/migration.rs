@@ -4,11 +4,13 @@
 #![cfg(all(feature = "etcd", feature = "kubernetes"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use conformance::Runner;
 use registry::store::Scope;
 use registry::{Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery};
 use registry_testenv::etcd::EtcdServer;
@@ -58,18 +60,9 @@ fn count(d: &dyn Discovery) -> usize {
     d.get_service(METHOD).map(|n| n.len()).unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
-    let etcd = match EtcdServer::start().await {
-        Ok(s) => s,
-        Err(e) if !conformance::required() => return eprintln!("SKIPPED: etcd unavailable: {e}"),
-        Err(e) => panic!("etcd unavailable (REGISTRY_TEST_REQUIRE=1): {e}"),
-    };
-    let kube = match KubeServer::start().await {
-        Ok(s) => s,
-        Err(e) if !conformance::required() => return eprintln!("SKIPPED: kube-apiserver unavailable: {e}"),
-        Err(e) => panic!("kube-apiserver unavailable (REGISTRY_TEST_REQUIRE=1): {e}"),
-    };
+async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let kube = KubeServer::start().await.expect("kube-apiserver");
     let namespace = format!("migrate-{:x}", std::process::id());
     kube.create_namespace(&namespace).await.expect("namespace");
     let env = "prod";
@@ -166,4 +159,15 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() {
     for r in final_fleet {
         stop(r).await;
     }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test(
+            "fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup",
+            KubeServer::available().and(registry_testenv::etcd::available()),
+            fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup,
+        )
+        .run()
 }

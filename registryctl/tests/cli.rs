@@ -1,22 +1,18 @@
 //! `registryctl list`, `get` and `watch` against every backend on real servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use conformance::Runner;
 use registry::{GrpcServices, Meta, ServiceConf};
-use registry_testenv::consul::ConsulServer;
-use registry_testenv::etcd::EtcdServer;
-use registry_testenv::kube::KubeServer;
+use registry_testenv::consul::{self, ConsulServer};
+use registry_testenv::etcd::{self, EtcdServer};
+use registry_testenv::kube::{self, KubeServer};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_registryctl");
-
-fn skip_or_fail(what: &str, e: impl std::fmt::Display) {
-    assert!(!conformance::required(), "{what} unavailable (REGISTRY_TEST_REQUIRE=1): {e}");
-    eprintln!("SKIPPED: {what} unavailable: {e}");
-}
 
 async fn registryctl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().await.expect("registryctl runs");
@@ -64,44 +60,39 @@ async fn check_backend(url: &str, namespace: &str) {
     assert!(out.contains(" UP ") && out.contains(" DOWN "), "watch on {url}:\n{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_get_watch_work_on_every_backend() {
-    let namespace = format!("cli-{:x}", std::process::id());
-    match EtcdServer::start().await {
-        Ok(etcd) => check_backend(&format!("etcd://{}", etcd.endpoints().join(",")), &namespace).await,
-        Err(e) => skip_or_fail("etcd", e),
+async fn list_get_watch_on_etcd() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await.expect("etcd");
+    check_backend(&format!("etcd://{}", etcd.endpoints().join(",")), &namespace()).await;
+    Ok(())
+}
+
+async fn list_get_watch_on_consul() -> anyhow::Result<()> {
+    let consul = ConsulServer::start().await.expect("consul");
+    let host = consul.address().trim_start_matches("http://").to_owned();
+    check_backend(&format!("consul://{host}"), &namespace()).await;
+    Ok(())
+}
+
+async fn list_get_watch_on_kubernetes() -> anyhow::Result<()> {
+    let kube = KubeServer::start().await.expect("kube-apiserver");
+    let namespace = namespace();
+    kube.create_namespace(&namespace).await.expect("namespace");
+    for mode in ["lease", "configmap"] {
+        let url = format!("kubernetes://?mode={mode}&kubeconfig={}", kube.kubeconfig().display());
+        check_backend(&url, &namespace).await;
     }
-    match ConsulServer::start().await {
-        Ok(consul) => {
-            let host = consul.address().trim_start_matches("http://").to_owned();
-            check_backend(&format!("consul://{host}"), &namespace).await;
-        }
-        Err(e) => skip_or_fail("consul", e),
-    }
-    match KubeServer::start().await {
-        Ok(kube) => {
-            kube.create_namespace(&namespace).await.expect("namespace");
-            for mode in ["lease", "configmap"] {
-                let url = format!("kubernetes://?mode={mode}&kubeconfig={}", kube.kubeconfig().display());
-                check_backend(&url, &namespace).await;
-            }
-        }
-        Err(e) => skip_or_fail("kube-apiserver", e),
-    }
+    Ok(())
+}
+
+fn namespace() -> String {
+    format!("cli-{:x}", std::process::id())
 }
 
 /// `registryctl migrate` mirrors etcd nodes into Kubernetes, follows their
 /// removal, and removes its mirrors when stopped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
-    let etcd = match EtcdServer::start().await {
-        Ok(s) => s,
-        Err(e) => return skip_or_fail("etcd", e),
-    };
-    let kube = match KubeServer::start().await {
-        Ok(s) => s,
-        Err(e) => return skip_or_fail("kube-apiserver", e),
-    };
+async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await.expect("etcd");
+    let kube = KubeServer::start().await.expect("kube-apiserver");
     let namespace = format!("mig-{:x}", std::process::id());
     kube.create_namespace(&namespace).await.expect("namespace");
     let from_url = format!("etcd://{}", etcd.endpoints().join(","));
@@ -167,19 +158,35 @@ async fn migrate_mirrors_etcd_into_kubernetes_and_cleans_up() {
     wait(vec![]).await;
     stays.uninstall().await.unwrap();
     keep.await.unwrap().unwrap();
+    Ok(())
 }
 
 /// `registryctl conformance --backend URL` runs the suite against a reachable server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_command_runs_the_suite_against_a_url() {
-    let etcd = match EtcdServer::start().await {
-        Ok(s) => s,
-        Err(e) => return skip_or_fail("etcd", e),
-    };
+async fn conformance_command_runs_the_suite_against_a_url() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await.expect("etcd");
     let url = format!("etcd://{}", etcd.endpoints().join(","));
     let (ok, out, err) = registryctl(&["conformance", "--backend", &url]).await;
     assert!(ok, "conformance failed:\n{out}\n{err}");
     assert!(out.contains("url::install_then_discover_by_every_method") && out.contains("... ok"), "{out}");
     assert!(out.contains("18 passed; 0 failed; 2 ignored"), "{out}");
     assert!(out.contains("needs a server it can stop"), "the outage scenario says why it is not run:\n{out}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    Runner::new()
+        .test("list_get_watch_on_etcd", etcd::available(), list_get_watch_on_etcd)
+        .test("list_get_watch_on_consul", consul::available(), list_get_watch_on_consul)
+        .test("list_get_watch_on_kubernetes", kube::KubeServer::available(), list_get_watch_on_kubernetes)
+        .test(
+            "migrate_mirrors_etcd_into_kubernetes_and_cleans_up",
+            kube::KubeServer::available().and(etcd::available()),
+            migrate_mirrors_etcd_into_kubernetes_and_cleans_up,
+        )
+        .test(
+            "conformance_command_runs_the_suite_against_a_url",
+            etcd::available(),
+            conformance_command_runs_the_suite_against_a_url,
+        )
+        .run()
 }
