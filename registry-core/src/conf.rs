@@ -26,9 +26,15 @@ pub const DEFAULT_NETWORK_SN: &str = "firefly-main-network";
 /// replace a non-empty view ([`EmptyProtection::ConfirmFor`], the default).
 pub const DEFAULT_EMPTY_CONFIRM: Duration = Duration::from_secs(30);
 
-/// Empty-set protection: what a discoverer does when a full listing (a
-/// first listing, a relist after a break, a Consul blocking answer) comes
-/// back empty while its view holds nodes.
+/// Empty-set protection: what a discoverer does when a full listing comes
+/// back empty, in a fault window, while its view holds nodes.
+///
+/// The fault window is the first listing after a break of the change stream
+/// (a relist after an error), a listing that replaces a view loaded from the
+/// snapshot, and every listing while an empty answer is already held. On a
+/// healthy stream an empty listing is news and applies at once (a Consul
+/// blocking answer after the last instance deregistered must not keep it
+/// for 30 s).
 ///
 /// A listing that *fails* never changes the view, whatever this says. Nodes
 /// leaving one by one (deletes, expiry) are not listings and always apply;

@@ -567,7 +567,13 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
                 cache.recover(inner);
                 cache.confirm();
                 let listed_nothing = cache.pending.as_ref().is_some_and(|p| p.is_empty());
-                let protect = inner.options.empty_protection != EmptyProtection::Off;
+                // Only a listing in a fault window is suspect: the first
+                // after a break of the stream, one replacing a loaded
+                // snapshot, or one while an empty answer is already held. On
+                // a healthy stream an empty listing is the store's news (a
+                // Consul blocking answer after the last instance left).
+                let fault_window = cache.after_fault || cache.from_snapshot || cache.held_empty.is_some();
+                let protect = inner.options.empty_protection != EmptyProtection::Off && fault_window;
                 if listed_nothing && protect && cache.records.values().any(|e| e.visible) {
                     // Empty-set protection: keep the last view until the
                     // empty answer is confirmed (or forever, by the rule).
@@ -586,6 +592,7 @@ fn apply_batch(inner: &Inner, batch: Vec<StoreEvent>) -> Vec<RawRecord> {
                     }
                 } else if let Some(pending) = cache.pending.take() {
                     cache.held_empty = None;
+                    cache.after_fault = false;
                     let malformed = std::mem::take(&mut cache.listing_malformed);
                     cache.skipped_writes.retain(|k, _| pending.contains_key(k) || malformed.contains(k));
                     let gone: Vec<Arc<str>> =
@@ -730,6 +737,9 @@ struct Cache {
     from_snapshot: bool,
     /// Since when an empty listing is held back (restarted when the stream recovers).
     held_empty: Option<Instant>,
+    /// The stream broke and no listing has been applied since: the next
+    /// listing is in the fault window empty-set protection guards.
+    after_fault: bool,
     snapshot_error: Option<String>,
     /// (stale, stream healthy) as last exported.
     reported_health: Option<(bool, bool)>,
@@ -762,6 +772,7 @@ impl Cache {
                 }
             }
             self.resyncs += 1;
+            self.after_fault = true;
             metrics::counter!(telemetry::DISCOVERY_RESYNCS, &inner.health_labels).increment(1);
             // An empty listing held back is confirmed on a healthy stream only.
             if self.held_empty.is_some() {

@@ -57,6 +57,13 @@ fn listing(tx: &mpsc::UnboundedSender<StoreEvent>, records: &[RawRecord]) {
     tx.send(StoreEvent::Synced).unwrap();
 }
 
+/// The stream breaks and relists `records`: the fault window empty-set
+/// protection guards.
+fn relisting(tx: &mpsc::UnboundedSender<StoreEvent>, records: &[RawRecord]) {
+    tx.send(StoreEvent::Error(Error::unavailable("mock", "connection reset"))).unwrap();
+    listing(tx, records);
+}
+
 fn leases(d: &Discoverer) -> Vec<i64> {
     let mut l: Vec<i64> = d.get_service(METHOD).map(|n| n.iter().map(|n| n.lease_id).collect()).unwrap_or_default();
     l.sort_unstable();
@@ -156,7 +163,7 @@ async fn an_empty_listing_is_held_until_confirmed_on_a_healthy_stream() {
     d.watcher().await.expect("ready");
     settle().await;
 
-    listing(&tx, &[]);
+    relisting(&tx, &[]);
     settle().await;
     assert_eq!(leases(&d), [1, 2], "an empty listing does not empty the view");
     let h = one(&d);
@@ -178,12 +185,34 @@ async fn an_empty_listing_is_held_until_confirmed_on_a_healthy_stream() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_empty_listing_on_a_healthy_stream_is_news_and_applies_at_once() {
+    // A Consul blocking answer after the last instance deregistered: the
+    // stream never broke, so the listing is not in a fault window.
+    let (mock, tx) = reader(Some(Duration::from_secs(7)));
+    let d = discoverer(mock, DiscoveryOptions::default().with_empty_protection(EmptyProtection::Always));
+    listing(&tx, &[record("a", 1), record("a", 2)]);
+    d.watcher().await.expect("ready");
+    settle().await;
+    listing(&tx, &[]);
+    settle().await;
+    assert!(leases(&d).is_empty(), "applied at once");
+    let h = one(&d);
+    assert!(!h.empty_held && !h.stale, "{h:?}");
+    // After a break and a non-empty relist, the window is closed again.
+    relisting(&tx, &[record("a", 3)]);
+    settle().await;
+    listing(&tx, &[]);
+    settle().await;
+    assert!(leases(&d).is_empty(), "the window closed with the applied relist");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_node_appearing_ends_the_hold_with_the_stores_view() {
     let (mock, tx) = reader(None);
     let d = discoverer(mock, DiscoveryOptions::default());
     listing(&tx, &[record("a", 1), record("a", 2)]);
     d.watcher().await.expect("ready");
-    listing(&tx, &[]);
+    relisting(&tx, &[]);
     settle().await;
     assert_eq!(leases(&d), [1, 2]);
     tx.send(StoreEvent::Upsert(record("a", 3))).unwrap();
@@ -202,7 +231,7 @@ async fn always_never_lets_a_listing_empty_the_view_and_off_does() {
     let d = discoverer(mock, DiscoveryOptions::default().with_empty_protection(EmptyProtection::Always));
     listing(&tx, &[record("a", 1)]);
     d.watcher().await.expect("ready");
-    listing(&tx, &[]);
+    relisting(&tx, &[]);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(leases(&d), [1]);
     assert!(one(&d).empty_held);
@@ -351,7 +380,7 @@ async fn a_stale_or_held_view_is_never_saved_over_a_good_snapshot() {
     d.watcher().await.expect("ready");
     wait_for("the snapshot is written", || path.exists()).await;
     let saved = std::fs::read(&path).unwrap();
-    listing(&tx, &[]);
+    relisting(&tx, &[]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(std::fs::read(&path).unwrap(), saved, "the held view is not saved");
     assert_eq!(leases(&d), [1]);

@@ -232,16 +232,28 @@ async fn compacted_resume_point_is_resume_lost() -> anyhow::Result<()> {
 
     let lost = match source.watch(before).await {
         Err(e) => e,
-        Ok(mut stream) => match futures::StreamExt::next(&mut stream).await {
-            Some(Err(e)) => e,
-            other => anyhow::bail!("watch from a compacted revision gave {other:?}"),
+        Ok(mut stream) => loop {
+            // The watch may confirm it is alive (created) before etcd cancels it.
+            match futures::StreamExt::next(&mut stream).await {
+                Some(Ok(registry_core::store::WatchUpdate::Progress)) => continue,
+                Some(Err(e)) => break e,
+                other => anyhow::bail!("watch from a compacted revision gave {other:?}"),
+            }
         },
     };
     anyhow::ensure!(matches!(lost, Error::ResumeLost { backend: "etcd", revision } if revision == before), "{lost:?}");
 
     let mut stream = source.watch(now.resume).await?;
     client.put(format!("{prefix}app/late"), "{}", Some(PutOptions::new())).await?;
-    let update = tokio::time::timeout(PROPAGATION, futures::StreamExt::next(&mut stream)).await?;
+    let update = tokio::time::timeout(PROPAGATION, async {
+        loop {
+            match futures::StreamExt::next(&mut stream).await {
+                Some(Ok(registry_core::store::WatchUpdate::Progress)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await?;
     let Some(Ok(registry_core::store::WatchUpdate::Changes { changes, resume: revision })) = update else {
         anyhow::bail!("expected changes, got {update:?}");
     };
