@@ -11,9 +11,8 @@ use std::sync::Arc;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use registry_core::fixture::{fleet_index, fleet_node};
-use registry_core::index::Recency;
 use registry_core::store::{RawRecord, Scope, StoreEvent, StoreReader};
+use registry_core::testing::{Recency, fleet_index, fleet_node};
 use registry_core::{Discoverer, Discovery};
 
 const NODES: usize = 10;

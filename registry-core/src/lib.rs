@@ -18,16 +18,15 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod backoff;
+mod backoff;
 pub mod conf;
 mod discoverer;
 mod discovery;
 mod error;
 mod fanout;
-pub mod fixture;
 mod grpc;
 pub mod health;
-pub mod index;
+mod index;
 pub mod list_watch;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -41,6 +40,9 @@ mod registrar;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
 pub use conf::{DiscoveryOptions, EmptyProtection, ServiceConf};
 pub use discoverer::{Discoverer, app_lease_key};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use registry_core::fixture::fleet_node;
 use registry_core::memory::MemoryStore;
 use registry_core::store::{RawRecord, Scope, Store, StoreEvent, StoreReader};
+use registry_core::testing::fleet_node;
 use registry_core::{
     Discoverer, Discovery, DrainingNodes, Error, GrpcServices, Meta, Register, Registrar, ServiceConf,
 };

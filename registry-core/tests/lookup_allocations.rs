@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use registry_core::fixture::fleet_node;
 use registry_core::store::{RawRecord, Scope, StoreEvent, StoreReader};
+use registry_core::testing::fleet_node;
 use registry_core::{Discoverer, Discovery};
 
 /// A method no fleet node serves; the late change adds it.

@@ -1,7 +1,9 @@
-//! A synthetic fleet for benchmarks and size measurements (`registryctl
-//! bench`, the criterion benches, the allocation tests).
+//! What the crate's own benches and tests need from its insides (feature
+//! `testing`, not part of the API): a synthetic fleet, and the index writer
+//! the criterion bench drives directly.
 
-use crate::index::{IndexWriter, Recency};
+pub use crate::index::{IndexWriter, Recency};
+
 use crate::{Meta, Network, ServiceNode};
 
 /// Node `n` of app `app`, serving `methods` methods of `/fleet.App<app>/Method<i>`.
