@@ -94,14 +94,14 @@ pub struct KubernetesConfig {
     pub namespace: Option<String>,
     /// Let discoverers delete long-dead records (ConfigMap entries, Leases;
     /// default on): core's expiry clock hands a record whose heartbeat
-    /// stopped for [`janitor_after`](Self::janitor_after) windows to this
+    /// stopped for [`reap_after`](Self::reap_after) windows to this
     /// backend's reaper, which deletes it with a precondition that cannot
-    /// delete a live one. Off (`janitor=false` in the URL), dead records are
+    /// delete a live one. Off (`reap=false` in the URL), dead records are
     /// only hidden.
-    pub janitor: bool,
+    pub reap: bool,
     /// How many heartbeat windows without a change make a record long dead
     /// (default 3, `registry_core::store::DEFAULT_REAP_AFTER`).
-    pub janitor_after: u32,
+    pub reap_after: u32,
     /// Field manager name on every write (default `registry`).
     pub field_manager: String,
     /// Conflict retries before a write gives up with `Error::Conflict` (default 10).
@@ -133,8 +133,8 @@ impl Default for KubernetesConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             pod_name: default_pod_name(),
             namespace: None,
-            janitor: true,
-            janitor_after: registry_core::store::DEFAULT_REAP_AFTER,
+            reap: true,
+            reap_after: registry_core::store::DEFAULT_REAP_AFTER,
             field_manager: "registry".to_owned(),
             max_conflict_retries: 10,
             readiness: None,
@@ -153,7 +153,7 @@ impl std::fmt::Debug for KubernetesConfig {
             .field("prefix", &self.prefix)
             .field("pod_name", &self.pod_name)
             .field("namespace", &self.namespace)
-            .field("janitor", &self.janitor)
+            .field("reap", &self.reap)
             .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
@@ -212,9 +212,9 @@ impl KubernetesConfig {
         self
     }
 
-    /// Turns the deletion of long-dead records on or off (see [`janitor`](Self::janitor)).
-    pub fn with_janitor(mut self, on: bool) -> Self {
-        self.janitor = on;
+    /// Turns the deletion of long-dead records on or off (see [`reap`](Self::reap)).
+    pub fn with_reap(mut self, on: bool) -> Self {
+        self.reap = on;
         self
     }
 
@@ -231,7 +231,7 @@ impl KubernetesConfig {
         self.readiness.unwrap_or(self.mode == Mode::Pod)
     }
 
-    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&janitor=true|false&readiness=true|false]`.
+    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&reap=true|false&readiness=true|false]`.
     ///
     /// `kubernetes://in-cluster` (or `incluster=true`) forces the in-cluster
     /// service account; otherwise the kubeconfig is inferred
@@ -271,8 +271,8 @@ impl KubernetesConfig {
         if let Some(namespace) = options.string("namespace") {
             config.namespace = Some(namespace).filter(|v| !v.is_empty());
         }
-        if let Some(on) = options.bool("janitor")? {
-            config.janitor = on;
+        if let Some(on) = options.bool("reap")? {
+            config.reap = on;
         }
         if let Some(on) = options.bool("readiness")? {
             config.readiness = Some(on);
@@ -288,8 +288,8 @@ impl KubernetesConfig {
         if let Some(ns) = &self.namespace {
             crate::encode::validate_dns_label("kubernetes.namespace", ns)?;
         }
-        if self.janitor_after == 0 {
-            return Err(Error::invalid("kubernetes.janitor_after", "must be at least 1"));
+        if self.reap_after == 0 {
+            return Err(Error::invalid("kubernetes.reap_after", "must be at least 1"));
         }
         if self.field_manager.is_empty() {
             return Err(Error::invalid("kubernetes.field_manager", "must not be empty"));
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn url_parameters_are_read() {
-        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&janitor=false&readiness=false")
+        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&reap=false&readiness=false")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.honours_readiness());
         assert!(parse("kubernetes://?mode=pod").is_ok_and(|c| c.honours_readiness()));
@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(c.cluster, ClusterSource::Kubeconfig("/tmp/kc".into()));
         assert_eq!(c.context.as_deref(), Some("kind"));
         assert_eq!(c.prefix, "micro.mu");
-        assert!(!c.janitor);
+        assert!(!c.reap);
         assert_eq!(
             parse("kubernetes://in-cluster?mode=pod&pod=p-1").map(|c| (c.cluster, c.pod_name)).ok(),
             Some((ClusterSource::InCluster, Some("p-1".to_owned())))

@@ -20,8 +20,8 @@
 //! ([`MAX_CONFIGMAP_BYTES`], [`MAX_ANNOTATIONS_BYTES`]).
 //!
 //! Kubernetes keeps a crashed instance's ConfigMap entry or Lease. Core hides
-//! it after one heartbeat window and, unless [`KubernetesConfig::janitor`] is
-//! off, a discoverer deletes it after [`KubernetesConfig::janitor_after`]
+//! it after one heartbeat window and, unless [`KubernetesConfig::reap`] is
+//! off, a discoverer deletes it after [`KubernetesConfig::reap_after`]
 //! windows without a heartbeat (the reader's `StoreReader::reaper`
 //! capability, driven by core's expiry clock), always with a precondition
 //! that cannot delete a live record: the entry's exact value (a JSON patch
@@ -200,9 +200,9 @@ impl KubernetesStore {
         Ok(Arc::clone(batch))
     }
 
-    /// The reaper of long-dead records, unless [`KubernetesConfig::janitor`] is off.
+    /// The reaper of long-dead records, unless [`KubernetesConfig::reap`] is off.
     fn reaper(&self, reaper: impl FnOnce(u32) -> Arc<dyn Reap>) -> Option<Arc<dyn Reap>> {
-        self.config.janitor.then(|| reaper(self.config.janitor_after))
+        self.config.reap.then(|| reaper(self.config.reap_after))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Long-dead records are deleted by discoverers (core's expiry clock, this
 //! backend's reapers), and never a live one: a crashed instance's Lease or
-//! ConfigMap entry goes after `janitor_after` heartbeat windows while a live
+//! ConfigMap entry goes after `reap_after` heartbeat windows while a live
 //! neighbour stays; a reap of a record renewed since core saw it fails its
 //! precondition (the Lease's `resourceVersion`, the entry's exact value) and
 //! deletes nothing.
@@ -108,7 +108,7 @@ impl Place {
     }
 }
 
-/// A crash leaves the record; a discoverer deletes it after `janitor_after`
+/// A crash leaves the record; a discoverer deletes it after `reap_after`
 /// (3) windows without a heartbeat, not before the heartbeat could have
 /// stopped, and leaves the live neighbour alone.
 async fn crashed_instance_is_reaped(mode: Mode) {
@@ -214,24 +214,24 @@ async fn offline_client() -> (tempfile::TempDir, kube::Client) {
     (dir, kube::Client::try_from(config).unwrap())
 }
 
-async fn janitor_false_and_pod_mode_offer_no_reaper() -> anyhow::Result<()> {
+async fn reap_false_and_pod_mode_offer_no_reaper() -> anyhow::Result<()> {
     let (_dir, client) = offline_client().await;
     let scope = Scope::new("default", "prod");
-    for (mode, janitor, expected) in [
+    for (mode, reap, expected) in [
         (Mode::Lease, true, true),
         (Mode::ConfigMap, true, true),
         (Mode::Lease, false, false),
         (Mode::ConfigMap, false, false),
         (Mode::Pod, true, false),
     ] {
-        let config = KubernetesConfig::new(mode).with_janitor(janitor).with_pod_name(None);
+        let config = KubernetesConfig::new(mode).with_reap(reap).with_pod_name(None);
         let store = KubernetesStore::from_client(client.clone(), config).unwrap();
         let reaper = store.reader(&scope).unwrap().reaper();
-        assert_eq!(reaper.is_some(), expected, "{mode}, janitor={janitor}");
+        assert_eq!(reaper.is_some(), expected, "{mode}, reap={reap}");
     }
-    let url = url::Url::parse("kubernetes://?mode=configmap&janitor=false").unwrap();
+    let url = url::Url::parse("kubernetes://?mode=configmap&reap=false").unwrap();
     let store = KubernetesStore::from_client(client, KubernetesConfig::from_url(&url).unwrap()).unwrap();
-    assert!(store.reader(&scope).unwrap().reaper().is_none(), "janitor=false in the URL");
+    assert!(store.reader(&scope).unwrap().reaper().is_none(), "reap=false in the URL");
     Ok(())
 }
 
@@ -249,6 +249,6 @@ fn main() -> ExitCode {
             KubeServer::available(),
             configmap_reap_needs_the_observed_value,
         )
-        .test("janitor_false_and_pod_mode_offer_no_reaper", Ok(()), janitor_false_and_pod_mode_offer_no_reaper)
+        .test("reap_false_and_pod_mode_offer_no_reaper", Ok(()), reap_false_and_pod_mode_offer_no_reaper)
         .run()
 }
