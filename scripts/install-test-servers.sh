@@ -12,7 +12,7 @@
 #   nft                                  Debian nftables (system install): silent partitions
 #   containerd 1.6, runc 1.1, busybox-static
 #                                        Debian packages (system install) for the
-#                                        single-node Kubernetes cluster (conformance::env::kube_node)
+#                                        single-node Kubernetes cluster (registry_testenv::kube_node)
 #
 # REGISTRY_TESTENV defaults to $HOME/.cache/registry-testenv.
 #
@@ -286,7 +286,7 @@ fi
 # --- nftables -----------------------------------------------------------------
 
 # `nft` makes the silent partitions of the cluster fault scenarios
-# (conformance::env::partition): loopback packets dropped, never refused.
+# (registry_testenv::partition): loopback packets dropped, never refused.
 NFT="$(command -v nft || true)"
 [ -n "$NFT" ] || NFT=/usr/sbin/nft
 if [ -x "$NFT" ]; then
