@@ -34,8 +34,14 @@ async fn check_backend(url: &str, namespace: &str) {
 
     let (ok, out, err) = registryctl(&[&["list"][..], &scope[..], &["--json"][..]].concat()).await;
     assert!(ok, "list --json failed on {url}: {err}");
-    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON array");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON object");
+    let nodes = listed["nodes"].as_array().expect("`nodes` array");
     assert!(nodes.iter().any(|n| n["lease_id"] == installed.lease_id), "list --json on {url}: {out}");
+    let health = listed["health"].as_array().expect("`health` array, one entry per source");
+    assert!(
+        health.len() == 1 && health[0]["ready"] == true && health[0]["stale"] == false,
+        "list --json reports a ready, current source on {url}: {out}"
+    );
 
     let (ok, out, err) = registryctl(&[&["get", "/cli.Demo/Hello"][..], &scope[..]].concat()).await;
     assert!(ok, "get failed on {url}: {err}");
