@@ -14,6 +14,15 @@
 //! With `KUBECONFIG` set the suite uses that cluster: every namespace a test
 //! creates through [`KubeServer::create_namespace`] is deleted when the
 //! server handle is dropped, and stopping the server is not possible.
+//!
+//! [`KubeServer::start_partitionable`] starts a local server whose
+//! kube-apiserver can be silently partitioned ([`KubeServer::partition`]):
+//! it listens on a loopback address of its own (`127.0.0.201:6443`, next
+//! server `202`, … up to eight at once, each held by a lock file,
+//! [`super::member::ClusterSlot`]) and runs under a group id of its own
+//! ([`super::member::MemberProcess`]), so a [`Cut::Member`](super::partition::Cut::Member)
+//! drops every packet between it and everyone — its clients and its etcd.
+//! Always local (a user's cluster is not partitioned), and needs root.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +39,8 @@ use rcgen::{
 };
 
 use super::etcd::EtcdServer;
+use super::member::{ClusterSlot, MemberProcess};
+use super::partition::Partition;
 use super::process::ServerProcess;
 use super::{Unavailable, binary, free_port, var};
 
@@ -45,12 +56,54 @@ fn failed(server: &str, reason: impl std::fmt::Display) -> Unavailable {
     Unavailable::StartFailed { server: server.to_owned(), reason: reason.to_string() }
 }
 
-/// Fields drop in order: kube-apiserver, then etcd, then the temp dir.
+/// Port of a partitionable server's kube-apiserver, on its own address.
+pub const PARTITIONABLE_PORT: u16 = 6443;
+
+/// Fields drop in order: kube-apiserver, then etcd, then the temp dir and
+/// the address block.
 struct Local {
-    apiserver: Mutex<ServerProcess>,
+    apiserver: Mutex<Apiserver>,
     /// Keeps running while kube-apiserver is stopped (the outage is the API server's).
     _etcd: EtcdServer,
     _dir: tempfile::TempDir,
+    _slot: Option<ClusterSlot>,
+}
+
+/// The kube-apiserver process: a plain child on `127.0.0.1`, or a member
+/// on its own address and group id (partitionable).
+enum Apiserver {
+    Plain(ServerProcess),
+    Member(MemberProcess),
+}
+
+impl Apiserver {
+    fn stop(&mut self) {
+        match self {
+            Apiserver::Plain(p) => p.stop(),
+            Apiserver::Member(m) => m.kill(),
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), Unavailable> {
+        match self {
+            Apiserver::Plain(p) => p.restart(),
+            Apiserver::Member(m) => m.restart(),
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self {
+            Apiserver::Plain(p) => p.is_running(),
+            Apiserver::Member(m) => m.is_running(),
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        match self {
+            Apiserver::Plain(p) => p.log_tail(lines),
+            Apiserver::Member(m) => m.log_tail(lines),
+        }
+    }
 }
 
 /// A kube-apiserver for tests (see the module docs).
@@ -123,28 +176,62 @@ impl KubeServer {
 
     /// Starts etcd and kube-apiserver on free loopback ports in a new temp dir.
     pub async fn start_local() -> Result<Self, Unavailable> {
+        Self::launch(None).await
+    }
+
+    /// A cheap check that [`start_partitionable`](Self::start_partitionable)
+    /// can work here: `kube-apiserver` and `etcd` are installed, and this
+    /// process may start servers under a group id of their own (root).
+    /// `KUBECONFIG` plays no part: a user's cluster is never partitioned.
+    pub fn partitionable_available() -> Result<(), Unavailable> {
+        binary("kube-apiserver")?;
+        binary("etcd")?;
+        super::partition::available()?;
+        if super::member::can_isolate() {
+            Ok(())
+        } else {
+            Err(Unavailable::NotApplicable(
+                "a partitionable kube-apiserver needs root (it runs under a group id of its own)".into(),
+            ))
+        }
+    }
+
+    /// Starts a local server whose kube-apiserver listens on a loopback
+    /// address of its own and can be [partitioned](Self::partition) (see the
+    /// module docs). Always local, whatever `KUBECONFIG` says.
+    pub async fn start_partitionable() -> Result<Self, Unavailable> {
+        let slot = ClusterSlot::acquire("kube-apiserver", 201, 1, 8)?;
+        Self::launch(Some(slot)).await
+    }
+
+    async fn launch(slot: Option<ClusterSlot>) -> Result<Self, Unavailable> {
         let apiserver_bin = binary("kube-apiserver")?;
         let dir =
             tempfile::Builder::new().prefix("registry-kube-").tempdir().map_err(|e| failed("kube-apiserver", e))?;
-        let pki = Pki::generate().map_err(|e| failed("kube-apiserver", format!("certificates: {e}")))?;
+        let address = slot.as_ref().and_then(|s| s.addresses.first().copied());
+        let extra: Vec<String> = address.iter().map(|a| a.to_string()).collect();
+        let pki = Pki::generate(&extra).map_err(|e| failed("kube-apiserver", format!("certificates: {e}")))?;
         let files = pki.write(dir.path()).map_err(|e| failed("kube-apiserver", e))?;
 
         let etcd = EtcdServer::start_local().await?;
-        let port = free_port();
-        let server_url = format!("https://127.0.0.1:{port}");
-        let args = apiserver_args(port, &etcd.client_url(), &files, dir.path());
-        let apiserver = ServerProcess::start(
-            "kube-apiserver",
-            &apiserver_bin,
-            args,
-            Vec::new(),
-            dir.path().join("kube-apiserver.log"),
-        )?;
+        let (host, port) = match address {
+            Some(a) => (a.to_string(), PARTITIONABLE_PORT),
+            None => ("127.0.0.1".to_owned(), free_port()),
+        };
+        let server_url = format!("https://{host}:{port}");
+        let args = apiserver_args(&host, port, &etcd.client_url(), &files, dir.path());
+        let log = dir.path().join("kube-apiserver.log");
+        let apiserver = match address {
+            Some(a) => {
+                Apiserver::Member(MemberProcess::start(&format!("kube-apiserver ({a})"), a, &apiserver_bin, args, log)?)
+            }
+            None => Apiserver::Plain(ServerProcess::start("kube-apiserver", &apiserver_bin, args, Vec::new(), log)?),
+        };
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, admin_kubeconfig(&server_url, &files)).map_err(|e| failed("kube-apiserver", e))?;
         let client = client_from(&kubeconfig).await.map_err(|e| failed("kube-apiserver", e))?;
         let server = Self {
-            local: Some(Local { apiserver: Mutex::new(apiserver), _etcd: etcd, _dir: dir }),
+            local: Some(Local { apiserver: Mutex::new(apiserver), _etcd: etcd, _dir: dir, _slot: slot }),
             kubeconfig,
             server_url,
             ca_line: format!("certificate-authority: {}", files.ca_cert.display()),
@@ -201,6 +288,19 @@ impl KubeServer {
                 return Err(failed("kubernetes", format!("not ready after {READY_TIMEOUT:?}: {last}")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Silently partitions kube-apiserver from everyone — its clients and
+    /// its etcd — until the guard drops, and at most for `bound`. Only a
+    /// server from [`start_partitionable`](Self::start_partitionable) (as root).
+    pub fn partition(&self, bound: Duration) -> Result<Partition, Unavailable> {
+        let not = |why: &str| Unavailable::NotApplicable(format!("partition of kube-apiserver: {why}"));
+        let local = self.local.as_ref().ok_or_else(|| not("a user's cluster (KUBECONFIG)"))?;
+        let apiserver = local.apiserver.lock().map_err(|_| not("lock poisoned"))?;
+        match &*apiserver {
+            Apiserver::Member(m) => Partition::member(m.address(), m.gid(), bound),
+            Apiserver::Plain(_) => Err(not("not started with KubeServer::start_partitionable")),
         }
     }
 
@@ -355,12 +455,12 @@ async fn client_from(kubeconfig: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-fn apiserver_args(port: u16, etcd_url: &str, files: &PkiFiles, dir: &Path) -> Vec<String> {
+fn apiserver_args(host: &str, port: u16, etcd_url: &str, files: &PkiFiles, dir: &Path) -> Vec<String> {
     let p = |path: &PathBuf| path.display().to_string();
     vec![
         format!("--etcd-servers={etcd_url}"),
-        "--bind-address=127.0.0.1".to_owned(),
-        "--advertise-address=127.0.0.1".to_owned(),
+        format!("--bind-address={host}"),
+        format!("--advertise-address={host}"),
         format!("--secure-port={port}"),
         format!("--cert-dir={}", dir.join("certs").display()),
         format!("--tls-cert-file={}", p(&files.serving_cert)),
@@ -412,7 +512,8 @@ struct PkiFiles {
 }
 
 impl Pki {
-    fn generate() -> Result<Self, rcgen::Error> {
+    /// Keys and certificates; the serving certificate also names `extra` hosts.
+    fn generate(extra: &[String]) -> Result<Self, rcgen::Error> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name.push(DnType::CommonName, "registry-test-ca");
@@ -423,13 +524,15 @@ impl Pki {
         let issuer = Issuer::from_params(&ca_params, &ca_key);
 
         let serving_key = KeyPair::generate()?;
-        let mut serving = CertificateParams::new(vec![
+        let mut names = vec![
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),
             "kubernetes".to_owned(),
             "kubernetes.default".to_owned(),
             "kubernetes.default.svc".to_owned(),
-        ])?;
+        ];
+        names.extend(extra.iter().cloned());
+        let mut serving = CertificateParams::new(names)?;
         serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving.signed_by(&serving_key, &issuer)?;
