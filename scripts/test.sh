@@ -52,16 +52,16 @@ if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
 fi
 
 step "quickstart"
-cargo run --quiet -p registry --example quickstart
+cargo run --quiet -p grpc-registry --example quickstart
 
 step "grpc_balance example (tonic load balancing over discovery)"
-cargo run --quiet -p registry --features tonic --example grpc_balance
+cargo run --quiet -p grpc-registry --features tonic --example grpc_balance
 
 step "graceful example (drain, grace period, uninstall, stop)"
-cargo run --quiet -p registry --features tonic-server --example graceful -- --once
+cargo run --quiet -p grpc-registry --features tonic-server --example graceful -- --once
 
 step "metrics example (Prometheus endpoint of a service, scraped)"
-cargo run --quiet -p registry --example metrics
+cargo run --quiet -p grpc-registry --example metrics
 
 step "registryctl bench --backend memory"
 cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --samples 200

@@ -2,7 +2,7 @@
 //! keeps its gRPC health in step with its registration, and on SIGTERM or
 //! ctrl-c drains, waits the grace period, uninstalls and stops.
 //!
-//! Run: `cargo run -p registry --features tonic-server --example graceful`
+//! Run: `cargo run -p grpc-registry --features tonic-server --example graceful`
 //! (`-- --once` shuts itself down after two seconds instead of waiting for a signal).
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! balances across them through discovery, and stops sending to one after it
 //! uninstalls.
 //!
-//! Run: `cargo run -p registry --features tonic --example grpc_balance`
+//! Run: `cargo run -p grpc-registry --features tonic --example grpc_balance`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,7 +2,7 @@
 //! histograms (`registry::telemetry`, listed with their alerts in
 //! `docs/operations.md`) served for Prometheus at `/metrics`.
 //!
-//! Run: `cargo run -p registry --example metrics` (serves a free loopback
+//! Run: `cargo run -p grpc-registry --example metrics` (serves a free loopback
 //! port while it runs; `METRICS_ADDR=127.0.0.1:9464` for a fixed one). It registers an
 //! instance that heartbeats, discovers it, drains it, scrapes its own
 //! endpoint and prints the registry's lines, then exits.

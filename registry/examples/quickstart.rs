@@ -1,7 +1,7 @@
 //! Quickstart: two instances of a demo app on the embedded backend,
 //! discovered by method; one leaves and discovery follows.
 //!
-//! Run: `cargo run -p registry --example quickstart`
+//! Run: `cargo run -p grpc-registry --example quickstart`
 
 use std::time::Duration;
 
