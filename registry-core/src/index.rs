@@ -315,11 +315,15 @@ pub struct IndexWriter {
 }
 
 impl IndexWriter {
+    // Used by the unit tests and, through the `testing` feature, the bench.
+    #[cfg(any(test, feature = "testing"))]
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
     }
 
+    // Used by the unit tests and, through the `testing` feature, the bench.
+    #[cfg(any(test, feature = "testing"))]
     /// The node stored under `key`, if any.
     pub fn get(&self, key: &str) -> Option<&Arc<ServiceNode>> {
         self.slots.get(key).map(|s| &s.node)
@@ -330,6 +334,8 @@ impl IndexWriter {
         self.slots.get(key).map(|s| s.recency)
     }
 
+    // Used by the unit tests and, through the `testing` feature, the bench.
+    #[cfg(any(test, feature = "testing"))]
     /// Record keys currently in the index.
     pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
         self.slots.keys()
@@ -407,6 +413,8 @@ impl IndexWriter {
         self.slots.remove_entry(key)
     }
 
+    // Used by the unit tests and, through the `testing` feature, the bench.
+    #[cfg(any(test, feature = "testing"))]
     /// The latest published snapshot.
     pub fn current(&self) -> Arc<ServiceIndex> {
         Arc::clone(&self.current)

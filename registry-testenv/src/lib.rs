@@ -31,6 +31,7 @@ pub mod etcd_cluster;
 pub mod faults;
 pub mod kube;
 pub mod kube_node;
+pub mod local;
 pub mod member;
 pub mod partition;
 pub mod process;

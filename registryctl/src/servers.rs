@@ -68,35 +68,13 @@ impl Target {
 }
 
 /// Resolves `--backend` (and an optional `--url`) to a target, starting a
-/// local server from the test-server cache when needed.
+/// local server from the test-server cache when needed
+/// ([`registry_testenv::local`] knows which server each name needs).
 pub async fn resolve(backend: &str, url: Option<String>) -> anyhow::Result<Target> {
     if let Some(url) = url {
         return Ok(Target::url(url));
     }
-    match backend {
-        "memory" => Ok(Target::url("memory://bench".into())),
-        "etcd" => {
-            let server = registry_testenv::etcd::EtcdServer::start().await?;
-            let url = format!("etcd://{}", server.endpoints().join(","));
-            Ok(Target::new(url, Some(Box::new(server)), None, false))
-        }
-        "consul" => {
-            let server = registry_testenv::consul::ConsulServer::start().await?;
-            let host = server.address().trim_start_matches("http://").to_owned();
-            let url = match server.token() {
-                Some(token) => format!("consul://{token}@{host}"),
-                None => format!("consul://{host}"),
-            };
-            Ok(Target::new(url, Some(Box::new(server)), None, false))
-        }
-        "kubernetes-lease" | "kubernetes-configmap" | "kubernetes-pod" => {
-            let mode = backend.trim_start_matches("kubernetes-");
-            let server = KubeServer::shared().await?;
-            let url = format!("kubernetes://?mode={mode}&kubeconfig={}", server.kubeconfig().display());
-            Ok(Target::new(url, None, Some(server), mode == "pod"))
-        }
-        other => anyhow::bail!(
-            "backend `{other}` is not one of memory, etcd, consul, kubernetes-lease, kubernetes-configmap, kubernetes-pod"
-        ),
-    }
+    let local = registry_testenv::local::start(backend).await?;
+    let (url, kube, pods) = (local.url.clone(), local.kube.clone(), local.pods);
+    Ok(Target::new(url, Some(Box::new(local)), kube, pods))
 }

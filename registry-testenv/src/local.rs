@@ -1,0 +1,66 @@
+//! A local server by backend name, for tools that are asked for "a server
+//! of backend X" (`registryctl bench --backend X` without `--url`): the one
+//! place that maps a backend name to the module that starts its server. A
+//! new backend with a server adds its arm here, next to its server module.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::Unavailable;
+use crate::consul::ConsulServer;
+use crate::etcd::EtcdServer;
+use crate::kube::KubeServer;
+
+/// The backend names [`start`] knows: the facade's backend names, and the
+/// Kubernetes backend once per mode.
+pub const NAMES: &[&str] = &["memory", "etcd", "consul", "kubernetes-lease", "kubernetes-configmap", "kubernetes-pod"];
+
+/// A started local server (or the user's, named by `ETCD_ENDPOINTS`,
+/// `CONSUL_HTTP_ADDR` or `KUBECONFIG`), running until dropped.
+pub struct LocalServer {
+    /// The URL `registry::connect` takes for it.
+    pub url: String,
+    /// The Kubernetes API server, whose namespaces must be created before use
+    /// and which can play the kubelet's part for `pod` mode.
+    pub kube: Option<Arc<KubeServer>>,
+    /// Kubernetes `pod` mode: every registrar needs a running Pod of its own.
+    pub pods: bool,
+    _server: Option<Box<dyn Any + Send>>,
+}
+
+/// Starts the local server of backend `name` (one of [`NAMES`]).
+pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
+    let plain = |url: String, server: Option<Box<dyn Any + Send>>| LocalServer {
+        url,
+        kube: None,
+        pods: false,
+        _server: server,
+    };
+    match name {
+        "memory" => Ok(plain("memory://bench".into(), None)),
+        "etcd" => {
+            let server = EtcdServer::start().await?;
+            Ok(plain(format!("etcd://{}", server.endpoints().join(",")), Some(Box::new(server))))
+        }
+        "consul" => {
+            let server = ConsulServer::start().await?;
+            let host = server.address().trim_start_matches("http://").to_owned();
+            let url = match server.token() {
+                Some(token) => format!("consul://{token}@{host}"),
+                None => format!("consul://{host}"),
+            };
+            Ok(plain(url, Some(Box::new(server))))
+        }
+        _ => match name.strip_prefix("kubernetes-").filter(|mode| ["lease", "configmap", "pod"].contains(mode)) {
+            Some(mode) => {
+                let server = KubeServer::shared().await?;
+                let url = format!("kubernetes://?mode={mode}&kubeconfig={}", server.kubeconfig().display());
+                Ok(LocalServer { url, kube: Some(server), pods: mode == "pod", _server: None })
+            }
+            None => Err(Unavailable::NotApplicable(format!(
+                "no local server for backend `{name}`; one of: {}",
+                NAMES.join(", ")
+            ))),
+        },
+    }
+}
