@@ -138,6 +138,9 @@ impl Discoverer {
         let include_draining = options.draining_nodes == crate::DrainingNodes::Last;
         let (save_signal, _) = watch::channel(0);
         let cache = Cache {
+            // Readers that report progress are checked: silence on them is
+            // a dead stream until they say otherwise.
+            expiry_needs_confirmation: reader.max_silence().is_some(),
             reaping: reaper.is_some(),
             reap_after: reaper.as_ref().map_or(DEFAULT_REAP_AFTER, |r| r.reap_after()).max(1),
             ..Cache::default()
@@ -743,6 +746,10 @@ struct Cache {
     snapshot_error: Option<String>,
     /// (stale, stream healthy) as last exported.
     reported_health: Option<(bool, bool)>,
+    /// The reader reports progress ([`StoreReader::max_silence`]): a
+    /// heartbeat record is hidden (or reaped) only once the source confirmed
+    /// the view after its deadline (see [`Cache::due`]).
+    expiry_needs_confirmation: bool,
 }
 
 /// True when two nodes differ only in heartbeat fields.
@@ -762,10 +769,18 @@ fn same_but_heartbeat(a: &ServiceNode, b: &ServiceNode) -> bool {
 
 impl Cache {
     /// Leaves the degraded state: heartbeats could not be observed while the
-    /// store was unreachable, so the outage does not count against them.
+    /// store was unreachable, so the outage does not count against them. For
+    /// a reader that reports progress the outage began when the source last
+    /// confirmed the view, not when the break was reported: a silently dead
+    /// stream is noticed only later (up to the reader's `max_silence`), and
+    /// heartbeats went unobserved since.
     fn recover(&mut self, inner: &Inner) {
         if let Some(since) = self.degraded_since.take() {
-            let outage = since.elapsed();
+            let unobserved_since = match self.last_confirmed {
+                Some(at) if self.expiry_needs_confirmation => at.min(since),
+                _ => since,
+            };
+            let outage = unobserved_since.elapsed();
             for entry in self.records.values_mut() {
                 if entry.window.is_some() {
                     entry.last_seen += outage;
@@ -920,18 +935,32 @@ impl Cache {
         }
     }
 
-    /// Hides heartbeat records not renewed within their window.
+    /// True when a heartbeat record's `deadline` (end of its window, or its
+    /// reap time) may be acted on: it has passed and, for a reader that
+    /// reports progress, the source confirmed the view after it. A silently
+    /// dead stream delivers no heartbeats either; until the source confirms
+    /// (a change, a listing, a progress report) or reports the break, the
+    /// missing heartbeats may be stuck in it, so nothing is hidden. The hide
+    /// comes at most the reader's progress period late.
+    fn due(&self, deadline: Instant, now: Instant) -> bool {
+        now >= deadline && (!self.expiry_needs_confirmation || self.last_confirmed.is_some_and(|at| at >= deadline))
+    }
+
+    /// Hides heartbeat records not renewed within their window (see [`Cache::due`]).
     fn expire(&mut self, now: Instant, out: &mut Vec<DiscoveryEvent>) {
         if self.degraded_since.is_some() {
             return;
         }
-        for (key, entry) in self.records.iter_mut() {
-            if let Some(window) = entry.window
-                && entry.visible
-                && now >= entry.last_seen + window
-            {
+        let expired: Vec<Arc<str>> = self
+            .records
+            .iter()
+            .filter(|(_, e)| e.visible && e.window.is_some_and(|w| self.due(e.last_seen + w, now)))
+            .map(|(k, _)| Arc::clone(k))
+            .collect();
+        for key in expired {
+            if let Some(entry) = self.records.get_mut(&key) {
                 entry.visible = false;
-                self.index.remove(key);
+                self.index.remove(&key);
                 out.push(down(Arc::clone(&entry.node)));
             }
         }
@@ -939,17 +968,20 @@ impl Cache {
 
     /// Heartbeat records long dead, each handed out once per observed stamp;
     /// none while the stream is broken or a listing is in progress (the
-    /// records held then may already have been renewed).
+    /// records held then may already have been renewed), nor before the
+    /// source confirmed the view after the reap time (see [`Cache::due`]).
     fn due_reaps(&mut self, now: Instant) -> Vec<RawRecord> {
         if !self.reaping || self.degraded_since.is_some() || self.pending.is_some() {
             return Vec::new();
         }
         let after = self.reap_after;
-        self.records
-            .values_mut()
-            .filter(|e| e.reap_at(after).is_some_and(|at| now >= at))
-            .filter_map(|e| e.reap.take().map(|r| *r))
-            .collect()
+        let due: Vec<Arc<str>> = self
+            .records
+            .iter()
+            .filter(|(_, e)| e.reap_at(after).is_some_and(|at| self.due(at, now)))
+            .map(|(k, _)| Arc::clone(k))
+            .collect();
+        due.iter().filter_map(|k| self.records.get_mut(k)?.reap.take().map(|r| *r)).collect()
     }
 
     fn next_deadline(&self, inner: &Inner) -> Option<Instant> {
@@ -965,10 +997,14 @@ impl Cache {
             (Some(since), EmptyProtection::ConfirmFor(confirm)) => Some(since + confirm),
             _ => None,
         };
+        // A deadline that passed unconfirmed waits for the source's next
+        // event (a progress report at the latest), not for a timer.
+        let now = Instant::now();
+        let wakes = |at: &Instant| !self.expiry_needs_confirmation || *at > now;
         let expiry = self.records.values().filter(|e| e.visible).filter_map(|e| e.window.map(|w| e.last_seen + w));
         // Reaps wait for a listing in progress to complete (not for a timer).
         let reaps = self.records.values().filter(|_| self.pending.is_none()).filter_map(|e| e.reap_at(self.reap_after));
-        expiry.chain(reaps).chain(silence).chain(release).min()
+        expiry.chain(reaps).filter(wakes).chain(silence).chain(release).min()
     }
 }
 

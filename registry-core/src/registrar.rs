@@ -237,8 +237,12 @@ impl Register for Registrar {
         node.draining = state.draining;
         let registered = *state.registered_at_ms.get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
         node.registered_at_ms = Some(registered);
-        if let Some(previous) = &state.node {
-            node.lease_id = previous.lease_id;
+        match &state.node {
+            Some(previous) => node.lease_id = previous.lease_id,
+            // No installed node holds a lease id to reuse (a first install,
+            // or one that failed after its grant): grant one, never write
+            // the caller's placeholder id.
+            None => state.lease_valid = false,
         }
         stamp_heartbeat(&mut node);
         self.write(&mut state, &mut node).await?;

@@ -235,3 +235,37 @@ async fn install_failure_is_returned_typed() {
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
     assert_eq!(r.node(), None);
 }
+
+/// An install whose write fails after its grant (a backend failing over)
+/// and is tried again grants again: the retry never writes the caller's
+/// placeholder id 0 (seen as a Consul probe registering `…-probe-0` during
+/// a leader election, issue 13).
+#[tokio::test(start_paused = true)]
+async fn an_install_retried_after_a_failed_write_grants_again() {
+    let mut w = MockWriter::new();
+    w.expect_kind().return_const("mock");
+    let grants = Arc::new(Mutex::new(0_i64));
+    w.expect_grant().returning({
+        let grants = Arc::clone(&grants);
+        move |_| {
+            let mut n = grants.lock().unwrap();
+            *n += 1;
+            Ok(100 + *n)
+        }
+    });
+    let puts: Log = Arc::default();
+    w.expect_put().returning({
+        let puts = Arc::clone(&puts);
+        move |node, _| {
+            let mut puts = puts.lock().unwrap();
+            puts.push(node.lease_id.to_string());
+            if puts.len() == 1 { Err(down()) } else { Ok(()) }
+        }
+    });
+    let r = registrar(w, 0);
+    r.install(demo_node()).await.expect_err("the first write fails");
+    let installed = r.install(demo_node()).await.expect("the second install succeeds");
+    assert_eq!(*puts.lock().unwrap(), ["101", "102"]);
+    assert_eq!(installed.lease_id, 102);
+    assert_eq!(r.node().map(|n| n.lease_id), Some(102));
+}

@@ -385,3 +385,63 @@ async fn a_stale_or_held_view_is_never_saved_over_a_good_snapshot() {
     assert_eq!(std::fs::read(&path).unwrap(), saved, "the held view is not saved");
     assert_eq!(leases(&d), [1]);
 }
+
+/// A heartbeat record (Kubernetes Lease or ConfigMap entry) with a 2 s window.
+fn heartbeat(app: &str, lease: i64) -> RawRecord {
+    record(app, lease).with_liveness(registry_core::store::Liveness::Heartbeat { window: Some(Duration::from_secs(2)) })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_stream_hides_no_heartbeat_record_until_the_source_confirms() {
+    // A reader that reports progress: its silence may be a dead stream.
+    let (mock, tx) = reader(Some(Duration::from_secs(7)));
+    let d = discoverer(mock, DiscoveryOptions::default());
+    listing(&tx, &[heartbeat("a", 1)]);
+    d.watcher().await.expect("ready");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(leases(&d), [1], "hidden on silence, before the source confirmed the missing heartbeats");
+    // The source confirms the view: the heartbeat is missing from the store.
+    tx.send(StoreEvent::Progress).unwrap();
+    settle().await;
+    assert!(leases(&d).is_empty(), "not hidden after the confirmation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_without_progress_hides_heartbeat_records_at_their_window() {
+    let (mock, tx) = reader(None);
+    let d = discoverer(mock, DiscoveryOptions::default());
+    listing(&tx, &[heartbeat("a", 1)]);
+    d.watcher().await.expect("ready");
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert_eq!(leases(&d), [1]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(leases(&d).is_empty(), "not hidden at the end of its window");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_outage_counts_from_the_last_confirmation() {
+    let (mock, tx) = reader(Some(Duration::from_secs(7)));
+    let d = discoverer(mock, DiscoveryOptions::default());
+    listing(&tx, &[heartbeat("a", 1)]);
+    d.watcher().await.expect("ready");
+    // Silent for 7 s (heartbeats stuck in a dead stream), then the break is reported.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    tx.send(StoreEvent::Error(Error::unavailable("mock", "no answer"))).unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(leases(&d), [1], "hidden during the outage");
+    // Back: the relisting still shows the last heartbeat seen (the instance
+    // renews a moment later). The whole 15 s went unobserved, so the record
+    // has its window again, not a window minus the 7 s of silence.
+    listing(&tx, &[heartbeat("a", 1)]);
+    settle().await;
+    assert_eq!(leases(&d), [1], "hidden right after the outage");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tx.send(StoreEvent::Progress).unwrap();
+    settle().await;
+    assert_eq!(leases(&d), [1], "hidden within its window after the outage");
+    // No renewal within the window after the outage: a dead instance after all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tx.send(StoreEvent::Progress).unwrap();
+    settle().await;
+    assert!(leases(&d).is_empty(), "a dead record outlived its window after the outage");
+}

@@ -16,13 +16,34 @@
 //! whose stamp did not change, so re-sending the unchanged entries of a
 //! ConfigMap is cheap.)
 //!
-//! A watch whose connection dies silently (packets dropped, no reset) is
-//! bounded by kube-runtime's own idle timeout: the watch call's server-side
-//! timeout plus 5 s without an item ends the stream and the watcher watches
-//! again from its resource version (a failure to reach the API server then
-//! reaches discovery as an error). kube-runtime's default timeout is 290 s;
-//! the reader sets [`WATCH_TIMEOUT_SECS`], so a silently dead watch is
-//! replaced within 25 s, at the cost of one re-watch per 20 s per discoverer.
+//! # A silent API server
+//!
+//! A watch whose connection dies silently (packets dropped, no reset)
+//! delivers nothing, and Lease and ConfigMap records are judged by their
+//! heartbeats on the discoverer's clock, so silence must not pass for
+//! instances that stopped heartbeating. Two checks:
+//!
+//! - **Liveness probe** (this reader): after [`PROBE_AFTER`] without a
+//!   watcher event the reader asks the API server `GET /version` (the
+//!   client's own `apiserver_version`), bounded by [`PROBE_TIMEOUT`]. An
+//!   answer — any HTTP answer, even a refusal — while the watcher is
+//!   watching is reported as `StoreEvent::Progress` (the view is current as
+//!   far as the server can tell); no answer is a `StoreEvent::Error`, so
+//!   discovery marks the source stale and stops judging heartbeats
+//!   ([`MAX_SILENCE`] = 7 s after the last event at most). While the server
+//!   stays unreachable the reader probes every [`RECHECK_EVERY`]; the first
+//!   answer restarts the watcher (a fresh list over a working connection
+//!   instead of waiting for TCP to retransmit on the dead one), and discovery
+//!   resyncs from that listing.
+//! - **kube-runtime's idle timeout**: the watch call's server-side timeout
+//!   plus 5 s without an item ends the stream and the watcher watches again
+//!   from its resource version — for one dead watch connection while the
+//!   server answers on others. kube-runtime's default timeout is 290 s; the
+//!   reader sets [`WATCH_TIMEOUT_SECS`] (25 s), at the cost of one re-watch
+//!   per 20 s per discoverer.
+//!
+//! The probe costs one `GET /version` per discoverer per 2 s of silence; a
+//! namespace whose instances heartbeat every TTL/2 keeps the watch busy.
 //!
 //! Deleting long-dead records is core's job: the reader offers the mode's
 //! reaper (ConfigMap entries and Leases, with their preconditions) through
@@ -31,19 +52,34 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use registry_core::Error;
 use registry_core::store::{RawRecord, Reap, StoreEvent, StoreReader};
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::error::KIND;
 
 /// Server-side timeout of one watch call, in seconds (see the module docs):
 /// with kube-runtime's 5 s margin, the longest a silently dead watch goes
 /// unnoticed.
 pub(crate) const WATCH_TIMEOUT_SECS: u32 = 20;
+
+/// Silence of the watcher after which the reader probes the API server.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// How long a probe may take before the server counts as unreachable.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Probe period (and timeout) while the server is unreachable.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// The longest a healthy stream stays silent: it reports an event, a
+/// progress or an error at least this often.
+pub(crate) const MAX_SILENCE: Duration = PROBE_AFTER.saturating_add(PROBE_TIMEOUT);
 
 /// What one object yields.
 #[derive(Debug)]
@@ -89,15 +125,124 @@ impl<L: Layout> WatchReader<L> {
 
 impl<L: Layout> StoreReader for WatchReader<L> {
     fn events(&self) -> BoxStream<'static, StoreEvent> {
-        let mut state = Differ::new(Arc::clone(&self.layout));
-        watcher::watcher(self.api.clone(), self.config.clone())
-            .default_backoff()
-            .flat_map(move |event| stream::iter(state.apply(event)))
-            .boxed()
+        let watch = Probed {
+            differ: Differ::new(Arc::clone(&self.layout)),
+            client: self.api.clone().into_client(),
+            api: self.api.clone(),
+            config: self.config.clone(),
+            watcher: None,
+            watching: false,
+            unreachable: false,
+            last_heard: Instant::now(),
+        };
+        stream::unfold(watch, |mut watch| async move {
+            let events = watch.next().await;
+            Some((stream::iter(events), watch))
+        })
+        .flatten()
+        .boxed()
     }
 
     fn reaper(&self) -> Option<Arc<dyn Reap>> {
         self.reaper.clone()
+    }
+
+    fn max_silence(&self) -> Option<Duration> {
+        Some(MAX_SILENCE)
+    }
+}
+
+type WatcherStream<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
+
+/// kube-runtime's watcher with the liveness probe (see the module docs).
+struct Probed<L: Layout> {
+    differ: Differ<L>,
+    client: Client,
+    api: Api<L::Object>,
+    config: watcher::Config,
+    /// Created on first use and again after the server was unreachable.
+    watcher: Option<WatcherStream<L::Object>>,
+    /// The watcher has listed and watches (`InitDone` seen, no `Init` since).
+    watching: bool,
+    /// The last probe got no answer.
+    unreachable: bool,
+    /// When the watcher last delivered or a probe last ended.
+    last_heard: Instant,
+}
+
+impl<L: Layout> Probed<L> {
+    /// The next store events (never empty).
+    async fn next(&mut self) -> Vec<StoreEvent> {
+        loop {
+            let wait = if self.unreachable { RECHECK_EVERY } else { PROBE_AFTER };
+            let probe_at = self.last_heard + wait;
+            let watcher = self.watcher.get_or_insert_with(|| {
+                watcher::watcher(self.api.clone(), self.config.clone()).default_backoff().boxed()
+            });
+            tokio::select! {
+                event = watcher.next() => {
+                    self.last_heard = Instant::now();
+                    let Some(event) = event else {
+                        // The watcher never ends; if it did, start it again.
+                        self.watcher = None;
+                        self.watching = false;
+                        continue;
+                    };
+                    match &event {
+                        Ok(Event::Init) => self.watching = false,
+                        Ok(Event::InitDone) => self.watching = true,
+                        _ => {}
+                    }
+                    if event.is_ok() {
+                        self.unreachable = false;
+                    }
+                    let out = self.differ.apply(event);
+                    if !out.is_empty() {
+                        return out;
+                    }
+                }
+                _ = tokio::time::sleep_until(probe_at) => {
+                    if let Some(out) = self.probe().await {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the API server whether it answers; what to report, if anything.
+    async fn probe(&mut self) -> Option<Vec<StoreEvent>> {
+        let limit = if self.unreachable { RECHECK_EVERY } else { PROBE_TIMEOUT };
+        let answer = tokio::time::timeout(limit, self.client.apiserver_version()).await;
+        self.last_heard = Instant::now();
+        let failure = match answer {
+            // A refusal is an answer: the server is there.
+            Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => None,
+            Ok(Err(e)) => Some(crate::error::map(e, crate::error::Call::new("get", "version", ""))),
+            Err(_) => Some(Error::Timeout { backend: KIND, operation: "probe", after: limit }),
+        };
+        match failure {
+            Some(error) if self.unreachable => {
+                tracing::debug!(%error, resource = L::RESOURCE, "the API server is still unreachable");
+                None
+            }
+            Some(error) => {
+                tracing::warn!(%error, resource = L::RESOURCE, "the watch is silent and the API server does not answer");
+                self.unreachable = true;
+                Some(vec![StoreEvent::Error(error)])
+            }
+            None if self.unreachable => {
+                // Reachable again: list afresh rather than wait for the
+                // connections of the old watcher to come back.
+                tracing::info!(resource = L::RESOURCE, "the API server answers again; listing afresh");
+                self.unreachable = false;
+                self.watcher = None;
+                self.watching = false;
+                None
+            }
+            None if self.watching => Some(vec![StoreEvent::Progress]),
+            None => None,
+        }
     }
 }
 
