@@ -337,8 +337,10 @@ mod tests {
 
     #[test]
     fn url_parameters_are_read() {
-        let c = parse("kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&reap=false&readiness=false")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c = parse(
+            "kubernetes://?mode=configmap&kubeconfig=/tmp/kc&context=kind&prefix=micro.mu&reap=false&readiness=false",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.honours_readiness());
         assert!(parse("kubernetes://?mode=pod").is_ok_and(|c| c.honours_readiness()));
         assert!(parse("kubernetes://?mode=lease").is_ok_and(|c| !c.honours_readiness()));
