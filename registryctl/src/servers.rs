@@ -50,6 +50,11 @@ impl Target {
         Ok(Instance { registrar: own.registrar(meta, conf.clone())?, pod: Some((conf.namespace, pod)) })
     }
 
+    /// Whether every registrar runs in a Pod of its own (`pod` mode).
+    pub fn pods(&self) -> bool {
+        self.kube.is_some() && self.pods
+    }
+
     /// The instance crashed: in `pod` mode its Pod stops running, as the kubelet would report.
     pub async fn crashed(&self, instance: &Instance) -> anyhow::Result<()> {
         if let (Some(kube), Some((namespace, pod))) = (&self.kube, &instance.pod) {

@@ -1,0 +1,247 @@
+//! The separate discoverer of `registryctl bench`: cold starts over the whole
+//! fleet, then a hold window in which it counts what it sees (visible
+//! instances, `Down` events) and what it costs (CPU, memory, bytes read).
+//!
+//! It runs in a process of its own (`registryctl bench --observe`, spawned by
+//! the bench) so that its CPU and RSS are its own and not the fleet's; for the
+//! embedded `memory` backend, which lives in the bench's process, it runs on a
+//! thread of its own and its CPU is that thread's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use registry::{Discovery, DiscoveryEvent, Registry, ServiceConf};
+
+/// Which CPU clock and I/O counters to read.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    /// The whole process (`/proc/self`).
+    Process,
+    /// The calling thread (`/proc/thread-self`).
+    Thread,
+}
+
+impl Scope {
+    fn dir(self) -> &'static str {
+        match self {
+            Scope::Process => "/proc/self",
+            Scope::Thread => "/proc/thread-self",
+        }
+    }
+}
+
+/// CPU seconds (user + system) of `scope`, from `stat` (clock ticks of 10 ms,
+/// the Linux default `USER_HZ`).
+pub fn cpu_seconds(scope: Scope) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("{}/stat", scope.dir())).ok()?;
+    // Fields after the command name in parentheses; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Bytes read by `scope` through `read`-family calls, sockets included (`io`'s `rchar`).
+pub fn bytes_read(scope: Scope) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("{}/io", scope.dir())).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("rchar:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+pub fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// What the separate discoverer measured.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Time to connect its client, ms.
+    pub connect_ms: f64,
+    /// Each cold start (new discoverer → ready, the whole fleet indexed), ms.
+    pub cold_start_ms: Vec<f64>,
+    /// Instances visible at the end of the last cold start.
+    pub visible_at_start: usize,
+    /// Fewest instances visible during the hold.
+    pub min_visible: usize,
+    /// `Down` events during the hold (an instance lost while its keepalive ran).
+    pub downs: u64,
+    /// Discovery events during the hold (`Up`, `Down`, `Reset`).
+    pub events: u64,
+    /// Length of the hold, s.
+    pub hold_s: f64,
+    /// CPU used during the hold, s.
+    pub cpu_s: f64,
+    /// Bytes read during the hold.
+    pub read_bytes: u64,
+    /// RSS at the end of the hold, KiB (process scope only).
+    pub rss_kib: u64,
+    /// Peak RSS, KiB (process scope only).
+    pub hwm_kib: u64,
+}
+
+impl Observed {
+    /// Median cold start, ms.
+    pub fn cold_start_median_ms(&self) -> f64 {
+        median(&self.cold_start_ms)
+    }
+
+    /// As one JSON object (the child's report to the bench).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connect_ms": self.connect_ms,
+            "cold_start_ms": self.cold_start_ms,
+            "visible_at_start": self.visible_at_start,
+            "min_visible": self.min_visible,
+            "downs": self.downs,
+            "events": self.events,
+            "hold_s": self.hold_s,
+            "cpu_s": self.cpu_s,
+            "read_bytes": self.read_bytes,
+            "rss_kib": self.rss_kib,
+            "hwm_kib": self.hwm_kib,
+        })
+    }
+
+    /// Parses [`Self::to_json`]'s output.
+    pub fn from_json(v: &serde_json::Value) -> anyhow::Result<Self> {
+        let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).with_context(|| format!("field {k}"));
+        let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).with_context(|| format!("field {k}"));
+        let cold = v.get("cold_start_ms").and_then(|c| c.as_array()).context("field cold_start_ms")?;
+        Ok(Self {
+            connect_ms: f("connect_ms")?,
+            cold_start_ms: cold.iter().filter_map(serde_json::Value::as_f64).collect(),
+            visible_at_start: usize::try_from(u("visible_at_start")?)?,
+            min_visible: usize::try_from(u("min_visible")?)?,
+            downs: u("downs")?,
+            events: u("events")?,
+            hold_s: f("hold_s")?,
+            cpu_s: f("cpu_s")?,
+            read_bytes: u("read_bytes")?,
+            rss_kib: u("rss_kib")?,
+            hwm_kib: u("hwm_kib")?,
+        })
+    }
+}
+
+/// Median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 }
+}
+
+/// Instances of the fleet a discovery sees.
+fn visible(discovery: &dyn Discovery) -> usize {
+    discovery
+        .apps()
+        .iter()
+        .filter(|app| app.starts_with(super::FLEET_PREFIX))
+        .map(|app| discovery.get_app(app).map(|n| n.len()).unwrap_or(0))
+        .sum()
+}
+
+/// What to observe.
+pub struct Plan {
+    /// Env of the fleet.
+    pub env: String,
+    /// Namespace and TTL of the fleet.
+    pub conf: ServiceConf,
+    /// Cold starts to time.
+    pub cold_starts: usize,
+    /// Length of the hold.
+    pub hold: Duration,
+}
+
+/// Connects with `connect`, times `plan.cold_starts` cold starts, calls
+/// `ready`, then holds for `plan.hold` counting what the last discoverer sees.
+pub async fn observe<C, F>(connect: C, plan: Plan, scope: Scope, ready: impl FnOnce()) -> anyhow::Result<Observed>
+where
+    C: FnOnce() -> F,
+    F: Future<Output = anyhow::Result<Registry>>,
+{
+    let start = Instant::now();
+    let registry = connect().await?;
+    let mut observed = Observed { connect_ms: start.elapsed().as_secs_f64() * 1e3, ..Observed::default() };
+    let mut last: Option<Arc<dyn Discovery>> = None;
+    for _ in 0..plan.cold_starts.max(1) {
+        if let Some(previous) = last.take() {
+            previous.unwatch();
+        }
+        let start = Instant::now();
+        let discovery = registry.discoverer(&plan.env, plan.conf.clone())?;
+        discovery.watcher().await.context("cold start of the separate discoverer")?;
+        observed.cold_start_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        observed.visible_at_start = visible(&*discovery);
+        last = Some(discovery);
+    }
+    let discovery = last.context("no discoverer")?;
+    let downs = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
+    let counting = tokio::spawn({
+        let mut stream = discovery.events();
+        let (downs, events) = (Arc::clone(&downs), Arc::clone(&events));
+        async move {
+            while let Some(event) = stream.next().await {
+                events.fetch_add(1, Ordering::Relaxed);
+                if matches!(event, DiscoveryEvent::Down { .. }) {
+                    downs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    // The subscription starts with one `Up` per current node: not hold traffic.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (events_before, downs_before) = (events.load(Ordering::Relaxed), downs.load(Ordering::Relaxed));
+    ready();
+    let cpu_before = cpu_seconds(scope).unwrap_or(f64::NAN);
+    let read_before = bytes_read(scope).unwrap_or(0);
+    let hold_start = Instant::now();
+    let mut min_visible = usize::MAX;
+    while hold_start.elapsed() < plan.hold {
+        min_visible = min_visible.min(visible(&*discovery));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    min_visible = min_visible.min(visible(&*discovery));
+    observed.hold_s = hold_start.elapsed().as_secs_f64();
+    observed.cpu_s = cpu_seconds(scope).unwrap_or(f64::NAN) - cpu_before;
+    observed.read_bytes = bytes_read(scope).unwrap_or(0).saturating_sub(read_before);
+    observed.min_visible = min_visible;
+    observed.events = events.load(Ordering::Relaxed) - events_before;
+    observed.downs = downs.load(Ordering::Relaxed) - downs_before;
+    if matches!(scope, Scope::Process) {
+        (observed.rss_kib, observed.hwm_kib) = rss_kib();
+    }
+    counting.abort();
+    discovery.unwatch();
+    Ok(observed)
+}
+
+/// `registryctl bench --observe`: the child process's side. Prints `ready`
+/// when the hold starts, then `done <json>`.
+pub async fn child(url: String, plan: Plan) -> anyhow::Result<()> {
+    let observed = observe(
+        || async move { registry::connect(url.as_str()).await.context("connecting the separate discoverer") },
+        plan,
+        Scope::Process,
+        || println!("ready"),
+    )
+    .await?;
+    println!("done {}", observed.to_json());
+    Ok(())
+}
