@@ -31,7 +31,8 @@
 //!   far as the server can tell); no answer is a `StoreEvent::Error`, so
 //!   discovery marks the source stale and stops judging heartbeats
 //!   ([`MAX_SILENCE`] = 7 s after the last event at most). While the server
-//!   stays unreachable the reader probes every [`RECHECK_EVERY`]; the first
+//!   stays unreachable the reader probes every [`RECHECK_EVERY`] (each probe
+//!   bounded by the same second, on a fresh connection); the first
 //!   answer restarts the watcher (a fresh list over a working connection
 //!   instead of waiting for TCP to retransmit on the dead one), and discovery
 //!   resyncs from that listing.
@@ -213,8 +214,12 @@ impl<L: Layout> Probed<L> {
     /// Asks the API server whether it answers; what to report, if anything.
     async fn probe(&mut self) -> Option<Vec<StoreEvent>> {
         let limit = if self.unreachable { RECHECK_EVERY } else { PROBE_TIMEOUT };
+        let started = Instant::now();
         let answer = tokio::time::timeout(limit, self.client.apiserver_version()).await;
-        self.last_heard = Instant::now();
+        // While unreachable, one probe a second from start to start: a
+        // probe that timed out is followed at once by a fresh one (a new
+        // connection), so a heal is seen within about a second.
+        self.last_heard = if self.unreachable { started } else { Instant::now() };
         let failure = match answer {
             // A refusal is an answer: the server is there.
             Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => None,

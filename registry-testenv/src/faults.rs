@@ -79,8 +79,15 @@ pub struct FaultTest {
     pub run: FaultFn,
 }
 
+/// How many scenarios of one binary run at once by default. Each starts
+/// its own cluster on an address block of its own (eight blocks per kind),
+/// and most of a scenario's time is spent waiting out a fault, so they run
+/// side by side; `--test-threads` overrides it.
+pub const PARALLEL_SCENARIOS: usize = 6;
+
 /// Runs `tests` through the conformance runner (the workspace's one skip
-/// rule) with libtest-mimic's command line and returns the exit code.
+/// rule) with libtest-mimic's command line and returns the exit code; up to
+/// [`PARALLEL_SCENARIOS`] at once unless `--test-threads` says otherwise.
 pub fn run(tests: Vec<FaultTest>) -> ExitCode {
     // Faults make the library warn on every retry; `RUST_LOG=warn` (or
     // `registry_etcd=debug`, …) shows what happened during one.
@@ -95,7 +102,16 @@ pub fn run(tests: Vec<FaultTest>) -> ExitCode {
             let available = test.needs.iter().try_for_each(|need| need.check());
             runner.test(test.name, available, test.run)
         })
-        .run()
+        .run_with(parallel_arguments(PARALLEL_SCENARIOS))
+}
+
+/// libtest-mimic's command line, with `threads` test threads unless it sets them.
+pub fn parallel_arguments(threads: usize) -> conformance::Arguments {
+    let mut args = conformance::Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(threads.max(1));
+    }
+    args
 }
 
 /// What the lookup loop saw.
