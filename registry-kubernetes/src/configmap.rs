@@ -17,8 +17,16 @@
 //!   (each is a full rewrite of the object, and concurrent ones conflict and are
 //!   retried inside the server), so 50 registrars of one process installing at
 //!   once cost two or three writes instead of fifty;
+//! - when the API server gives up on its own retries and answers 409 Conflict
+//!   (many processes writing one ConfigMap at once), the entry write is
+//!   retried after a backoff with jitter ([`CONFLICT_BACKOFF_MIN`], doubling
+//!   up to [`CONFLICT_BACKOFF_MAX`]), up to `max_conflict_retries` times, so
+//!   a hundred processes installing or uninstalling at once spread out
+//!   instead of retrying in lockstep;
 //! - before a write would push the ConfigMap past Kubernetes' 1 MiB limit
-//!   (the sum of key and value lengths, the rule the API server validates) it
+//!   (the sum of the values' lengths, keys not counted: the rule the API
+//!   server validates, measured — a ConfigMap whose keys and values add up to
+//!   1,054,720 bytes is accepted while its values stay under 1 MiB) it
 //!   is refused with `TooLarge` naming the ConfigMap; the API server's own
 //!   validation (422 "Too long") backs the check up under races and maps to
 //!   `TooLarge` too;
@@ -46,6 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -59,11 +68,16 @@ use crate::error::{Call, KIND, MAX_CONFIGMAP_BYTES, is_conflict, is_not_found, m
 use crate::watch::{Item, Layout};
 
 const RESOURCE: &str = "configmaps";
+/// First delay before an entry write retries after a 409 Conflict.
+pub(crate) const CONFLICT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// Longest delay between an entry write's conflict retries.
+pub(crate) const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The size Kubernetes counts for a ConfigMap's data.
+/// The size Kubernetes counts for a ConfigMap's data: the values' lengths
+/// (`data` and `binaryData`); keys do not count.
 fn data_size(cm: &ConfigMap) -> usize {
-    let data: usize = cm.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
-    let binary: usize = cm.binary_data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum();
+    let data: usize = cm.data.iter().flatten().map(|(_, v)| v.len()).sum();
+    let binary: usize = cm.binary_data.iter().flatten().map(|(_, v)| v.0.len()).sum();
     data + binary
 }
 
@@ -90,15 +104,25 @@ pub(crate) struct EntryBatch {
     api: Api<ConfigMap>,
     name: String,
     params: PatchParams,
+    /// Attempts of one merge patch that meets 409 Conflicts.
+    max_attempts: u32,
     queue: Mutex<Vec<Queued>>,
     flush: tokio::sync::Mutex<()>,
 }
 
 impl EntryBatch {
-    /// A batch for ConfigMap `name` in `api`'s namespace.
-    pub(crate) fn new(api: Api<ConfigMap>, name: String, field_manager: &str) -> Self {
+    /// A batch for ConfigMap `name` in `api`'s namespace; a patch meeting
+    /// conflicts is tried up to `max_conflict_retries` times.
+    pub(crate) fn new(api: Api<ConfigMap>, name: String, field_manager: &str, max_conflict_retries: u32) -> Self {
         let params = PatchParams { field_manager: Some(field_manager.to_owned()), ..PatchParams::default() };
-        Self { api, name, params, queue: Mutex::new(Vec::new()), flush: tokio::sync::Mutex::new(()) }
+        Self {
+            api,
+            name,
+            params,
+            max_attempts: max_conflict_retries.max(1),
+            queue: Mutex::new(Vec::new()),
+            flush: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn enqueue(&self, key: &str, value: Option<&str>) -> oneshot::Receiver<Answer> {
@@ -134,7 +158,22 @@ impl EntryBatch {
         let data: serde_json::Map<String, serde_json::Value> =
             entries.iter().map(|q| (q.key.clone(), q.value.clone().into())).collect();
         let patch = serde_json::json!({ "data": data });
-        match self.api.patch(&self.name, &self.params, &Patch::Merge(&patch)).await {
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(CONFLICT_BACKOFF_MIN)
+            .with_max_delay(CONFLICT_BACKOFF_MAX)
+            .with_jitter()
+            .with_max_times(usize::try_from(self.max_attempts - 1).unwrap_or(usize::MAX));
+        let patch = Patch::Merge(&patch);
+        let attempt = || self.api.patch(&self.name, &self.params, &patch);
+        let patched = attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(is_conflict)
+            .notify(|_, delay| {
+                tracing::debug!(configmap = %self.name, ?delay, "entry write met a conflict; retrying after a backoff");
+            })
+            .await;
+        match patched {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Err(EntryError::NotFound),
             Err(e) => Err(EntryError::Other(map(e, Call::new("patch", RESOURCE, &self.name)))),
@@ -240,8 +279,8 @@ impl StoreWriter for ConfigMapWriter {
     async fn put(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
         let key = configmap_key(&node.meta.app_id, node.lease_id)?;
         let value = node.to_json()?;
-        if key.len() + value.len() > MAX_CONFIGMAP_BYTES {
-            return Err(self.too_large(key.len() + value.len()));
+        if value.len() > MAX_CONFIGMAP_BYTES {
+            return Err(self.too_large(value.len()));
         }
         for _ in 0..self.max_attempts {
             let current =
@@ -259,8 +298,8 @@ impl StoreWriter for ConfigMapWriter {
                     }
                 }
                 Some(cm) => {
-                    let old = cm.data.as_ref().and_then(|d| d.get(&key)).map_or(0, |v| key.len() + v.len());
-                    let size = data_size(&cm) - old + key.len() + value.len();
+                    let old = cm.data.as_ref().and_then(|d| d.get(&key)).map_or(0, String::len);
+                    let size = data_size(&cm) - old + value.len();
                     if size > MAX_CONFIGMAP_BYTES {
                         return Err(self.too_large(size));
                     }

@@ -19,8 +19,9 @@ use registry_core::Error;
 /// Backend name in errors and logs.
 pub(crate) const KIND: &str = "kubernetes";
 
-/// Kubernetes' limit on a ConfigMap's data: the sum of its keys' and values'
-/// lengths (the rule the API server validates), 1 MiB.
+/// Kubernetes' limit on a ConfigMap's data: the sum of its values' lengths
+/// (`data` and `binaryData`; keys do not count — the rule the API server
+/// validates, measured by the scale test), 1 MiB.
 pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
 
 /// Kubernetes' limit on the total size of one object's annotations (keys

@@ -195,7 +195,12 @@ impl KubernetesStore {
         let name = encode::configmap_name(&scope.env);
         let mut batches = self.batches.lock().map_err(|_| Error::backend(KIND, "batch lock poisoned"))?;
         let batch = batches.entry((namespace, name.clone())).or_insert_with(|| {
-            Arc::new(EntryBatch::new(self.api::<ConfigMap>(scope), name, &self.config.field_manager))
+            Arc::new(EntryBatch::new(
+                self.api::<ConfigMap>(scope),
+                name,
+                &self.config.field_manager,
+                self.config.max_conflict_retries,
+            ))
         });
         Ok(Arc::clone(batch))
     }

@@ -6,7 +6,9 @@
 //!   7.5 s is ~270 patches/s, which one kube-apiserver and this test process
 //!   share with 2 cores);
 //! - `configmap` mode: 100 registrars installing at once, each with its own
-//!   client (as 100 processes would) — all present.
+//!   client (as 100 processes would) — all present — and uninstalling at
+//!   once; and the instance count at which the 1 MiB limit refuses the next
+//!   install (`TooLarge`).
 //!
 //! Figures are printed (`--nocapture`).
 // Test code: a failed expectation panics.
@@ -224,30 +226,83 @@ async fn configmap_mode_lands_a_hundred_concurrent_installs() -> anyhow::Result<
     disc2.watcher().await.unwrap();
     assert_eq!(disc2.get_app("flock").map(|n| n.len()).unwrap_or(0), INSTANCES);
 
-    // Removal is a write of the one ConfigMap too; ten at a time keeps each
-    // within its TTL-bounded deadline while the watchers are also served.
+    // Removal is a write of the one ConfigMap too: all hundred at once, each
+    // through its own client (the library backs off with jitter on conflicts).
     let t = Instant::now();
+    let removed = futures::future::join_all(registrars.iter().map(|r| async move {
+        let t = Instant::now();
+        r.uninstall().await.map(|()| t.elapsed())
+    }))
+    .await;
     let mut latencies = Vec::new();
-    for chunk in registrars.chunks(10) {
-        let removed = futures::future::join_all(chunk.iter().map(|r| async move {
-            let t = Instant::now();
-            r.uninstall().await.map(|()| t.elapsed())
-        }))
-        .await;
-        for result in removed {
-            latencies.push(result.unwrap_or_else(|e| panic!("uninstall failed: {e}")));
-        }
+    for result in removed {
+        latencies.push(result.unwrap_or_else(|e| panic!("uninstall failed: {e}")));
     }
     latencies.sort();
+    wait_for_count(&disc, "herd", 0, Duration::from_secs(60)).await;
     println!(
-        "configmap scale: {INSTANCES} uninstalls (separate clients, 10 at a time) in {:?}; p50 {:?} max {:?}",
+        "configmap scale: {INSTANCES} concurrent uninstalls (separate clients) in {:?}; p50 {:?} p99 {:?} max {:?}",
         t.elapsed(),
         percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
     futures::future::try_join_all(together.iter().map(|r| r.uninstall())).await.unwrap();
     disc.unwatch();
     disc2.unwatch();
+    Ok(())
+}
+
+/// Installs through one store until the ConfigMap's 1 MiB limit refuses
+/// one: the refusal is `TooLarge`, and everything installed before it is listed.
+async fn configmap_mode_refuses_the_install_past_one_mib() -> anyhow::Result<()> {
+    const CONCURRENCY: usize = 32;
+    let server = support::server().await;
+    let namespace = unique("scale");
+    server.create_namespace(&namespace).await.unwrap();
+    let env = unique("env");
+    // Long TTL: no heartbeat runs while the ConfigMap fills.
+    let conf = ServiceConf::default().with_namespace(&namespace).with_ttl(Duration::from_secs(600));
+    let store = support::store(&server, Mode::ConfigMap).await.unwrap();
+    let service = node("t.Full", &["Fill"]);
+    let mut installed = Vec::new();
+    // Bytes Kubernetes counts for the ConfigMap's data: the values (keys do not count).
+    let (mut total_bytes, mut entry_bytes) = (0, 0);
+    let refusal = loop {
+        let batch: Vec<Registrar> =
+            (0..CONCURRENCY).map(|_| Registrar::new(&store, meta(&env, "full"), conf.clone()).unwrap()).collect();
+        let results = futures::future::join_all(batch.iter().map(|r| r.install(service.clone()))).await;
+        let mut refused = None;
+        for (registrar, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(node) => {
+                    entry_bytes = node.to_json().unwrap().len();
+                    total_bytes += entry_bytes;
+                    installed.push(registrar);
+                }
+                Err(e) => refused = refused.or(Some(e)),
+            }
+        }
+        if let Some(e) = refused {
+            break e;
+        }
+        assert!(installed.len() < 100_000, "no refusal after {} installs", installed.len());
+    };
+    assert!(matches!(refusal, registry_core::Error::TooLarge { .. }), "refusal is not TooLarge: {refusal:?}");
+    let count = installed.len();
+    println!(
+        "configmap scale: the 1 MiB limit refused an install after {count} instances ({total_bytes} bytes of data, the last value {entry_bytes} bytes: one method, default network); refusal: {refusal}"
+    );
+    // The refusal is the limit, not a failure of the ones before it.
+    let disc = Discoverer::new(&store, &env, conf.clone()).unwrap();
+    disc.watcher().await.unwrap();
+    assert_eq!(disc.get_app("full").map(|n| n.len()).unwrap_or(0), count);
+    // Full: no room left for one more entry.
+    assert!(
+        total_bytes <= 1024 * 1024 && total_bytes + entry_bytes > 1024 * 1024,
+        "{total_bytes} bytes in {count} entries"
+    );
+    disc.unwatch();
     Ok(())
 }
 
@@ -264,6 +319,12 @@ fn main() -> ExitCode {
             "scale: 100 concurrent ConfigMap writers; run with --ignored",
             KubeServer::available(),
             configmap_mode_lands_a_hundred_concurrent_installs,
+        )
+        .test_ignored(
+            "configmap_mode_refuses_the_install_past_one_mib",
+            "scale: fills a ConfigMap to Kubernetes' 1 MiB limit; run with --ignored",
+            KubeServer::available(),
+            configmap_mode_refuses_the_install_past_one_mib,
         )
         .run()
 }
