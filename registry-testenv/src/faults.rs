@@ -21,7 +21,7 @@ use registry_core::{Discovery, Register, Registrar, RetryHooks};
 use tokio::task::JoinHandle;
 
 use super::{Unavailable, consul_cluster, etcd_cluster, member, partition};
-use conformance::fixtures::{conf, meta, method, node};
+use conformance::fixtures::{TTL, conf, meta, method, node};
 
 /// How often the lookup loop asks discovery (as the migration test does).
 pub const LOOKUP_EVERY: Duration = Duration::from_millis(10);
@@ -316,10 +316,22 @@ impl Fleet {
     /// Installs `count` instances, round-robin over `stores` (each store its
     /// own client, as separate processes have), and starts their keepalives.
     pub async fn start(stores: &[&dyn Store], count: usize, namespace: &str, env: &str) -> anyhow::Result<Self> {
+        Self::start_with_ttl(stores, count, namespace, env, TTL).await
+    }
+
+    /// Like [`start`](Self::start), with heartbeat TTL `ttl` instead of the suite's.
+    pub async fn start_with_ttl(
+        stores: &[&dyn Store],
+        count: usize,
+        namespace: &str,
+        env: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!stores.is_empty(), "a fleet needs a store");
+        let conf = conf(namespace).with_ttl_floor(ttl.min(TTL)).with_ttl(ttl);
         let mut instances = Vec::with_capacity(count);
         for i in 0..count {
-            let registrar = Registrar::new(stores[i % stores.len()], meta(env, "fleet"), conf(namespace))?;
+            let registrar = Registrar::new(stores[i % stores.len()], meta(env, "fleet"), conf.clone())?;
             let hooks = Arc::new(HookLog::default());
             registrar.set_hooks(hooks.hooks());
             let installed = registrar.install(node("t.Fleet", &["Call"])).await?;
