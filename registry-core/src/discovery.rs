@@ -25,7 +25,9 @@ use crate::{Health, Nodes, Result, ServiceIndex, ServiceNode};
 ///   backend is unreachable, discovery keeps serving its last view.
 /// - Dead instances disappear: on their store's own expiry, or — for stores
 ///   without one — when no heartbeat was observed for one TTL on the
-///   discoverer's monotonic clock (writer clock skew does not matter).
+///   discoverer's monotonic clock (writer clock skew does not matter) and,
+///   for a reader that reports progress, the store confirmed the view after
+///   that (a silently dead stream hides no one).
 /// - Records that do not parse, belong to another env, or are otherwise
 ///   foreign are skipped and counted ([`skipped`](Discovery::skipped)),
 ///   never fatal and never hiding other nodes.
@@ -35,8 +37,8 @@ use crate::{Health, Nodes, Result, ServiceIndex, ServiceNode};
 ///   stream is healthy, resyncs, and `stale`. A stream whose connection
 ///   died silently is detected within its reader's bound (etcd and Consul:
 ///   2 s of silence plus the request timeout, 7 s with the defaults;
-///   Kubernetes: its watch timeout plus margin) and resumed without user
-///   action.
+///   Kubernetes: 2 s of silence plus a 5 s probe of the API server, 7 s) and
+///   resumed without user action.
 /// - A listing never empties a non-empty view unless the rule says so
 ///   ([`EmptyProtection`](crate::conf::EmptyProtection)).
 #[async_trait]

@@ -166,7 +166,10 @@ pub enum Liveness {
     /// when no new stamp was observed for `window` (default: the node's `ttl`
     /// field, else the discoverer's TTL), measured on the discoverer's own
     /// monotonic clock — never by comparing the writer's timestamps with the
-    /// reader's clock.
+    /// reader's clock. When the reader reports progress
+    /// ([`StoreReader::max_silence`]), the record is hidden only once the
+    /// source confirmed the view after the window ran out: a silent stream
+    /// may be a dead connection, not a dead instance.
     Heartbeat {
         /// Explicit window, e.g. a Lease's `leaseDurationSeconds`.
         window: Option<Duration>,
@@ -302,6 +305,11 @@ pub trait StoreReader: Send + Sync + 'static {
     /// often. Discovery reports the source stale when nothing came for
     /// longer. `None` (the default): the reader never reports progress, so
     /// silence is not a sign of staleness.
+    ///
+    /// A reader that states a bound also changes how heartbeat records
+    /// ([`Liveness::Heartbeat`]) expire: only after the source confirmed the
+    /// view past their window, and an outage counts from the last
+    /// confirmation (the silence before a break is reported was unobserved).
     fn max_silence(&self) -> Option<Duration> {
         None
     }

@@ -40,7 +40,7 @@
 //!   plus 5 s without an item ends the stream and the watcher watches again
 //!   from its resource version — for one dead watch connection while the
 //!   server answers on others. kube-runtime's default timeout is 290 s; the
-//!   reader sets [`WATCH_TIMEOUT_SECS`] (25 s), at the cost of one re-watch
+//!   reader sets [`WATCH_TIMEOUT_SECS`] (20 s: 25 s in all), at the cost of one re-watch
 //!   per 20 s per discoverer.
 //!
 //! The probe costs one `GET /version` per discoverer per 2 s of silence; a
