@@ -100,6 +100,8 @@ const PROBE_APP: &str = "probe";
 /// TTL of the probe instances (propagation and crash expiry), whatever the fleet's.
 const PROBE_TTL: Duration = Duration::from_secs(2);
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+/// Attempts of one fleet member's install.
+const INSTALL_ATTEMPTS: u32 = 5;
 
 impl BenchArgs {
     fn ttl_for(&self, instances: usize) -> Duration {
@@ -151,7 +153,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &instances in &sizes {
-        let row = measure(&args, &target, &writer_side, &reader_side, instances).await?;
+        let row = match measure(&args, &target, &writer_side, &reader_side, instances).await {
+            Ok(row) => row,
+            // A size the backend cannot carry is a result too: the sweep goes on.
+            Err(e) if sizes.len() > 1 => {
+                eprintln!("bench: {instances} instances failed: {e:#}");
+                failures.push(format!("{instances} instances: {e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         println!("{}", row.summary());
         if let Some(problem) = row.problem() {
             failures.push(format!("{instances} instances: {problem}"));
@@ -177,6 +188,8 @@ pub struct Row {
     ttl_s: f64,
     /// Time to install the whole fleet, s.
     install_s: f64,
+    /// Fleet installs that failed and were tried again.
+    install_retries: u64,
     /// Heartbeat writes per second the fleet made during the hold.
     writes_per_s: f64,
     /// Heartbeats that failed (keepalive retries), install to end.
@@ -189,15 +202,19 @@ pub struct Row {
     cold_start_ms: f64,
     cold_start_min_ms: f64,
     cold_start_max_ms: f64,
-    /// Discovery events per second the separate discoverer delivered during the hold.
+    /// Discovery events (`Up`/`Down`/`Reset`: changes of the view, not the
+    /// store events behind them) per second the separate discoverer delivered during the hold.
     disc_events_per_s: f64,
     /// CPU of the separate discoverer during the hold, % of one core.
     disc_cpu_pct: f64,
     /// RSS of the separate discoverer's process at the end of the hold, MiB.
     disc_rss_mib: f64,
     disc_hwm_mib: f64,
-    /// Bytes the separate discoverer read per heartbeat write during the hold.
+    /// Bytes the separate discoverer received (TCP) per heartbeat write during the hold.
     bytes_read_per_write: f64,
+    /// Bytes the separate discoverer received (TCP) per probe install or
+    /// uninstall, beyond its rate during the hold.
+    bytes_per_change: f64,
     install_p50_ms: f64,
     install_p99_ms: f64,
     uninstall_p50_ms: f64,
@@ -218,6 +235,7 @@ macro_rules! row_fields {
             instances,
             ttl_s,
             install_s,
+            install_retries,
             writes_per_s,
             failed_heartbeats,
             min_visible,
@@ -230,6 +248,7 @@ macro_rules! row_fields {
             disc_rss_mib,
             disc_hwm_mib,
             bytes_read_per_write,
+            bytes_per_change,
             install_p50_ms,
             install_p99_ms,
             uninstall_p50_ms,
@@ -406,6 +425,8 @@ struct Fleet {
     members: Vec<Member>,
     writes: Arc<Writes>,
     failed: Arc<AtomicU64>,
+    /// Installs that failed and were tried again while the fleet started.
+    install_retries: u64,
 }
 
 impl Fleet {
@@ -418,6 +439,7 @@ impl Fleet {
     ) -> anyhow::Result<Self> {
         let writes = Arc::new(Writes::default());
         let failed = Arc::new(AtomicU64::new(0));
+        let install_retries = Arc::new(AtomicU64::new(0));
         let apps = (instances / 10).max(8);
         let scope = Scope::new(conf.namespace.clone(), ENV);
         let mut members = Vec::with_capacity(instances);
@@ -435,8 +457,22 @@ impl Fleet {
                 counter.fetch_add(1, Ordering::Relaxed);
             }));
             let method = format!("M{}", i % apps);
+            let retried = Arc::clone(&install_retries);
             pending.push(async move {
-                registrar.install(node("fleet.Svc", &method)).await.map(|_| registrar).context("installing the fleet")
+                // An install that fails is tried again, as a restarting process would (counted).
+                let mut attempt = 1;
+                loop {
+                    match registrar.install(node("fleet.Svc", &method)).await {
+                        Ok(_) => return Ok(registrar),
+                        Err(e) if attempt < INSTALL_ATTEMPTS => {
+                            tracing::warn!(error = %e, attempt, "fleet install failed; trying again");
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(anyhow::Error::new(e).context("installing the fleet")),
+                    }
+                }
             });
             while pending.len() >= args.concurrency.max(1) {
                 if let Some(installed) = pending.next().await {
@@ -447,7 +483,7 @@ impl Fleet {
         while let Some(installed) = pending.next().await {
             members.push(keep(installed?));
         }
-        Ok(Self { members, writes, failed })
+        Ok(Self { members, writes, failed, install_retries: install_retries.load(Ordering::Relaxed) })
     }
 
     async fn stop(self, concurrency: usize) {
@@ -481,6 +517,8 @@ enum Observer {
     },
     Thread {
         ready: Option<tokio::sync::oneshot::Receiver<()>>,
+        held: Option<tokio::sync::oneshot::Receiver<()>>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
         done: tokio::sync::oneshot::Receiver<anyhow::Result<observe::Observed>>,
     },
 }
@@ -490,6 +528,8 @@ impl Observer {
         if url.starts_with("memory://") {
             // The embedded store lives in this process: observe from a thread of its own.
             let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let (held_tx, held) = tokio::sync::oneshot::channel();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let (done_tx, done) = tokio::sync::oneshot::channel();
             let plan =
                 observe::Plan { env: ENV.to_owned(), conf: conf(namespace, ttl), cold_starts: args.cold_starts, hold };
@@ -504,14 +544,22 @@ impl Observer {
                             || async move { Ok(registry::connect(url.as_str()).await?) },
                             plan,
                             observe::Scope::Thread,
-                            move || {
-                                let _ = ready_tx.send(());
+                            observe::Signals {
+                                ready: move || {
+                                    let _ = ready_tx.send(());
+                                },
+                                held: move || {
+                                    let _ = held_tx.send(());
+                                },
+                                stop: async move {
+                                    let _ = stop_rx.await;
+                                },
                             },
                         ))
                     });
                 let _ = done_tx.send(result);
             })?;
-            return Ok(Observer::Thread { ready: Some(ready), done });
+            return Ok(Observer::Thread { ready: Some(ready), held: Some(held), stop: Some(stop), done });
         }
         // This very binary, even when a rebuild replaced its file meanwhile.
         let own = std::path::Path::new("/proc/self/exe");
@@ -526,7 +574,7 @@ impl Observer {
             .args(["--cold-starts", &args.cold_starts.to_string()])
             .env(URL_ENV, url)
             .stdout(Stdio::piped())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("starting the separate discoverer")?;
@@ -537,16 +585,55 @@ impl Observer {
     /// Waits until the hold starts (cold starts done).
     async fn ready(&mut self) -> anyhow::Result<()> {
         match self {
-            Observer::Child { lines, .. } => loop {
-                match lines.next_line().await? {
-                    Some(line) if line.trim() == "ready" => return Ok(()),
-                    Some(_) => {}
-                    None => anyhow::bail!("the separate discoverer ended before it was ready"),
-                }
-            },
+            Observer::Child { lines, .. } => Self::line(lines, "ready").await,
             Observer::Thread { ready, .. } => {
                 if let Some(ready) = ready.take() {
                     ready.await.context("the separate discoverer ended before it was ready")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the hold ended.
+    async fn held(&mut self) -> anyhow::Result<()> {
+        match self {
+            Observer::Child { lines, .. } => Self::line(lines, "held").await,
+            Observer::Thread { held, .. } => {
+                if let Some(held) = held.take() {
+                    held.await.context("the separate discoverer ended in its hold")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn line(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+        want: &str,
+    ) -> anyhow::Result<()> {
+        loop {
+            match lines.next_line().await? {
+                Some(line) if line.trim() == want => return Ok(()),
+                Some(_) => {}
+                None => anyhow::bail!("the separate discoverer ended before `{want}`"),
+            }
+        }
+    }
+
+    /// Tells the observer the probes are done.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        match self {
+            Observer::Child { child, .. } => {
+                use tokio::io::AsyncWriteExt;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(b"stop\n").await?;
+                }
+                Ok(())
+            }
+            Observer::Thread { stop, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
                 }
                 Ok(())
             }
@@ -597,6 +684,7 @@ async fn measure(
     let started = Instant::now();
     let fleet = Fleet::start(args, target, writer_side, &fleet_conf, instances).await?;
     row.install_s = started.elapsed().as_secs_f64();
+    row.install_retries = fleet.install_retries;
     eprintln!("bench: fleet installed in {:.1} s", row.install_s);
 
     // Cold starts and the hold, in the separate discoverer.
@@ -605,10 +693,16 @@ async fn measure(
     let renewed_before = fleet.writes.renewed.load(Ordering::Relaxed);
     let cpu_before = observe::cpu_seconds(observe::Scope::Process).unwrap_or(f64::NAN);
     let hold_start = Instant::now();
-    let observed = observer.done().await?;
+    observer.held().await?;
     let held = hold_start.elapsed().as_secs_f64();
     let fleet_cpu = observe::cpu_seconds(observe::Scope::Process).unwrap_or(f64::NAN) - cpu_before;
     let writes = fleet.writes.renewed.load(Ordering::Relaxed) - renewed_before;
+
+    // Propagation, with the fleet live (the separate discoverer counts the bytes it receives meanwhile).
+    let probes = probe(args, target, writer_side, reader_side, &namespace, &fleet_conf, &mut row).await;
+    observer.stop().await?;
+    let observed = observer.done().await?;
+    probes?;
     row.writes_per_s = writes as f64 / held;
     row.min_visible = observed.min_visible.min(observed.visible_at_start);
     row.downs = observed.downs;
@@ -619,7 +713,8 @@ async fn measure(
     row.disc_cpu_pct = observed.cpu_s / observed.hold_s * 100.0;
     row.disc_rss_mib = if observed.rss_kib > 0 { observed.rss_kib as f64 / 1024.0 } else { f64::NAN };
     row.disc_hwm_mib = if observed.hwm_kib > 0 { observed.hwm_kib as f64 / 1024.0 } else { f64::NAN };
-    row.bytes_read_per_write = if writes > 0 { observed.read_bytes as f64 / writes as f64 } else { f64::NAN };
+    row.bytes_read_per_write =
+        if writes > 0 && observed.read_bytes > 0 { observed.read_bytes as f64 / writes as f64 } else { f64::NAN };
     // The bench process: the fleet (and, for memory, the observer thread too).
     row.fleet_cpu_pct =
         (fleet_cpu - if target.url.starts_with("memory://") { observed.cpu_s } else { 0.0 }) / held * 100.0;
@@ -628,8 +723,29 @@ async fn measure(
         row.cold_start_ms, observed.cold_start_ms, observed.hold_s, row.min_visible, row.downs, row.disc_cpu_pct
     );
 
-    // Propagation, with the fleet live.
-    let probe_conf = conf(&namespace, PROBE_TTL);
+    // Each sample installs and uninstalls; the crash-expiry probe installs and expires.
+    let changes = (2 * args.samples + 2) as f64;
+    let baseline = observed.read_bytes as f64 / observed.hold_s * observed.probe_s;
+    row.bytes_per_change =
+        if observed.probe_bytes > 0 { (observed.probe_bytes as f64 - baseline).max(0.0) / changes } else { f64::NAN };
+    row.failed_heartbeats = fleet.failed.load(Ordering::Relaxed);
+    row.load1_after = load1();
+    fleet.stop(args.concurrency).await;
+    Ok(row)
+}
+
+/// Install→visible and uninstall→gone of a probe instance, its crash expiry
+/// and the lookup latency, all with the fleet live; into `row`.
+async fn probe(
+    args: &BenchArgs,
+    target: &servers::Target,
+    writer_side: &Registry,
+    reader_side: &Registry,
+    namespace: &str,
+    fleet_conf: &ServiceConf,
+    row: &mut Row,
+) -> anyhow::Result<()> {
+    let probe_conf = conf(namespace, PROBE_TTL);
     let discovery = reader_side.discoverer(ENV, fleet_conf.clone())?;
     discovery.watcher().await.context("starting discovery")?;
     let mut events = discovery.events();
@@ -676,12 +792,9 @@ async fn measure(
 
     // Lookup: median over rounds of a tight loop.
     row.lookup_ns = lookup_median_ns(&*discovery, "/fleet.Svc/M7")?;
-    row.failed_heartbeats = fleet.failed.load(Ordering::Relaxed);
-    row.load1_after = load1();
     drop(events);
     discovery.unwatch();
-    fleet.stop(args.concurrency).await;
-    Ok(row)
+    Ok(())
 }
 
 fn node(svc: &str, method: &str) -> ServiceNode {

@@ -45,10 +45,31 @@ pub fn cpu_seconds(scope: Scope) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Bytes read by `scope` through `read`-family calls, sockets included (`io`'s `rchar`).
-pub fn bytes_read(scope: Scope) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("{}/io", scope.dir())).ok()?;
-    io.lines().find_map(|l| l.strip_prefix("rchar:")).and_then(|v| v.trim().parse().ok())
+/// Bytes this process received on its TCP connections, summed over the
+/// open sockets (`ss -tinp`'s `bytes_received`, the kernel's `tcp_info`);
+/// `None` without `ss`. A connection closed in between takes its bytes with it.
+pub fn tcp_bytes_received() -> Option<u64> {
+    let out = std::process::Command::new("ss").args(["-tinpH"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let own = format!("pid={},", std::process::id());
+    let mut mine = false;
+    let mut total = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.starts_with(char::is_whitespace) {
+            mine = line.contains(&own);
+            continue;
+        }
+        if mine {
+            total += line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("bytes_received:"))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 /// `VmRSS` and `VmHWM` of this process, in KiB.
@@ -83,8 +104,12 @@ pub struct Observed {
     pub hold_s: f64,
     /// CPU used during the hold, s.
     pub cpu_s: f64,
-    /// Bytes read during the hold.
+    /// Bytes received on TCP during the hold (process scope only).
     pub read_bytes: u64,
+    /// Length of the bench's probe phase, s.
+    pub probe_s: f64,
+    /// Bytes received on TCP during the probe phase (process scope only).
+    pub probe_bytes: u64,
     /// RSS at the end of the hold, KiB (process scope only).
     pub rss_kib: u64,
     /// Peak RSS, KiB (process scope only).
@@ -109,6 +134,8 @@ impl Observed {
             "hold_s": self.hold_s,
             "cpu_s": self.cpu_s,
             "read_bytes": self.read_bytes,
+            "probe_s": self.probe_s,
+            "probe_bytes": self.probe_bytes,
             "rss_kib": self.rss_kib,
             "hwm_kib": self.hwm_kib,
         })
@@ -129,6 +156,8 @@ impl Observed {
             hold_s: f("hold_s")?,
             cpu_s: f("cpu_s")?,
             read_bytes: u("read_bytes")?,
+            probe_s: f("probe_s")?,
+            probe_bytes: u("probe_bytes")?,
             rss_kib: u("rss_kib")?,
             hwm_kib: u("hwm_kib")?,
         })
@@ -168,9 +197,25 @@ pub struct Plan {
     pub hold: Duration,
 }
 
+/// How the observer and the bench keep in step.
+pub struct Signals<R, H, S> {
+    /// Called when the hold starts.
+    pub ready: R,
+    /// Called when the hold ended (the bench then runs its probes).
+    pub held: H,
+    /// Completes when the bench's probes are done.
+    pub stop: S,
+}
+
 /// Connects with `connect`, times `plan.cold_starts` cold starts, calls
-/// `ready`, then holds for `plan.hold` counting what the last discoverer sees.
-pub async fn observe<C, F>(connect: C, plan: Plan, scope: Scope, ready: impl FnOnce()) -> anyhow::Result<Observed>
+/// `ready`, then holds for `plan.hold` counting what the last discoverer
+/// sees; calls `held` and keeps counting the bytes it receives until `stop`.
+pub async fn observe<C, F>(
+    connect: C,
+    plan: Plan,
+    scope: Scope,
+    signals: Signals<impl FnOnce(), impl FnOnce(), impl Future<Output = ()>>,
+) -> anyhow::Result<Observed>
 where
     C: FnOnce() -> F,
     F: Future<Output = anyhow::Result<Registry>>,
@@ -208,9 +253,10 @@ where
     // The subscription starts with one `Up` per current node: not hold traffic.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (events_before, downs_before) = (events.load(Ordering::Relaxed), downs.load(Ordering::Relaxed));
-    ready();
+    (signals.ready)();
     let cpu_before = cpu_seconds(scope).unwrap_or(f64::NAN);
-    let read_before = bytes_read(scope).unwrap_or(0);
+    let process = matches!(scope, Scope::Process);
+    let read_before = if process { tcp_bytes_received() } else { None };
     let hold_start = Instant::now();
     let mut min_visible = usize::MAX;
     while hold_start.elapsed() < plan.hold {
@@ -220,26 +266,41 @@ where
     min_visible = min_visible.min(visible(&*discovery));
     observed.hold_s = hold_start.elapsed().as_secs_f64();
     observed.cpu_s = cpu_seconds(scope).unwrap_or(f64::NAN) - cpu_before;
-    observed.read_bytes = bytes_read(scope).unwrap_or(0).saturating_sub(read_before);
+    let read_after = if process { tcp_bytes_received() } else { None };
+    observed.read_bytes = read_after.zip(read_before).map_or(0, |(after, before)| after.saturating_sub(before));
     observed.min_visible = min_visible;
     observed.events = events.load(Ordering::Relaxed) - events_before;
     observed.downs = downs.load(Ordering::Relaxed) - downs_before;
-    if matches!(scope, Scope::Process) {
+    if process {
         (observed.rss_kib, observed.hwm_kib) = rss_kib();
     }
+    // The bench's probes: what the same discoverer receives while they run.
+    let probes_before = if process { tcp_bytes_received() } else { None };
+    let probes_start = Instant::now();
+    (signals.held)();
+    signals.stop.await;
+    observed.probe_s = probes_start.elapsed().as_secs_f64();
+    let probes_after = if process { tcp_bytes_received() } else { None };
+    observed.probe_bytes = probes_after.zip(probes_before).map_or(0, |(after, before)| after.saturating_sub(before));
     counting.abort();
     discovery.unwatch();
     Ok(observed)
 }
 
 /// `registryctl bench --observe`: the child process's side. Prints `ready`
-/// when the hold starts, then `done <json>`.
+/// when the hold starts and `held` when it ends, reads a line on stdin when
+/// the bench's probes are done, then prints `done <json>`.
 pub async fn child(url: String, plan: Plan) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let stop = async {
+        let mut line = String::new();
+        let _ = tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    };
     let observed = observe(
         || async move { registry::connect(url.as_str()).await.context("connecting the separate discoverer") },
         plan,
         Scope::Process,
-        || println!("ready"),
+        Signals { ready: || println!("ready"), held: || println!("held"), stop },
     )
     .await?;
     println!("done {}", observed.to_json());
