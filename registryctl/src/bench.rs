@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// Measure at each of these fleet sizes (e.g. 100,1000,10000) and write `--out`.csv and .svg.
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<usize>,
-    /// Prefix of the CSV and SVG files written by --sweep or --plot (default: bench-<backend>).
+    /// Prefix of the CSV and SVG files written by --sweep or --plot (default: `bench-<backend>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Draw one SVG (`--out`.svg) from these CSV files of earlier sweeps, one line per backend.
