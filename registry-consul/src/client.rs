@@ -37,7 +37,11 @@ impl Client {
         operation: &'static str,
         call: impl Future<Output = Result<T, rs_consul::ConsulError>>,
     ) -> Result<T, KvFailure> {
-        match tokio::time::timeout(self.config.request_timeout, call).await {
+        let turn = async {
+            let _turn = self.agent.permit().await;
+            call.await
+        };
+        match tokio::time::timeout(self.config.request_timeout, turn).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(rs_consul::ConsulError::UnexpectedResponseCode(code, body)))
                 if error::is_invalid_session(code.as_u16(), body.as_deref().unwrap_or("")) =>
