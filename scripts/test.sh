@@ -74,8 +74,8 @@ cargo run --quiet -p registryctl -- bench --backend memory --instances 100 --sam
 # write rate the TTL is chosen for, a separate discoverer that must see every
 # instance over 3xTTL with no heartbeat lost (the bench fails otherwise), cold
 # starts, CPU, memory, propagation. Release build: a debug build cannot drive
-# thousands of instances on 2 cores. 1,000 instances here (about a minute per
-# backend); REGISTRY_TEST_SCALE=1 runs the full 10,000.
+# thousands of instances on 2 cores. 1,000 instances here (20-30 s per
+# backend once built); REGISTRY_TEST_SCALE=1 runs the full 10,000.
 SCALE_INSTANCES=1000
 [ "${REGISTRY_TEST_SCALE:-0}" = "1" ] && SCALE_INSTANCES=10000
 for backend in memory etcd kubernetes-lease; do

@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     cold_starts: usize,
     /// Installs in flight at once while the fleet starts.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Internal: be the separate discoverer (a child process of the bench).
     #[arg(long, hide = true)]
