@@ -857,3 +857,66 @@ fn lookup_median_ns(discovery: &dyn Discovery, method: &str) -> anyhow::Result<f
         .collect();
     Ok(observe::median(&rounds))
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation panics.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(extra.iter().copied())).bench
+    }
+
+    #[test]
+    fn ttl_keeps_the_fleet_within_the_write_rate() {
+        let a = args(&[]);
+        // N / (TTL / 2) <= 400, and never under 2 s.
+        assert_eq!(a.ttl_for(100), Duration::from_secs(2));
+        assert_eq!(a.ttl_for(1000), Duration::from_secs(5));
+        assert_eq!(a.ttl_for(10_000), Duration::from_secs(50));
+        assert_eq!(a.ttl_for(10_001), Duration::from_secs(51));
+        assert_eq!(args(&["--max-write-rate", "100"]).ttl_for(1000), Duration::from_secs(20));
+        assert_eq!(args(&["--ttl", "7"]).ttl_for(10_000), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_row_survives_its_csv_line() {
+        let row = Row {
+            backend: "etcd".into(),
+            instances: 10_000,
+            ttl_s: 50.0,
+            failed_heartbeats: 3,
+            min_visible: 9_999,
+            cold_start_ms: 253.32,
+            disc_rss_mib: f64::NAN,
+            ..Row::default()
+        };
+        let header = Row::csv_header();
+        let header: Vec<&str> = header.split(',').collect();
+        let back = Row::from_csv(&header, &row.to_csv()).unwrap();
+        assert_eq!(back.to_csv(), row.to_csv());
+        assert_eq!(back.instances, 10_000);
+        assert_eq!(back.failed_heartbeats, 3);
+        assert!(back.disc_rss_mib.is_nan());
+        assert!(row.summary().starts_with("backend=etcd instances=10000 ttl_s=50.00"));
+    }
+
+    #[test]
+    fn a_fleet_not_carried_is_a_problem() {
+        let carried = Row { instances: 10, min_visible: 10, ..Row::default() };
+        assert_eq!(carried.problem(), None);
+        let lost = Row { instances: 10, min_visible: 9, downs: 1, failed_heartbeats: 2, ..Row::default() };
+        let problem = lost.problem().unwrap();
+        assert!(problem.contains("2 heartbeats failed"), "{problem}");
+        assert!(problem.contains("1 instances went down"), "{problem}");
+        assert!(problem.contains("saw 9 of 10"), "{problem}");
+    }
+}

@@ -306,3 +306,47 @@ pub async fn child(url: String, plan: Plan) -> anyhow::Result<()> {
     println!("done {}", observed.to_json());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation panics.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn the_report_survives_json() {
+        let observed = Observed {
+            connect_ms: 1.5,
+            cold_start_ms: vec![10.0, 12.0],
+            visible_at_start: 100,
+            min_visible: 99,
+            downs: 1,
+            events: 7,
+            hold_s: 6.0,
+            cpu_s: 0.25,
+            read_bytes: 1234,
+            probe_s: 2.0,
+            probe_bytes: 99,
+            rss_kib: 2048,
+            hwm_kib: 4096,
+        };
+        let back = Observed::from_json(&observed.to_json()).unwrap();
+        assert_eq!(back.to_json(), observed.to_json());
+        assert_eq!(back.cold_start_median_ms(), 11.0);
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_rss() {
+        assert!(cpu_seconds(Scope::Process).is_some());
+        assert!(cpu_seconds(Scope::Thread).is_some());
+        let (rss, hwm) = rss_kib();
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+    }
+}
