@@ -7,21 +7,21 @@ use clap::Args;
 use futures::StreamExt;
 use registry::{Discovery, DiscoveryEvent, Health, ServiceConf, ServiceNode, SourceHealth};
 
-/// Where to look.
+/// Where to look (also what `drain`/`undrain` act on).
 #[derive(Args, Debug, Clone)]
 pub struct Scope {
     /// Backend URL (`memory://`, `etcd://host:2379`, `consul://host:8500`, `kubernetes://?mode=lease`).
     #[arg(long, env = "REGISTRY_URL")]
-    url: String,
+    pub(crate) url: String,
     /// Namespace.
     #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Environment.
     #[arg(long)]
-    env: String,
+    pub(crate) env: String,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Options of `registryctl get`.
@@ -41,6 +41,15 @@ async fn discover_with(
     scope: &Scope,
     draining: registry::DrainingNodes,
 ) -> anyhow::Result<std::sync::Arc<dyn Discovery>> {
+    Ok(open(scope, draining).await?.1)
+}
+
+/// Connects to the scope's backend and returns it with a discoverer of the
+/// scope whose first listing is in (within 30 s).
+pub(crate) async fn open(
+    scope: &Scope,
+    draining: registry::DrainingNodes,
+) -> anyhow::Result<(registry::Registry, std::sync::Arc<dyn Discovery>)> {
     let registry = registry::connect(scope.url.as_str())
         .await
         .with_context(|| format!("connecting to {}", registry::options::redact(&scope.url)))?;
@@ -51,7 +60,7 @@ async fn discover_with(
         .await
         .context("no answer from the backend within 30 s")?
         .with_context(|| format!("listing {}", registry::options::redact(&scope.url)))?;
-    Ok(discovery)
+    Ok((registry, discovery))
 }
 
 /// `serving`, `draining` (the instance drains itself) or `drained-by-operator`.

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use registry::options::redact;
-use registry::{Discovery, ServiceConf, ServiceNode};
+use registry::{Discovery, DrainingNodes, ServiceNode};
+
+use crate::inspect::{Scope, open};
 
 /// How long the command waits for discovery to show the change.
 const SEEN_WITHIN: Duration = Duration::from_secs(30);
@@ -22,15 +24,10 @@ const SEEN_WITHIN: Duration = Duration::from_secs(30);
 /// Options of `registryctl drain` and `undrain`.
 #[derive(Args, Debug)]
 pub struct DrainArgs {
-    /// Backend URL (`memory://`, `etcd://host:2379`, `consul://host:8500`, `kubernetes://?mode=lease`).
-    #[arg(long, env = "REGISTRY_URL")]
-    url: String,
-    /// Namespace.
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// Environment.
-    #[arg(long)]
-    env: String,
+    /// Backend, namespace and env (`--json` prints the node as discovery
+    /// shows it afterwards).
+    #[command(flatten)]
+    scope: Scope,
     /// The instance's lease id (`registryctl list` shows it).
     #[arg(long)]
     lease_id: i64,
@@ -38,9 +35,6 @@ pub struct DrainArgs {
     /// with this lease id (found from the listing otherwise).
     #[arg(long)]
     app: Option<String>,
-    /// Print JSON (the node as discovery shows it afterwards).
-    #[arg(long)]
-    json: bool,
 }
 
 fn describe(node: &ServiceNode) -> String {
@@ -70,15 +64,10 @@ fn find(discovery: &dyn Discovery, lease_id: i64, app: Option<&str>) -> anyhow::
 
 /// `registryctl drain` (`drained = true`) and `undrain`.
 pub async fn run(args: DrainArgs, drained: bool) -> anyhow::Result<()> {
-    let url = redact(&args.url);
-    let registry = registry::connect(args.url.as_str()).await.with_context(|| format!("connecting to {url}"))?;
-    let discovery = registry.discoverer(&args.env, ServiceConf::default().with_namespace(&args.namespace))?;
-    tokio::time::timeout(SEEN_WITHIN, discovery.watcher())
-        .await
-        .context("no answer from the backend within 30 s")?
-        .with_context(|| format!("listing {url}"))?;
+    let url = redact(&args.scope.url);
+    let (registry, discovery) = open(&args.scope, DrainingNodes::Exclude).await?;
     let node = find(&*discovery, args.lease_id, args.app.as_deref())?;
-    let operator = registry.operator(&args.namespace, &args.env)?;
+    let operator = registry.operator(&args.scope.namespace, &args.scope.env)?;
     operator
         .set_drained(&node.meta.app_id, node.lease_id, drained)
         .await
@@ -97,7 +86,7 @@ pub async fn run(args: DrainArgs, drained: bool) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("the mark was written but discovery did not show it within {SEEN_WITHIN:?}"))?;
     discovery.unwatch();
-    if args.json {
+    if args.scope.json {
         println!("{}", serde_json::to_string_pretty(&*shown)?);
     } else if drained {
         println!("drained {}: get_service no longer answers it; `registryctl undrain` takes it back", describe(&shown));
