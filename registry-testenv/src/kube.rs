@@ -383,16 +383,7 @@ impl KubeServer {
 
     /// Creates a ServiceAccount (already existing is fine).
     pub async fn create_service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let sa = ServiceAccount {
-            metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
-            ..ServiceAccount::default()
-        };
-        match accounts.create(&PostParams::default(), &sa).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        create_service_account(&self.client, namespace, name).await
     }
 
     /// A token for ServiceAccount `namespace/name` (TokenRequest, one hour).
@@ -602,5 +593,20 @@ fn user_ca_line(path: &Path) -> String {
             format!("certificate-authority: {}", c.certificate_authority.unwrap_or_default())
         }
         _ => "insecure-skip-tls-verify: true".to_owned(),
+    }
+}
+
+/// Creates ServiceAccount `namespace/name` through `client` (already
+/// existing is fine): for this server and for the Kubernetes node alike.
+pub async fn create_service_account(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
+        ..ServiceAccount::default()
+    };
+    match accounts.create(&PostParams::default(), &sa).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

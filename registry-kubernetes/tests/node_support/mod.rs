@@ -129,16 +129,7 @@ impl Cluster {
 
     /// Creates ServiceAccount `namespace/name` (existing is fine).
     pub async fn service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let sa = ServiceAccount {
-            metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
-            ..ServiceAccount::default()
-        };
-        match accounts.create(&PostParams::default(), &sa).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        registry_testenv::kube::create_service_account(&self.client, namespace, name).await
     }
 
     /// Applies `deploy/rbac/<mode>.yaml` in `namespace`, bound to ServiceAccount
