@@ -5,7 +5,7 @@
 //!
 //! With `metrics-exporter-prometheus`, one line serves them all:
 //!
-//! ```ignore
+//! ```text
 //! metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(([127, 0, 0, 1], 9464)).install()?;
 //! registry_core::telemetry::describe(); // HELP lines and units, optional
 //! ```
