@@ -267,6 +267,15 @@ impl Register for Registrar {
                 return Ok(());
             }
         }
+        if !self.inner.writer.needs_heartbeats() {
+            // Nothing to renew: the platform judges liveness. Wait for the uninstall.
+            while phase.changed().await.is_ok() {
+                if *phase.borrow_and_update() != Phase::Installed {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let conf = &self.inner.conf;
         let cadence = conf.ttl / 2;
         let mut backoff = Backoff::new((conf.ttl / 20).max(MIN_RETRY_DELAY), conf.ttl / 4);

@@ -153,6 +153,15 @@ pub trait StoreWriter: Send + Sync + 'static {
 
     /// Removes the record. Removing a record that is already gone succeeds.
     async fn remove(&self, node: &ServiceNode) -> Result<()>;
+
+    /// Whether the record needs [`renew`](Self::renew) calls to stay alive.
+    /// A store whose liveness is the platform's (Kubernetes EndpointSlices,
+    /// where the kubelet's readiness decides) returns `false`, and the
+    /// registrar's `sustain_lease` then only waits for the uninstall.
+    /// Default `true`.
+    fn needs_heartbeats(&self) -> bool {
+        true
+    }
 }
 
 /// How a record's liveness is judged.

@@ -27,6 +27,10 @@ pub enum Mode {
     /// Labels and an annotation on the registrar's own Pod; a node is live
     /// while its Pod is `Running`.
     Pod,
+    /// No per-instance record: instances are the ready endpoints of the
+    /// EndpointSlices of the env's Services, methods are declared once per
+    /// app in an annotation on its Service (`endpointslice.rs`).
+    EndpointSlice,
 }
 
 impl Mode {
@@ -36,16 +40,21 @@ impl Mode {
             Mode::Lease => "lease",
             Mode::ConfigMap => "configmap",
             Mode::Pod => "pod",
+            Mode::EndpointSlice => "endpointslice",
         }
     }
 
-    /// Parses `lease`, `configmap` or `pod` (case-insensitive).
+    /// Parses `lease`, `configmap`, `pod` or `endpointslice` (case-insensitive).
     pub fn parse(value: &str) -> Result<Self> {
         match value.to_ascii_lowercase().as_str() {
             "lease" | "leases" => Ok(Mode::Lease),
             "configmap" | "configmaps" | "config-map" => Ok(Mode::ConfigMap),
             "pod" | "pods" => Ok(Mode::Pod),
-            other => Err(Error::invalid("kubernetes.mode", format!("`{other}` is not one of lease, configmap, pod"))),
+            "endpointslice" | "endpointslices" | "endpoint-slice" => Ok(Mode::EndpointSlice),
+            other => Err(Error::invalid(
+                "kubernetes.mode",
+                format!("`{other}` is not one of lease, configmap, pod, endpointslice"),
+            )),
         }
     }
 }
@@ -55,6 +64,35 @@ impl std::fmt::Display for Mode {
         f.write_str(self.as_str())
     }
 }
+
+/// What `network.internal` a discovered node carries in [`Mode::EndpointSlice`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AddressMode {
+    /// One node per ready endpoint, addressed `ip:port` (the default): the
+    /// client balances.
+    #[default]
+    Endpoint,
+    /// One node per Service while it has a ready endpoint, addressed by the
+    /// Service's cluster DNS name and port
+    /// (`<svc>.<ns>.svc.<cluster domain>:<port>`): discovery answers which
+    /// Service serves a method and a mesh (Istio) or kube-proxy balances.
+    Service,
+}
+
+impl AddressMode {
+    /// Parses `endpoint` or `service`.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "endpoint" | "endpoints" | "pod" => Ok(AddressMode::Endpoint),
+            "service" => Ok(AddressMode::Service),
+            other => Err(Error::invalid("kubernetes.address", format!("`{other}` is not one of endpoint, service"))),
+        }
+    }
+}
+
+/// The cluster DNS domain used when none is configured.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// How the client finds the API server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,6 +160,16 @@ pub struct KubernetesConfig {
     ///   the permission error and hides nothing). Off, these modes follow the
     ///   registrar's heartbeat and drain mark only.
     pub readiness: Option<bool>,
+    /// [`Mode::EndpointSlice`]: the Service a registrar declares its methods
+    /// on (`service=` in the URL; default: the app id, which must then be a
+    /// valid Service name).
+    pub service: Option<String>,
+    /// [`Mode::EndpointSlice`]: how discovered nodes are addressed
+    /// (`address=endpoint|service`; default [`AddressMode::Endpoint`]).
+    pub address: AddressMode,
+    /// [`Mode::EndpointSlice`] with [`AddressMode::Service`]: the cluster DNS
+    /// domain (`cluster_domain=`; default [`DEFAULT_CLUSTER_DOMAIN`]).
+    pub cluster_domain: String,
 }
 
 impl Default for KubernetesConfig {
@@ -138,6 +186,9 @@ impl Default for KubernetesConfig {
             field_manager: "registry".to_owned(),
             max_conflict_retries: 10,
             readiness: None,
+            service: None,
+            address: AddressMode::default(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
         }
     }
 }
@@ -155,6 +206,8 @@ impl std::fmt::Debug for KubernetesConfig {
             .field("namespace", &self.namespace)
             .field("reap", &self.reap)
             .field("readiness", &self.readiness)
+            .field("service", &self.service)
+            .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +277,18 @@ impl KubernetesConfig {
         self
     }
 
+    /// Sets the Service a registrar declares its methods on ([`Mode::EndpointSlice`]).
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// Sets how discovered nodes are addressed ([`Mode::EndpointSlice`]).
+    pub fn with_address(mut self, address: AddressMode) -> Self {
+        self.address = address;
+        self
+    }
+
     /// Whether discovery honours the Pods' `Ready` condition: the
     /// [`readiness`](Self::readiness) setting, else on in [`Mode::Pod`] and
     /// off in the other modes.
@@ -231,7 +296,7 @@ impl KubernetesConfig {
         self.readiness.unwrap_or(self.mode == Mode::Pod)
     }
 
-    /// Parses `kubernetes://[?mode=lease|configmap|pod&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&reap=true|false&readiness=true|false]`.
+    /// Parses `kubernetes://[?mode=lease|configmap|pod|endpointslice&kubeconfig=PATH&context=NAME&prefix=P&pod=NAME&namespace=NS&reap=true|false&readiness=true|false&service=NAME&address=endpoint|service&cluster_domain=D]`.
     ///
     /// `kubernetes://in-cluster` (or `incluster=true`) forces the in-cluster
     /// service account; otherwise the kubeconfig is inferred
@@ -277,6 +342,15 @@ impl KubernetesConfig {
         if let Some(on) = options.bool("readiness")? {
             config.readiness = Some(on);
         }
+        if let Some(service) = options.string("service") {
+            config.service = Some(service).filter(|v| !v.is_empty());
+        }
+        if let Some(address) = options.string("address") {
+            config.address = AddressMode::parse(&address)?;
+        }
+        if let Some(domain) = options.string("cluster_domain") {
+            config.cluster_domain = domain;
+        }
         options.finish()?;
         config.validate()?;
         Ok(config)
@@ -290,6 +364,15 @@ impl KubernetesConfig {
         }
         if self.reap_after == 0 {
             return Err(Error::invalid("kubernetes.reap_after", "must be at least 1"));
+        }
+        if let Some(service) = &self.service {
+            crate::encode::validate_dns_label("kubernetes.service", service)?;
+        }
+        if !crate::encode::is_dns_subdomain(&self.cluster_domain) {
+            return Err(Error::invalid(
+                "kubernetes.cluster_domain",
+                format!("`{}` is not a DNS name", self.cluster_domain),
+            ));
         }
         if self.field_manager.is_empty() {
             return Err(Error::invalid("kubernetes.field_manager", "must not be empty"));
@@ -345,6 +428,13 @@ mod tests {
         assert!(parse("kubernetes://?mode=pod").is_ok_and(|c| c.honours_readiness()));
         assert!(parse("kubernetes://?mode=lease").is_ok_and(|c| !c.honours_readiness()));
         assert!(parse("kubernetes://?mode=lease&readiness=true").is_ok_and(|c| c.honours_readiness()));
+        let slices =
+            parse("kubernetes://?mode=endpointslice&service=greeter&address=service&cluster_domain=corp.internal")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(slices.mode, Mode::EndpointSlice);
+        assert_eq!(slices.service.as_deref(), Some("greeter"));
+        assert_eq!(slices.address, AddressMode::Service);
+        assert_eq!(slices.cluster_domain, "corp.internal");
         assert_eq!(c.mode, Mode::ConfigMap);
         assert_eq!(c.cluster, ClusterSource::Kubeconfig("/tmp/kc".into()));
         assert_eq!(c.context.as_deref(), Some("kind"));
@@ -358,7 +448,14 @@ mod tests {
 
     #[test]
     fn bad_urls_name_the_problem() {
-        for bad in ["kubernetes://?mode=disk", "kubernetes://?colour=blue", "kubernetes://somehost", "etcd://x"] {
+        for bad in [
+            "kubernetes://?mode=disk",
+            "kubernetes://?colour=blue",
+            "kubernetes://somehost",
+            "etcd://x",
+            "kubernetes://?mode=endpointslice&address=cluster",
+            "kubernetes://?mode=endpointslice&service=Bad_Name",
+        ] {
             assert!(matches!(parse(bad), Err(Error::InvalidConfig { .. })), "{bad}");
         }
         assert!(matches!(parse("kubernetes://?prefix=Bad_Prefix"), Err(Error::InvalidConfig { .. })));

@@ -6,6 +6,7 @@
 //! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance (`lease.rs`) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
 //! | [`Mode::ConfigMap`] (the Go framework's ConfigMap layout) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
 //! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running`, not terminating and `Ready` ([`KubernetesConfig::readiness`]) | watch Pods by label selector |
+//! | [`Mode::EndpointSlice`] | none per instance: the app's methods in an annotation of its Service (`endpointslice.rs`) | the endpoint is `ready` in the Service's EndpointSlices (the kubelet's readiness) | watch the env's Services and the namespace's EndpointSlices, joined |
 //!
 //! Readiness ([`KubernetesConfig::readiness`]): pod mode counts only `Ready`
 //! Pods by default; lease and ConfigMap modes follow the registrar's
@@ -67,6 +68,7 @@
 mod config;
 mod configmap;
 mod encode;
+mod endpointslice;
 mod error;
 mod lease;
 mod operator;
@@ -79,15 +81,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use registry_core::store::{BackendSpec, Reap, Scope, Store, StoreReader, StoreWriter};
 use registry_core::{Error, Result};
 
-pub use config::{ClusterSource, DEFAULT_PREFIX, KubernetesConfig, Mode};
+pub use config::{AddressMode, ClusterSource, DEFAULT_CLUSTER_DOMAIN, DEFAULT_PREFIX, KubernetesConfig, Mode};
 pub use encode::{Names, configmap_key, configmap_name, lease_name};
+pub use endpointslice::{DEFAULT_PORT_NAME, Published, SERVICE_NAME_LABEL, instance_id};
 pub use error::{MAX_ANNOTATIONS_BYTES, MAX_CONFIGMAP_BYTES};
 pub use registry_core;
 
@@ -205,6 +208,63 @@ impl KubernetesStore {
         Ok(Arc::clone(batch))
     }
 
+    /// Declares app `app_id`'s methods on its Service for [`Mode::EndpointSlice`]
+    /// discovery in `scope` (what `registryctl publish` does from a
+    /// descriptor set): merges `methods` into the Service's method list,
+    /// or replaces the list when `replace` is set, and writes `version`
+    /// when given. The Service is [`KubernetesConfig::service`], else the
+    /// app id; it must exist. Idempotent: a Service that already says all
+    /// of it is not written.
+    ///
+    /// Errors: `InvalidConfig` when the Service is missing or labelled for
+    /// another env or app, `TooLarge` past Kubernetes' 256 KiB of
+    /// annotations, `Conflict` after [`KubernetesConfig::max_conflict_retries`]
+    /// concurrent writes, `PermissionDenied` without `get` + `patch` on services.
+    pub async fn publish(
+        &self,
+        scope: &Scope,
+        app_id: &str,
+        methods: &[String],
+        version: Option<&str>,
+        replace: bool,
+    ) -> Result<Published> {
+        self.validate(scope, Some(app_id))?;
+        let service = self.service_name(app_id)?;
+        let declaration = endpointslice::Declaration {
+            env: &scope.env,
+            app_id,
+            methods: methods.iter().map(String::as_str).collect(),
+            version,
+            weight: None,
+            replace,
+        };
+        let api = self.api::<Service>(scope);
+        let c = &self.config;
+        endpointslice::declare(&api, &self.names, &service, &declaration, &c.field_manager, c.max_conflict_retries)
+            .await
+    }
+
+    /// The Service of app `app_id` in [`Mode::EndpointSlice`].
+    fn service_name(&self, app_id: &str) -> Result<String> {
+        if let Some(service) = &self.config.service {
+            return Ok(service.clone());
+        }
+        let dns1035 = app_id.starts_with(|c: char| c.is_ascii_lowercase());
+        encode::validate_dns_label("meta.app_id", app_id)
+            .ok()
+            .filter(|_| dns1035)
+            .map(|_| app_id.to_owned())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "meta.app_id",
+                    format!(
+                        "`{app_id}` is not a Service name (lowercase letters, digits and `-`, starting with a letter, \
+                         at most 63): set the Service with `service=` (KubernetesConfig::service)"
+                    ),
+                )
+            })
+    }
+
     /// The reaper of long-dead records, unless [`KubernetesConfig::reap`] is off.
     fn reaper(&self, reaper: impl FnOnce(u32) -> Arc<dyn Reap>) -> Option<Arc<dyn Reap>> {
         self.config.reap.then(|| reaper(self.config.reap_after))
@@ -234,8 +294,14 @@ impl Store for KubernetesStore {
     fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
         let (field, namespace) = self.config.namespace_source(&scope.namespace);
         encode::validate_names(field, namespace, &scope.env, app_id)?;
-        if let (Mode::Pod, Some(app_id)) = (self.config.mode, app_id) {
-            self.names.selector_label(app_id)?;
+        match (self.config.mode, app_id) {
+            (Mode::Pod, Some(app_id)) => {
+                self.names.selector_label(app_id)?;
+            }
+            (Mode::EndpointSlice, Some(app_id)) => {
+                self.service_name(app_id)?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -277,6 +343,16 @@ impl Store for KubernetesStore {
                     c.max_conflict_retries,
                 ))
             }
+            Mode::EndpointSlice => Arc::new(endpointslice::SliceWriter::new(
+                self.api::<Service>(scope),
+                self.api::<Pod>(scope),
+                names,
+                env,
+                c.service.clone(),
+                c.pod_name.clone(),
+                c.field_manager.clone(),
+                c.max_conflict_retries,
+            )),
         })
     }
 
@@ -287,6 +363,13 @@ impl Store for KubernetesStore {
             Mode::Lease => Objects::Leases(self.api(scope)),
             Mode::ConfigMap => Objects::ConfigMap(self.api(scope)),
             Mode::Pod => Objects::Pods(self.api(scope)),
+            Mode::EndpointSlice => {
+                return Err(Error::backend(
+                    KIND,
+                    "endpointslice mode has no per-instance record to mark: drain an instance by its readiness \
+                     (the `registered` readiness gate, which `drain()` sets) or by deleting its Pod",
+                ));
+            }
         };
         let c = &self.config;
         Ok(Arc::new(KubeOperator::new(
@@ -323,6 +406,17 @@ impl Store for KubernetesStore {
                     watcher::Config::default().labels(&selector),
                     None,
                 ))
+            }
+            Mode::EndpointSlice => {
+                let c = &self.config;
+                let view = endpointslice::View::new(
+                    self.names.clone(),
+                    scope.env.clone(),
+                    c.namespace_for(&scope.namespace).to_owned(),
+                    c.address,
+                    c.cluster_domain.clone(),
+                );
+                return Ok(Arc::new(endpointslice::SliceReader::new(view, self.api(scope), self.api(scope))));
             }
         };
         // Pod mode reads readiness from the Pods it watches; the others join with the namespace's Pods.

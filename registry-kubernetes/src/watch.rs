@@ -126,22 +126,8 @@ impl<L: Layout> WatchReader<L> {
 
 impl<L: Layout> StoreReader for WatchReader<L> {
     fn events(&self) -> BoxStream<'static, StoreEvent> {
-        let watch = Probed {
-            differ: Differ::new(Arc::clone(&self.layout)),
-            client: self.api.clone().into_client(),
-            api: self.api.clone(),
-            config: self.config.clone(),
-            watcher: None,
-            watching: false,
-            unreachable: false,
-            last_heard: Instant::now(),
-        };
-        stream::unfold(watch, |mut watch| async move {
-            let events = watch.next().await;
-            Some((stream::iter(events), watch))
-        })
-        .flatten()
-        .boxed()
+        let differ = Differ::new(Arc::clone(&self.layout), self.api.clone(), self.config.clone());
+        probed(differ, self.api.clone().into_client())
     }
 
     fn reaper(&self) -> Option<Arc<dyn Reap>> {
@@ -153,51 +139,70 @@ impl<L: Layout> StoreReader for WatchReader<L> {
     }
 }
 
-type WatcherStream<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
+/// What the liveness probe watches over: one or more kube-runtime watchers
+/// whose events a mode turns into store events.
+pub(crate) trait Source: Send + 'static {
+    /// One item of the source's stream.
+    type Item: Send + 'static;
 
-/// kube-runtime's watcher with the liveness probe (see the module docs).
-struct Probed<L: Layout> {
-    differ: Differ<L>,
+    /// Resource name(s) for logs.
+    fn resource(&self) -> &'static str;
+
+    /// A fresh stream: the watchers started anew (they list first).
+    fn start(&mut self) -> BoxStream<'static, Self::Item>;
+
+    /// The store events for one item (`StoreEvent::Error` for a failed call).
+    fn apply(&mut self, item: Self::Item) -> Vec<StoreEvent>;
+
+    /// The source has listed and is watching (a probe's answer then
+    /// confirms the view).
+    fn watching(&self) -> bool;
+}
+
+/// The store events of `source`, with the liveness probe of the module docs
+/// over `client`.
+pub(crate) fn probed<S: Source>(source: S, client: Client) -> BoxStream<'static, StoreEvent> {
+    let watch = Probed { source, client, stream: None, unreachable: false, last_heard: Instant::now() };
+    stream::unfold(watch, |mut watch| async move {
+        let events = watch.next().await;
+        Some((stream::iter(events), watch))
+    })
+    .flatten()
+    .boxed()
+}
+
+/// A source with the liveness probe (see the module docs).
+struct Probed<S: Source> {
+    source: S,
     client: Client,
-    api: Api<L::Object>,
-    config: watcher::Config,
     /// Created on first use and again after the server was unreachable.
-    watcher: Option<WatcherStream<L::Object>>,
-    /// The watcher has listed and watches (`InitDone` seen, no `Init` since).
-    watching: bool,
+    stream: Option<BoxStream<'static, S::Item>>,
     /// The last probe got no answer.
     unreachable: bool,
-    /// When the watcher last delivered or a probe last ended.
+    /// When the source last delivered or a probe last ended.
     last_heard: Instant,
 }
 
-impl<L: Layout> Probed<L> {
+impl<S: Source> Probed<S> {
     /// The next store events (never empty).
     async fn next(&mut self) -> Vec<StoreEvent> {
         loop {
             let wait = if self.unreachable { RECHECK_EVERY } else { PROBE_AFTER };
             let probe_at = self.last_heard + wait;
-            let watcher = self.watcher.get_or_insert_with(|| {
-                watcher::watcher(self.api.clone(), self.config.clone()).default_backoff().boxed()
-            });
+            let source = &mut self.source;
+            let stream = self.stream.get_or_insert_with(|| source.start());
             tokio::select! {
-                event = watcher.next() => {
+                item = stream.next() => {
                     self.last_heard = Instant::now();
-                    let Some(event) = event else {
-                        // The watcher never ends; if it did, start it again.
-                        self.watcher = None;
-                        self.watching = false;
+                    let Some(item) = item else {
+                        // The watchers never end; if they did, start them again.
+                        self.stream = None;
                         continue;
                     };
-                    match &event {
-                        Ok(Event::Init) => self.watching = false,
-                        Ok(Event::InitDone) => self.watching = true,
-                        _ => {}
-                    }
-                    if event.is_ok() {
+                    let out = self.source.apply(item);
+                    if !out.iter().any(|e| matches!(e, StoreEvent::Error(_))) {
                         self.unreachable = false;
                     }
-                    let out = self.differ.apply(event);
                     if !out.is_empty() {
                         return out;
                     }
@@ -226,34 +231,49 @@ impl<L: Layout> Probed<L> {
             Ok(Err(e)) => Some(crate::error::map(e, crate::error::Call::new("get", "version", ""))),
             Err(_) => Some(Error::Timeout { backend: KIND, operation: "probe", after: limit }),
         };
+        let resource = self.source.resource();
         match failure {
             Some(error) if self.unreachable => {
-                tracing::debug!(%error, resource = L::RESOURCE, "the API server is still unreachable");
+                tracing::debug!(%error, resource, "the API server is still unreachable");
                 None
             }
             Some(error) => {
-                tracing::warn!(%error, resource = L::RESOURCE, "the watch is silent and the API server does not answer");
+                tracing::warn!(%error, resource, "the watch is silent and the API server does not answer");
                 self.unreachable = true;
                 Some(vec![StoreEvent::Error(error)])
             }
             None if self.unreachable => {
                 // Reachable again: list afresh rather than wait for the
-                // connections of the old watcher to come back.
-                tracing::info!(resource = L::RESOURCE, "the API server answers again; listing afresh");
+                // connections of the old watchers to come back.
+                tracing::info!(resource, "the API server answers again; listing afresh");
                 self.unreachable = false;
-                self.watcher = None;
-                self.watching = false;
+                self.stream = None;
                 None
             }
-            None if self.watching => Some(vec![StoreEvent::Progress]),
+            None if self.source.watching() => Some(vec![StoreEvent::Progress]),
             None => None,
         }
     }
 }
 
+/// kube-runtime's watcher over `api` with the default backoff.
+pub(crate) fn watch_objects<K>(
+    api: &Api<K>,
+    config: &watcher::Config,
+) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher::watcher(api.clone(), config.clone()).default_backoff().boxed()
+}
+
 /// Turns watcher events into store events, remembering each object's keys.
 struct Differ<L: Layout> {
     layout: Arc<L>,
+    api: Api<L::Object>,
+    config: watcher::Config,
+    /// The watcher has listed and watches (`InitDone` seen, no `Init` since).
+    watching: bool,
     /// Object name → keys it produced.
     keys: HashMap<String, Vec<String>>,
     /// Keys gathered during an initial listing.
@@ -261,11 +281,33 @@ struct Differ<L: Layout> {
 }
 
 impl<L: Layout> Differ<L> {
-    fn new(layout: Arc<L>) -> Self {
-        Self { layout, keys: HashMap::new(), pending: None }
+    fn new(layout: Arc<L>, api: Api<L::Object>, config: watcher::Config) -> Self {
+        Self { layout, api, config, watching: false, keys: HashMap::new(), pending: None }
+    }
+}
+
+impl<L: Layout> Source for Differ<L> {
+    type Item = Result<Event<L::Object>, watcher::Error>;
+
+    fn resource(&self) -> &'static str {
+        L::RESOURCE
     }
 
-    fn apply(&mut self, event: Result<Event<L::Object>, watcher::Error>) -> Vec<StoreEvent> {
+    fn start(&mut self) -> BoxStream<'static, Self::Item> {
+        self.watching = false;
+        watch_objects(&self.api, &self.config)
+    }
+
+    fn watching(&self) -> bool {
+        self.watching
+    }
+
+    fn apply(&mut self, event: Self::Item) -> Vec<StoreEvent> {
+        match &event {
+            Ok(Event::Init) => self.watching = false,
+            Ok(Event::InitDone) => self.watching = true,
+            _ => {}
+        }
         match event {
             Err(error) => {
                 tracing::debug!(%error, resource = L::RESOURCE, "watch failed; kube-runtime retries with backoff");
@@ -274,7 +316,9 @@ impl<L: Layout> Differ<L> {
             Ok(event) => self.event(event),
         }
     }
+}
 
+impl<L: Layout> Differ<L> {
     fn event(&mut self, event: Event<L::Object>) -> Vec<StoreEvent> {
         match event {
             Event::Init => {

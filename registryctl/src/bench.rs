@@ -408,6 +408,9 @@ impl StoreWriter for CountingWriter {
     async fn remove(&self, node: &ServiceNode) -> registry::Result<()> {
         self.inner.remove(node).await
     }
+    fn needs_heartbeats(&self) -> bool {
+        self.inner.needs_heartbeats()
+    }
 }
 
 fn load1() -> f64 {
