@@ -473,6 +473,26 @@ impl Agent {
         Ok((entries.unwrap_or_default(), reply.index.unwrap_or(0)))
     }
 
+    /// `GET /v1/kv/<prefix>?keys&separator=/`, optionally blocking: the keys
+    /// directly below `prefix` and its sub-folders (ending in `/`). An empty
+    /// prefix (404) is an empty list with its index.
+    pub(crate) async fn kv_folders(&self, prefix: &str, block: Option<Block>) -> Result<(Vec<String>, u64)> {
+        const OP: &str = "list KV folders";
+        let path = format!("/v1/kv/{prefix}");
+        let (pairs, limit) =
+            self.blocking_pairs(block, vec![("keys", "true".to_owned()), ("separator", "/".to_owned())]);
+        let reply = self.send(OP, Method::GET, &path, &pairs, None, limit).await?;
+        match reply.status {
+            200 => {
+                let keys: Option<Vec<String>> =
+                    serde_json::from_slice(&reply.body).map_err(|e| error::decode(OP, &e))?;
+                Ok((keys.unwrap_or_default(), reply.index.unwrap_or(0)))
+            }
+            404 => Ok((Vec::new(), reply.index.unwrap_or(0))),
+            status => Err(error::status(OP, status, &reply.text(), self.token())),
+        }
+    }
+
     /// `GET /v1/kv/<prefix>?recurse`, optionally blocking. An empty prefix
     /// (404) is an empty list with its index.
     pub(crate) async fn kv_list(&self, prefix: &str, block: Option<Block>) -> Result<(Vec<KvEntry>, u64)> {

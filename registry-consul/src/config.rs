@@ -19,6 +19,68 @@ pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(60);
 /// Longest blocking wait Consul honours.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
 
+/// How instances map to Consul services ([`ConsulConfig::layout`], URL
+/// option `layout=single|per-app`).
+///
+/// Both layouts keep the node JSON in KV at
+/// `<namespace>/<env>/<app_id>/<lease_id>` under a session bound to the
+/// instance's TTL check, and the same service IDs; they differ in the
+/// service **name** and in how discovery watches. Every process of one env
+/// must use the same layout: a reader lists only the instances written in
+/// its own layout (the others have a KV record but no passing service under
+/// the name it reads, which it treats as expiring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// The Go framework's layout (the default): every instance of an env is
+    /// one service `<namespace>-<env>`. Go readers and writers share it, but
+    /// every change wakes each discoverer's blocking queries, which answer
+    /// with the **whole env** (about 3.7 KB per instance per change).
+    #[default]
+    Single,
+    /// One service per app, `<namespace>-<env>-<app_id>`; discovery holds one
+    /// blocking query on the env's app folders in KV and one per app on that
+    /// app's KV prefix, and reads an app's health only when its KV changed,
+    /// so a change costs its own app's instances (plus the env's list of app
+    /// names). Go readers do not see these instances (they read
+    /// `<namespace>-<env>`). Names must be what Consul's DNS interface
+    /// serves: letters, digits and `-`, the service name at most 63 bytes
+    /// ([`ConsulStore::validate`](crate::ConsulStore)). A discoverer holds
+    /// `1 + apps` blocking connections to its agent, which counts them
+    /// against `limits.http_max_conns_per_client` (200 per client address
+    /// by default): raise it for envs of more than about 100 apps.
+    PerApp,
+}
+
+impl Layout {
+    /// The URL option's spelling: `single` or `per-app`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Single => "single",
+            Layout::PerApp => "per-app",
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+
+    /// `single` (also `single-service`) or `per-app`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "single" | "single-service" => Ok(Layout::Single),
+            "per-app" => Ok(Layout::PerApp),
+            other => Err(Error::invalid("consul.layout", format!("`{other}` is not `single` or `per-app`"))),
+        }
+    }
+}
+
 /// How to reach a Consul agent.
 ///
 /// `Debug` never shows the ACL token:
@@ -41,6 +103,9 @@ pub struct ConsulConfig {
     pub request_timeout: Duration,
     /// Wait of one blocking query (discovery).
     pub watch_wait: Duration,
+    /// How instances map to Consul services (default: the Go framework's
+    /// single service per env).
+    pub layout: Layout,
 }
 
 impl fmt::Debug for ConsulConfig {
@@ -51,6 +116,7 @@ impl fmt::Debug for ConsulConfig {
             .field("datacenter", &self.datacenter)
             .field("request_timeout", &self.request_timeout)
             .field("watch_wait", &self.watch_wait)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -83,6 +149,7 @@ impl ConsulConfig {
             datacenter: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             watch_wait: DEFAULT_WATCH_WAIT,
+            layout: Layout::Single,
         }
     }
 
@@ -123,10 +190,17 @@ impl ConsulConfig {
         self
     }
 
-    /// Parses `consul://[token@]host[:port][?dc=…&timeout=…&wait=…&tls=…]`
+    /// Sets the layout ([`Layout`]).
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Parses `consul://[token@]host[:port][?dc=…&timeout=…&wait=…&tls=…&layout=…]`
     /// (`consuls://` is the same with TLS on). Options follow core's
     /// [`UrlOptions`] convention: `timeout=5s` (each request), `wait=5m`
-    /// (blocking-query wait), `tls=true|false`, `dc=NAME`.
+    /// (blocking-query wait), `tls=true|false`, `dc=NAME`,
+    /// `layout=single|per-app` ([`Layout`]).
     ///
     /// The token is the URL's user name (percent-encoded), or its password
     /// when the user name is empty (`consul://:token@host`). `tls=true`, or
@@ -171,6 +245,9 @@ impl ConsulConfig {
         }
         if let Some(on) = options.bool("tls")? {
             tls = on;
+        }
+        if let Some(layout) = options.string("layout") {
+            config.layout = layout.parse()?;
         }
         options.finish()?;
         let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
@@ -248,6 +325,21 @@ mod tests {
         assert_eq!(c.datacenter.as_deref(), Some("dc2"));
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(c.watch_wait, Duration::from_secs(30));
+        assert_eq!(c.layout, Layout::Single);
+    }
+
+    #[test]
+    fn layout_option() {
+        assert_eq!(parse("consul://h:1?layout=per-app").expect("ok").layout, Layout::PerApp);
+        assert_eq!(parse("consul://h:1?layout=single").expect("ok").layout, Layout::Single);
+        match parse("consul://h:1?layout=sideways") {
+            Err(Error::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "consul.layout");
+                assert!(reason.contains("sideways"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Layout::PerApp.to_string(), "per-app");
     }
 
     #[test]

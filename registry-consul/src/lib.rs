@@ -86,12 +86,13 @@ mod client;
 mod config;
 mod error;
 mod operator;
+mod per_app;
 mod reader;
 mod store;
 mod writer;
 
 pub use config::{
-    ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
+    ConsulConfig, DEFAULT_ADDRESS, Layout, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT,
 };
 pub use error::{KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
 pub use registry_core;

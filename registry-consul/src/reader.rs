@@ -1,5 +1,7 @@
-//! Reading a scope: blocking queries on the health of the service and on the
-//! KV prefix, joined into records; the resume point is the pair of indexes.
+//! Reading a scope in the single-service layout: blocking queries on the
+//! health of the service and on the KV prefix, joined into records; the
+//! resume point is the pair of indexes. The join, the probe and the pacing
+//! are shared with the per-app layout ([`crate::per_app`]).
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -68,21 +70,12 @@ impl ReaderShared {
 
     /// Reads both halves now (no blocking).
     async fn fetch(&self) -> Result<View> {
-        let agent = &self.client.agent;
-        let ((health, health_index), (kv, kv_index)) =
-            tokio::try_join!(agent.health_passing(&self.service, None), agent.kv_list(&self.prefix, None))?;
+        let ((health, health_index), (kv, kv_index)) = read_pair(&self.client, &self.service, &self.prefix).await?;
         Ok(View { health, kv, at: Indexes { health: health_index, kv: kv_index } })
     }
 
-    /// Whether the agent answers, through its servers, within the request
-    /// timeout: `GET /v1/status/leader` (no ACL needed), an error when it
-    /// fails, times out or names no leader (no read can be current then).
     async fn probe(&self) -> Result<()> {
-        let leader = self.client.agent.leader().await?;
-        if leader.is_empty() {
-            return Err(registry_core::Error::unavailable(KIND, "the agent knows no cluster leader"));
-        }
-        Ok(())
+        probe(&self.client).await
     }
 
     /// A listing of `view`, resumable from its indexes.
@@ -259,8 +252,30 @@ impl Watch {
     }
 }
 
+/// Reads, without blocking, the passing instances of `service` and the KV
+/// entries under `kv_prefix`, each with its index (both layouts).
+pub(crate) async fn read_pair(
+    client: &Client,
+    service: &str,
+    kv_prefix: &str,
+) -> Result<((Vec<HealthEntry>, u64), (Vec<KvEntry>, u64))> {
+    let agent = &client.agent;
+    tokio::try_join!(agent.health_passing(service, None), agent.kv_list(kv_prefix, None))
+}
+
+/// Whether the agent answers, through its servers, within the request
+/// timeout: `GET /v1/status/leader` (no ACL needed), an error when it
+/// fails, times out or names no leader (no read can be current then).
+pub(crate) async fn probe(client: &Client) -> Result<()> {
+    let leader = client.agent.leader().await?;
+    if leader.is_empty() {
+        return Err(registry_core::Error::unavailable(KIND, "the agent knows no cluster leader"));
+    }
+    Ok(())
+}
+
 /// Keeps blocking rounds that brought nothing at least [`IDLE_ROUND`] apart.
-async fn pace(started: Instant) {
+pub(crate) async fn pace(started: Instant) {
     let elapsed = started.elapsed();
     if elapsed < IDLE_ROUND {
         tokio::time::sleep(IDLE_ROUND - elapsed).await;
@@ -314,7 +329,12 @@ fn in_scope(scope: &Scope, service: &HealthService) -> bool {
 ///   operator's mark on that record ([`RawRecord::drained_by_operator`]);
 /// - anything else under the prefix or the service name → a [`Malformed`]
 ///   entry core skips and counts.
-fn join(scope: &Scope, prefix: &str, health: &[HealthEntry], kv: &[KvEntry]) -> (Vec<RawRecord>, Vec<Malformed>) {
+pub(crate) fn join(
+    scope: &Scope,
+    prefix: &str,
+    health: &[HealthEntry],
+    kv: &[KvEntry],
+) -> (Vec<RawRecord>, Vec<Malformed>) {
     let passing: HashMap<&str, &HealthService> = health.iter().map(|e| (e.service.id.as_str(), &e.service)).collect();
     let mut used: HashSet<&str> = HashSet::new();
     let mut records = Vec::with_capacity(health.len());

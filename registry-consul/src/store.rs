@@ -40,8 +40,9 @@ use registry_core::store::{Scope, Store, StoreReader, StoreWriter};
 
 use crate::agent::Agent;
 use crate::client::Client;
-use crate::config::ConsulConfig;
+use crate::config::{ConsulConfig, Layout};
 use crate::error::KIND;
+use crate::per_app::PerAppReader;
 use crate::reader::{ConsulReader, ReaderShared};
 use crate::writer::ConsulWriter;
 
@@ -100,6 +101,23 @@ impl ConsulStore {
         format!("{}-{}", scope.namespace, scope.env)
     }
 
+    /// Consul service name of an app in the [`Layout::PerApp`] layout:
+    /// `<namespace>-<env>-<app_id>`. Names may contain `-`, so two scopes can
+    /// share a name (`a`/`b-c`/`d` and `a`/`b`/`c-d`): readers tell them
+    /// apart by the instances' `namespace` and `env` meta (a shared name
+    /// only costs wake-ups, never a wrong listing).
+    pub fn app_service_name(scope: &Scope, app_id: &str) -> String {
+        format!("{}-{}-{app_id}", scope.namespace, scope.env)
+    }
+
+    /// The service name of an instance of `app_id` in `layout`.
+    pub(crate) fn layout_service_name(layout: Layout, scope: &Scope, app_id: &str) -> String {
+        match layout {
+            Layout::Single => Self::service_name(scope),
+            Layout::PerApp => Self::app_service_name(scope, app_id),
+        }
+    }
+
     /// Service ID of one instance: `<namespace>-<env>-<app_id>-<lease_id>`.
     pub fn service_id(scope: &Scope, app_id: &str, lease_id: i64) -> String {
         format!("{}-{}-{app_id}-{lease_id}", scope.namespace, scope.env)
@@ -111,13 +129,34 @@ impl Store for ConsulStore {
         KIND
     }
 
+    /// Core's name rules ([`registry_core::conf::validate_names`]); in the
+    /// [`Layout::PerApp`] layout also Consul's rules for a service name its
+    /// DNS interface serves — letters, digits and `-` only, at most 63 bytes
+    /// for `<namespace>-<env>-<app_id>` (a discoverer, which has no app id,
+    /// checks that `<namespace>-<env>-` leaves room for one character) —
+    /// refused with [`Error::InvalidConfig`](registry_core::Error::InvalidConfig)
+    /// naming the field.
+    fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
+        registry_core::conf::validate_names(&scope.namespace, &scope.env, app_id)?;
+        if self.client.config.layout == Layout::PerApp {
+            crate::per_app::validate_names(scope, app_id)?;
+        }
+        Ok(())
+    }
+
     fn writer(&self, scope: &Scope) -> Result<Arc<dyn StoreWriter>> {
         Ok(Arc::new(ConsulWriter::new(Arc::clone(&self.client), scope.clone())))
     }
 
     fn reader(&self, scope: &Scope) -> Result<Arc<dyn StoreReader>> {
-        let source = ConsulReader::new(ReaderShared::new(Arc::clone(&self.client), scope, Self::service_name(scope)));
-        Ok(Arc::new(ListWatchReader::new(Arc::new(source))))
+        let client = Arc::clone(&self.client);
+        Ok(match client.config.layout {
+            Layout::Single => {
+                let source = ConsulReader::new(ReaderShared::new(client, scope, Self::service_name(scope)));
+                Arc::new(ListWatchReader::new(Arc::new(source)))
+            }
+            Layout::PerApp => Arc::new(ListWatchReader::new(Arc::new(PerAppReader::new(client, scope)))),
+        })
     }
 
     fn operator(&self, scope: &Scope) -> Result<Arc<dyn registry_core::operator::Operator>> {

@@ -72,7 +72,7 @@ impl ConsulWriter {
         let (address, port) = address_and_port(&node.network.internal);
         ServiceRegistration {
             id: ids.service_id.clone(),
-            name: ConsulStore::service_name(&self.scope),
+            name: ConsulStore::layout_service_name(self.client.config.layout, &self.scope, &node.meta.app_id),
             tags,
             meta,
             address,
