@@ -40,6 +40,31 @@
 //!   or the service name that are not ours are skipped and counted by core,
 //!   never fatal.
 //!
+//! # The per-app layout (opt-in)
+//!
+//! The layout above is the Go framework's and the default. Its cost grows
+//! with the env: each change wakes every discoverer's blocking queries,
+//! which answer with the whole env (about 3.7 KB per instance per change;
+//! propagation p99 907 ms at 2,000 instances, `docs/performance.md`). With
+//! [`Layout::PerApp`] — `consul://host:8500?layout=per-app`, or
+//! [`ConsulConfig::with_layout`] — each app is its own service,
+//! `<namespace>-<env>-<app_id>` (same IDs, meta, check, KV record, session
+//! and operator marks), and discovery blocks on the env's app folders in KV
+//! (`?keys&separator=/`) and on each app's KV prefix, reading an app's
+//! passing instances only when its prefix changed. A change then costs its
+//! own app's records plus the list of app names, and reaches the
+//! discoverer as an incremental change.
+//!
+//! The trade-offs: Go readers look only at `<namespace>-<env>`, so they do
+//! not see per-app instances (and per-app readers do not see Go or
+//! single-layout instances): every process of an env uses one layout. Names
+//! must be what Consul's DNS interface serves — letters, digits and `-`,
+//! the service name at most 63 bytes — or registrars and discoverers are
+//! refused with `InvalidConfig` naming the field. A discoverer holds
+//! `1 + apps` blocking connections to its agent, which counts connections
+//! per client address against `limits.http_max_conns_per_client` (200 by
+//! default): raise it for envs of more than about 100 apps.
+//!
 //! # Go services on the same Consul
 //!
 //! Go instances (service `<namespace>-<env>`, ID

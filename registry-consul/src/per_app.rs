@@ -21,6 +21,10 @@
 //!   blocking) and joined with the KV entries exactly as in the
 //!   single-service layout ([`crate::reader::join`]).
 //!
+//! A service instance that is not ours under an app's service name (no
+//! registry meta, no KV record) is reported malformed at that app's next
+//! KV change, not when it registers: only KV wakes a query here.
+//!
 //! A change therefore costs its own app's records plus the list of app
 //! names, and reaches core as incremental [`WatchUpdate::Changes`] (the
 //! difference to the app's previous records), not a whole-env listing. A
@@ -260,10 +264,12 @@ enum AppAnswer {
     /// The wait ran out, or the index moved without a change of ours.
     Unchanged,
     /// The prefix changed: its entries, their index, and the app's passing
-    /// instances read after them.
+    /// instances read after them. An index lower than the one asked for
+    /// (Consul reaped the tombstone that held the prefix's highest index, or
+    /// the agent restarted with fresh state) is a change too: the answer is
+    /// a whole listing of the prefix, and the next query blocks from it.
     Changed { kv: Vec<KvEntry>, kv_index: u64, health: Vec<HealthEntry> },
-    /// The index went backwards or is missing (the agent restarted with
-    /// fresh state): read the app again.
+    /// No index in the answer: read the app again.
     Reset,
 }
 
@@ -329,7 +335,7 @@ impl Watch {
             let started = Instant::now();
             let answer = async {
                 let (kv, kv_index) = shared.client.agent.kv_list(&shared.app_prefix(&name), Some(shared.block(index))).await?;
-                if kv_index == 0 || kv_index < index {
+                if kv_index == 0 {
                     pace(started).await;
                     return Ok(AppAnswer::Reset);
                 }
@@ -404,8 +410,8 @@ impl Watch {
     /// The app folders answered. `None`: the view must be read again.
     async fn on_folders(&mut self, (keys, index): (Vec<String>, u64)) -> Result<Option<WatchUpdate<AppIndexes>>> {
         let Some(previous) = self.view.as_ref().map(|v| v.folders_index) else { return Ok(None) };
-        if index == 0 || index < previous {
-            tracing::debug!(prefix = %self.shared.prefix, index, previous, "Consul index reset; reading the env again");
+        if index == 0 {
+            tracing::debug!(prefix = %self.shared.prefix, previous, "no Consul index; reading the env again");
             self.view = None;
             return Ok(None);
         }

@@ -1,20 +1,39 @@
 //! The conformance suite on a real Consul agent (`consul agent -dev` on
-//! loopback, or the user's agent from `CONSUL_HTTP_ADDR`).
+//! loopback, or the user's agent from `CONSUL_HTTP_ADDR`), once per layout:
+//! `consul` (the Go framework's single service per env, the default) and
+//! `consul-per-app` (one service per app, `?layout=per-app`).
 
+use std::marker::PhantomData;
 use std::process::ExitCode;
 
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
-use registry_consul::{ConsulConfig, ConsulStore, META_VALUE_LIMIT};
+use registry_consul::{ConsulConfig, ConsulStore, Layout, META_VALUE_LIMIT};
 use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_testenv::consul::{self, ConsulServer};
 use tokio::sync::Mutex;
 
-/// A Consul agent and a store connected to it.
-struct Consul {
+/// Which layout a suite runs.
+trait LayoutChoice: Send + Sync + 'static {
+    const LAYOUT: Layout;
+}
+
+struct Single;
+impl LayoutChoice for Single {
+    const LAYOUT: Layout = Layout::Single;
+}
+
+struct PerApp;
+impl LayoutChoice for PerApp {
+    const LAYOUT: Layout = Layout::PerApp;
+}
+
+/// A Consul agent and a store connected to it, in layout `L`.
+struct Consul<L> {
     server: Mutex<ConsulServer>,
     store: ConsulStore,
+    layout: PhantomData<L>,
 }
 
 fn unavailable(reason: impl std::fmt::Display) -> Unavailable {
@@ -22,15 +41,15 @@ fn unavailable(reason: impl std::fmt::Display) -> Unavailable {
 }
 
 /// The store configuration for `server`.
-fn config(server: &ConsulServer) -> ConsulConfig {
-    let config = ConsulConfig::new(server.address());
+fn config(server: &ConsulServer, layout: Layout) -> ConsulConfig {
+    let config = ConsulConfig::new(server.address()).with_layout(layout);
     match server.token() {
         Some(token) => config.with_token(token),
         None => config,
     }
 }
 
-impl Consul {
+impl<L> Consul<L> {
     /// One request of the test glue, failing on any status but 200.
     async fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
         let (status, answer) = self.server.lock().await.request(method, path, Some(body)).await?;
@@ -40,7 +59,7 @@ impl Consul {
 }
 
 #[async_trait]
-impl Backend for Consul {
+impl<L: LayoutChoice> Backend for Consul<L> {
     fn available() -> Result<(), Unavailable> {
         consul::available()
     }
@@ -54,8 +73,8 @@ impl Backend for Consul {
             ServerUse::Shared => ConsulServer::start().await?,
             ServerUse::Dedicated => ConsulServer::start_local().await?,
         };
-        let store = ConsulStore::connect(config(&server)).await.map_err(unavailable)?;
-        Ok(Consul { server: Mutex::new(server), store })
+        let store = ConsulStore::connect(config(&server, L::LAYOUT)).await.map_err(unavailable)?;
+        Ok(Consul { server: Mutex::new(server), store, layout: PhantomData })
     }
 
     async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
@@ -75,8 +94,9 @@ impl Backend for Consul {
 
     /// Two foreign entries per call, both where discovery of `scope` looks:
     /// a service instance of another owner under the scope's service name
-    /// (with `value` as its `node` meta when it fits), and a KV entry
-    /// `<prefix><name>` = `value`. Both clean themselves up: the service's
+    /// (single layout; per-app: the service of an app named `name`) with
+    /// `value` as its `node` meta when it fits, and a KV entry
+    /// `<prefix><name>` = `value` (per-app: an entry beside the app folders). Both clean themselves up: the service's
     /// TTL check lapses after a minute and deregisters it a minute later; the
     /// KV entry is held by a 60 s session with `Behavior=delete`.
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
@@ -84,10 +104,14 @@ impl Backend for Consul {
         if value.len() <= META_VALUE_LIMIT {
             meta["node"] = value.into();
         }
-        let id = format!("foreign-{}-{name}", ConsulStore::service_name(scope));
+        let service_name = match L::LAYOUT {
+            Layout::PerApp => ConsulStore::app_service_name(scope, name),
+            _ => ConsulStore::service_name(scope),
+        };
+        let id = format!("foreign-{service_name}-{name}");
         let service = serde_json::json!({
             "ID": id,
-            "Name": ConsulStore::service_name(scope),
+            "Name": service_name,
             "Meta": meta,
             "Check": { "CheckID": format!("service:{id}"), "TTL": "60s", "Status": "passing", "DeregisterCriticalServiceAfter": "1m" },
         });
@@ -112,5 +136,5 @@ impl Backend for Consul {
 }
 
 fn main() -> ExitCode {
-    Runner::new().suite::<Consul>("consul").run()
+    Runner::new().suite::<Consul<Single>>("consul").suite::<Consul<PerApp>>("consul-per-app").run()
 }

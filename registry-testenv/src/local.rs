@@ -13,7 +13,15 @@ use crate::kube::KubeServer;
 
 /// The backend names [`start`] knows: the facade's backend names, and the
 /// Kubernetes backend once per mode.
-pub const NAMES: &[&str] = &["memory", "etcd", "consul", "kubernetes-lease", "kubernetes-configmap", "kubernetes-pod"];
+pub const NAMES: &[&str] =
+    &["memory", "etcd", "consul", "consul-per-app", "kubernetes-lease", "kubernetes-configmap", "kubernetes-pod"];
+
+/// The agent flag `consul-per-app` adds: a per-app discoverer holds one
+/// blocking connection per app (plus one), and the agent refuses more than
+/// `limits.http_max_conns_per_client` (200 by default) from one address —
+/// here the bench's fleet, its discoverer and the separate discoverer all
+/// come from 127.0.0.1.
+pub const CONSUL_PER_APP_LIMITS: &str = "limits { http_max_conns_per_client = 8192 }";
 
 /// A started local server (or the user's, named by `ETCD_ENDPOINTS`,
 /// `CONSUL_HTTP_ADDR` or `KUBECONFIG`), running until dropped.
@@ -42,13 +50,21 @@ pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
             let server = EtcdServer::start().await?;
             Ok(plain(format!("etcd://{}", server.endpoints().join(",")), Some(Box::new(server))))
         }
-        "consul" => {
-            let server = ConsulServer::start().await?;
+        "consul" | "consul-per-app" => {
+            let per_app = name == "consul-per-app";
+            let server = if per_app {
+                ConsulServer::start_local_with(&["-hcl", CONSUL_PER_APP_LIMITS], None).await?
+            } else {
+                ConsulServer::start().await?
+            };
             let host = server.address().trim_start_matches("http://").to_owned();
-            let url = match server.token() {
+            let mut url = match server.token() {
                 Some(token) => format!("consul://{token}@{host}"),
                 None => format!("consul://{host}"),
             };
+            if per_app {
+                url.push_str("?layout=per-app");
+            }
             Ok(plain(url, Some(Box::new(server))))
         }
         _ => match name.strip_prefix("kubernetes-").filter(|mode| ["lease", "configmap", "pod"].contains(mode)) {
