@@ -9,6 +9,27 @@ use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
 use crate::Unavailable;
 
+/// What a scenario may need beyond the contract every backend meets. A
+/// backend declares what it lacks ([`Backend::capability`]); the scenarios
+/// that need it are reported not applicable with the backend's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// [`Backend::put_foreign`] writes raw records in the store's own format.
+    RawWrites,
+    /// The store keeps each instance's node as its registrar wrote it, so
+    /// discovery answers every field (addresses, kernel, registration time)
+    /// and orders instances by registration time.
+    InstanceRecords,
+    /// Each instance declares its own method set: re-installing with other
+    /// methods moves that instance in the method index.
+    InstanceMethods,
+    /// A draining instance stays discoverable, marked draining.
+    DrainVisible,
+    /// Operator actions (`registryctl drain`) on the store's records.
+    OperatorActions,
+}
+
 /// Which server a backend instance uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerUse {
@@ -35,9 +56,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Self::available()
     }
 
-    /// Whether [`put_foreign`](Backend::put_foreign) can write raw records;
-    /// `Err(reason)` reports the scenarios that need it as not applicable.
-    fn raw_writes() -> Result<(), String> {
+    /// Whether the backend has `capability`; `Err(reason)` reports the
+    /// scenarios that need it as not applicable, with the reason (never as
+    /// passed). Default: every capability.
+    fn capability(capability: Capability) -> Result<(), String> {
+        let _ = capability;
         Ok(())
     }
 

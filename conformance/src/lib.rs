@@ -30,6 +30,6 @@ mod runner;
 pub mod scenarios;
 
 pub use availability::{Unavailable, required};
-pub use backend::{Backend, ServerUse};
+pub use backend::{Backend, Capability, ServerUse};
 pub use libtest_mimic::Arguments;
 pub use runner::Runner;

@@ -113,6 +113,11 @@ impl Runner {
         // Without REGISTRY_TEST_REQUIRE=1 a backend with no server is reported
         // as ignored, with the reason, and announced on stderr.
         let skip = match B::available() {
+            // Not a missing server: the backend cannot run here, whatever REGISTRY_TEST_REQUIRE says.
+            Err(Unavailable::NotApplicable(reason)) => {
+                eprintln!("NOT APPLICABLE {name}: {reason}");
+                Some(format!("n/a: {reason}"))
+            }
             Err(e) if !required() => {
                 eprintln!("SKIPPING {name}: {e} (REGISTRY_TEST_REQUIRE=1 turns this into a failure)");
                 Some(e.to_string())
@@ -133,11 +138,12 @@ impl Runner {
             let test_name = format!("{name}::{}", scenario.name);
             let run = scenario.run;
             let needs = scenario.needs;
+            let requires = scenario.requires;
             let trial = Trial::test(test_name.clone(), move || {
                 runtime().block_on(async move {
                     let started = Instant::now();
                     let result = match needs {
-                        Needs::SharedServer | Needs::RawWrites => {
+                        Needs::SharedServer => {
                             let backend = shared
                                 .get_or_init(|| async { B::start(ServerUse::Shared).await.map(Arc::new).map_err(describe) })
                                 .await;
@@ -155,10 +161,7 @@ impl Runner {
                     result.map_err(Failed::from)
                 })
             });
-            let not_applicable = match needs {
-                Needs::RawWrites => B::raw_writes().err(),
-                _ => None,
-            };
+            let not_applicable = requires.iter().find_map(|c| B::capability(*c).err().map(|r| format!("{c:?}: {r}")));
             let no_server = match needs {
                 Needs::DedicatedServer if skip.is_none() => &dedicated_skip,
                 _ => &skip,
@@ -167,6 +170,9 @@ impl Runner {
             self.trials.push(match (no_server, not_applicable) {
                 (Some((reason, true)), _) => {
                     trial.with_ignored_flag(true).with_kind(format!("needs a server it can stop: {reason}"))
+                }
+                (Some((reason, false)), _) if reason.starts_with("n/a: ") => {
+                    trial.with_ignored_flag(true).with_kind(reason.clone())
                 }
                 (Some((reason, false)), _) => trial.with_ignored_flag(true).with_kind(format!("no server: {reason}")),
                 (None, Some(reason)) => trial.with_ignored_flag(true).with_kind(format!("n/a: {reason}")),

@@ -9,6 +9,13 @@
 //! There is no kubelet: in `pod` and `lease` mode every registrar gets a Pod
 //! of its own, created here and moved to `Running` through the status
 //! subresource; a crash (pod mode) moves it to `Failed`.
+//!
+//! `endpointslice` mode reads what the EndpointSlice controller keeps for
+//! running Pods, so it runs only against a full cluster: `KUBECONFIG` and
+//! [`POD_IMAGE_VAR`] set (`tests/node.rs` runs it so on the test node).
+//! Every registrar gets a real Pod behind its app's Service, with the
+//! `registered` readiness gate its install sets; on the bare API server the
+//! suite is reported not applicable, with that reason.
 // Test code: a failed expectation panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use conformance::fixtures::unique;
-use conformance::{Backend, Runner, ServerUse, Unavailable};
+use conformance::{Backend, Capability, Runner, ServerUse, Unavailable};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -206,6 +213,123 @@ impl<M: StorageMode> Backend for Kube<M> {
     }
 }
 
+/// An image the cluster runs with no command and no pull (its pause image),
+/// for the Pods of the `endpointslice` suite.
+const POD_IMAGE_VAR: &str = "REGISTRY_TEST_POD_IMAGE";
+
+/// `endpointslice` mode on a full cluster: each registrar is a real Pod
+/// behind its app's Service (see the module docs).
+struct Slices {
+    server: Arc<KubeServer>,
+    store: KubernetesStore,
+    names: Names,
+    image: String,
+}
+
+#[async_trait]
+impl Backend for Slices {
+    fn available() -> Result<(), Unavailable> {
+        let image = std::env::var(POD_IMAGE_VAR).ok().filter(|v| !v.is_empty());
+        if std::env::var_os("KUBECONFIG").is_none() || image.is_none() {
+            return Err(Unavailable::NotApplicable(format!(
+                "endpointslice mode reads the endpoints the EndpointSlice controller keeps for running Pods: \
+                 it needs a cluster with controllers and a kubelet, not the bare API server; run with \
+                 KUBECONFIG=<cluster> {POD_IMAGE_VAR}=<an image it runs without a pull, e.g. its pause image> \
+                 (tests/node.rs does, on the test node)"
+            )));
+        }
+        KubeServer::available()
+    }
+
+    fn dedicated_available() -> Result<(), Unavailable> {
+        Err(Unavailable::NotApplicable(
+            "the outage scenario stops the API server, and this mode's Pods need a full cluster, which the suite \
+             cannot stop"
+                .into(),
+        ))
+    }
+
+    fn capability(capability: Capability) -> Result<(), String> {
+        Err(match capability {
+            Capability::InstanceRecords => {
+                "a node is rebuilt from its endpoint and its Service: per-instance fields (kernel, registration \
+                 time, the registrar's own address) are not stored"
+            }
+            Capability::InstanceMethods => "methods are declared per app on its Service, a union over its instances",
+            Capability::DrainVisible => {
+                "drain clears the instance's readiness gate, so it leaves the endpoints and discovery (only a \
+                 terminating Pod's endpoint is a draining node)"
+            }
+            Capability::OperatorActions => "there is no per-instance record to carry an operator's mark",
+            Capability::RawWrites => "there are no raw records: nodes are built from EndpointSlices and Services",
+            _ => return Ok(()),
+        }
+        .to_owned())
+    }
+
+    async fn start(server: ServerUse) -> Result<Self, Unavailable> {
+        if server == ServerUse::Dedicated {
+            return Err(Self::dedicated_available().err().unwrap_or_else(|| Unavailable::NotApplicable(String::new())));
+        }
+        let image = std::env::var(POD_IMAGE_VAR).unwrap_or_default();
+        let server = KubeServer::shared().await?;
+        let store = support::store(&server, Mode::EndpointSlice)
+            .await
+            .map_err(|e| Unavailable::StartFailed { server: "kube-apiserver".into(), reason: e.to_string() })?;
+        Ok(Self { server, store, names: Names::new(DEFAULT_PREFIX), image })
+    }
+
+    async fn prepare_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        self.server.create_namespace(namespace).await
+    }
+
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
+        // Names first: an invalid one is refused before anything is created.
+        Registrar::new(&self.store, meta.clone(), conf.clone())?;
+        let pod = unique("inst");
+        let gate = self.names.registered_condition();
+        self.server
+            .endpoint_pod(&conf.namespace, &meta.app_id, &pod, &self.image, &gate)
+            .await
+            .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
+        Registrar::new(&self.store.with_pod_name(pod), meta, conf)
+    }
+
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
+        Discoverer::new(&self.store, env, conf)
+    }
+
+    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn registry_core::operator::Operator>> {
+        self.store.operator(scope)
+    }
+
+    async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
+        anyhow::bail!("endpointslice mode has no raw records")
+    }
+
+    /// The instance's Pod goes away at once, as when its node fails.
+    async fn crashed(&self, registrar: &Registrar) -> anyhow::Result<()> {
+        let node = registrar.node().ok_or_else(|| anyhow::anyhow!("crashed registrar never installed"))?;
+        let namespace = registrar.conf().namespace.clone();
+        let pods: Api<Pod> = Api::namespaced(self.server.client(), &namespace);
+        let pod = pods
+            .list(&ListParams::default().labels(&format!("registry-test/app={}", node.meta.app_id)))
+            .await?
+            .into_iter()
+            .find(|p| p.metadata.uid.as_deref().map(registry_kubernetes::instance_id) == Some(node.lease_id))
+            .ok_or_else(|| anyhow::anyhow!("no Pod has lease {}", node.lease_id))?;
+        self.server.delete_pod_now(&namespace, &pod.name_any()).await
+    }
+
+    async fn stop_server(&self) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable")
+    }
+
+    async fn start_server(&self) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable")
+    }
+}
+
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -218,5 +342,6 @@ fn main() -> ExitCode {
         .suite::<Kube<LeaseMode>>("kubernetes-lease")
         .suite::<Kube<ConfigMapMode>>("kubernetes-configmap")
         .suite::<Kube<PodMode>>("kubernetes-pod")
+        .suite::<Slices>("kubernetes-endpointslice")
         .run()
 }

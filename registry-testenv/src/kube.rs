@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -363,6 +363,59 @@ impl KubeServer {
             .await
             .map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
         Ok(())
+    }
+
+    /// For `endpointslice` mode on a cluster with controllers and a kubelet:
+    /// ensures Service `service` (selecting label `registry-test/app=<service>`,
+    /// port `grpc` 9090) and creates Pod `name` behind it, running `image`
+    /// (a container that needs no command, e.g. the cluster's pause image),
+    /// with readiness gate `gate`. The Pod is created, not awaited: it
+    /// becomes an endpoint once it runs and its registrar sets `gate`.
+    pub async fn endpoint_pod(
+        &self,
+        namespace: &str,
+        service: &str,
+        name: &str,
+        image: &str,
+        gate: &str,
+    ) -> anyhow::Result<()> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": service },
+            "spec": {
+                "selector": { "registry-test/app": service },
+                "ports": [{ "name": "grpc", "port": 9090, "targetPort": 9090 }],
+            }
+        }))?;
+        match services.create(&PostParams::default(), &svc).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => anyhow::bail!("create Service {namespace}/{service}: {e}"),
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "registry-test/app": service } },
+            "spec": {
+                "containers": [{ "name": "app", "image": image, "imagePullPolicy": "IfNotPresent" }],
+                "automountServiceAccountToken": false,
+                "terminationGracePeriodSeconds": 0,
+                "readinessGates": [{ "conditionType": gate }],
+            }
+        }))?;
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
+        Ok(())
+    }
+
+    /// Deletes Pod `name` at once (grace period 0), as after a node failure.
+    pub async fn delete_pod_now(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match pods.delete(name, &DeleteParams::default().grace_period(0)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("delete Pod {namespace}/{name}: {e}")),
+        }
     }
 
     /// Creates Pod `name` and moves it to `Running` (there is no kubelet).

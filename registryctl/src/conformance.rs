@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use clap::Args;
-use conformance::{Arguments, Backend, Runner, ServerUse, Unavailable};
+use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable};
 use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
@@ -73,8 +73,11 @@ impl Backend for UrlBackend {
         Err(Unavailable::NotApplicable("a server given by URL cannot be stopped and restarted by this tool".into()))
     }
 
-    fn raw_writes() -> Result<(), String> {
-        Err("raw writes in the backend's own format need its crate's test suite".into())
+    fn capability(capability: Capability) -> Result<(), String> {
+        match capability {
+            Capability::RawWrites => Err("raw writes in the backend's own format need its crate's test suite".into()),
+            _ => Ok(()),
+        }
     }
 
     async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
@@ -121,9 +124,10 @@ impl Backend for UrlBackend {
 
 /// Runs the suite; blocking (it drives its own runtime), so call it outside any runtime.
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
-    if kubernetes_config(&args.backend).is_some_and(|c| c.mode == Mode::Pod) {
+    if kubernetes_config(&args.backend).is_some_and(|c| matches!(c.mode, Mode::Pod | Mode::EndpointSlice)) {
         anyhow::bail!(
-            "`pod` mode needs a Pod per registrar; run `cargo test -p registry-kubernetes --test conformance`"
+            "`pod` and `endpointslice` modes need a Pod per registrar; run \
+             `KUBECONFIG=… REGISTRY_TEST_POD_IMAGE=… cargo test -p registry-kubernetes --test conformance`"
         );
     }
     URL.set(args.backend.clone()).map_err(|_| anyhow::anyhow!("URL already set"))?;

@@ -16,6 +16,7 @@ mod conformance;
 mod inspect;
 mod migrate;
 mod operate;
+mod publish;
 mod servers;
 
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Command {
     Drain(operate::DrainArgs),
     /// Clear an operator's drain mark.
     Undrain(operate::DrainArgs),
+    /// Declare an app's gRPC methods on its Service (Kubernetes `endpointslice` mode), from a descriptor set.
+    Publish(publish::PublishArgs),
     /// Mirror live nodes from one backend to another (etcd → Kubernetes migrations).
     Migrate(migrate::MigrateArgs),
     /// Run the conformance suite against a reachable server, one line per scenario.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Get(args) => inspect::get(args).await,
             Command::Watch(scope) => inspect::watch(scope).await,
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
             Command::Drain(args) => operate::run(args, true).await,
             Command::Undrain(args) => operate::run(args, false).await,
             Command::Bench(args) => bench::run(args).await,

@@ -29,15 +29,13 @@ pub use robustness::{foreign_and_malformed_entries_ignored, unwatch_stops_prompt
 pub use scale::{fifty_concurrent_installs_all_visible, large_node_round_trips};
 pub use world::{Instance, World};
 
-use crate::Backend;
+use crate::{Backend, Capability};
 
 /// What a scenario needs from the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
     /// The shared server.
     SharedServer,
-    /// The shared server, and [`Backend::put_foreign`] (raw writes the backend's own way).
-    RawWrites,
     /// A server of its own that it stops and restarts.
     DedicatedServer,
 }
@@ -48,13 +46,23 @@ pub struct Scenario<B> {
     pub name: &'static str,
     /// What it needs.
     pub needs: Needs,
+    /// Capabilities beyond the common contract ([`Backend::capability`]).
+    pub requires: &'static [Capability],
     /// The scenario.
     pub run: for<'a> fn(&'a B) -> BoxFuture<'a, anyhow::Result<()>>,
 }
 
 macro_rules! scenario {
     ($name:ident, $needs:expr) => {
-        Scenario { name: stringify!($name), needs: $needs, run: |b| Box::pin($name(b)) }
+        scenario!($name, $needs, [])
+    };
+    ($name:ident, $needs:expr, [$($capability:ident),*]) => {
+        Scenario {
+            name: stringify!($name),
+            needs: $needs,
+            requires: &[$(Capability::$capability),*],
+            run: |b| Box::pin($name(b)),
+        }
     };
 }
 
@@ -62,20 +70,20 @@ macro_rules! scenario {
 pub fn all<B: Backend>() -> Vec<Scenario<B>> {
     use Needs::*;
     vec![
-        scenario!(install_then_discover_by_every_method, SharedServer),
-        scenario!(two_instances_newest_first, SharedServer),
+        scenario!(install_then_discover_by_every_method, SharedServer, [InstanceRecords]),
+        scenario!(two_instances_newest_first, SharedServer, [InstanceRecords]),
         scenario!(uninstall_disappears_promptly, SharedServer),
         scenario!(uninstall_is_idempotent, SharedServer),
-        scenario!(drain_is_seen_and_undone, SharedServer),
-        scenario!(operator_drain_survives_the_owner, SharedServer),
+        scenario!(drain_is_seen_and_undone, SharedServer, [DrainVisible]),
+        scenario!(operator_drain_survives_the_owner, SharedServer, [OperatorActions]),
         scenario!(keepalive_holds_past_three_ttls, SharedServer),
         scenario!(crashed_instance_expires_within_ttl, SharedServer),
         scenario!(env_isolation, SharedServer),
         scenario!(namespace_isolation, SharedServer),
-        scenario!(method_index_follows_nodes, SharedServer),
+        scenario!(method_index_follows_nodes, SharedServer, [InstanceMethods]),
         scenario!(discovery_started_before_anything_exists, SharedServer),
         scenario!(events_report_up_and_down, SharedServer),
-        scenario!(foreign_and_malformed_entries_ignored, RawWrites),
+        scenario!(foreign_and_malformed_entries_ignored, SharedServer, [RawWrites]),
         scenario!(invalid_names_are_rejected, SharedServer),
         scenario!(fifty_concurrent_installs_all_visible, SharedServer),
         scenario!(large_node_round_trips, SharedServer),
