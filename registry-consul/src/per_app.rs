@@ -334,7 +334,8 @@ impl Watch {
         let future = async move {
             let started = Instant::now();
             let answer = async {
-                let (kv, kv_index) = shared.client.agent.kv_list(&shared.app_prefix(&name), Some(shared.block(index))).await?;
+                let (kv, kv_index) =
+                    shared.client.agent.kv_list(&shared.app_prefix(&name), Some(shared.block(index))).await?;
                 if kv_index == 0 {
                     pace(started).await;
                     return Ok(AppAnswer::Reset);
@@ -497,7 +498,9 @@ impl Watch {
 /// of records new or changed, malformed entries new or changed.
 fn diff(old: &AppView, new: &AppView, out: &mut Vec<Change>) {
     for key in old.records.keys() {
-        if !new.records.contains_key(key) && !new.malformed.contains_key(key) {
+        // A record that turned malformed is deleted too: the malformed
+        // entry alone only counts it.
+        if !new.records.contains_key(key) {
             out.push(Change::Delete { key: key.clone() });
         }
     }
@@ -559,8 +562,9 @@ mod tests {
     #[test]
     fn folders_are_apps_and_the_rest_is_malformed() {
         let scope = Scope::new("ns", "dev");
-        let keys: Vec<String> =
-            ["ns/dev/", "ns/dev/orders/", "ns/dev/garbage", "ns/dev/bad_app/", "ns/dev/web-1/"].map(String::from).into();
+        let keys: Vec<String> = ["ns/dev/", "ns/dev/orders/", "ns/dev/garbage", "ns/dev/bad_app/", "ns/dev/web-1/"]
+            .map(String::from)
+            .into();
         let got = folders(&scope, "ns/dev/", &keys);
         assert_eq!(got.apps.into_iter().collect::<Vec<_>>(), ["orders", "web-1"]);
         assert_eq!(got.malformed.keys().collect::<Vec<_>>(), ["kv:ns/dev/bad_app/", "kv:ns/dev/garbage"]);
@@ -618,6 +622,6 @@ mod tests {
         };
         let mut changes = Vec::new();
         diff(&old, &new, &mut changes);
-        assert_eq!(kinds(&changes), ["malformed a-1"]);
+        assert_eq!(kinds(&changes), ["delete a-1", "malformed a-1"]);
     }
 }
