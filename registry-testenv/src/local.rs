@@ -13,8 +13,16 @@ use crate::kube::KubeServer;
 
 /// The backend names [`start`] knows: the facade's backend names, and the
 /// Kubernetes backend once per mode.
-pub const NAMES: &[&str] =
-    &["memory", "etcd", "consul", "consul-per-app", "kubernetes-lease", "kubernetes-configmap", "kubernetes-pod"];
+pub const NAMES: &[&str] = &[
+    "memory",
+    "etcd",
+    "etcd-cluster",
+    "consul",
+    "consul-per-app",
+    "kubernetes-lease",
+    "kubernetes-configmap",
+    "kubernetes-pod",
+];
 
 /// The agent flag `consul-per-app` adds: a per-app discoverer holds one
 /// blocking connection per app (plus one), and the agent refuses more than
@@ -49,6 +57,12 @@ pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
         "etcd" => {
             let server = EtcdServer::start().await?;
             Ok(plain(format!("etcd://{}", server.endpoints().join(",")), Some(Box::new(server))))
+        }
+        // Three members on 127.0.0.x (`crate::etcd_cluster`), the client given all endpoints.
+        "etcd-cluster" => {
+            let mut cluster = crate::etcd_cluster::EtcdCluster::start().await?;
+            cluster.wait_healthy(std::time::Duration::from_secs(30)).await?;
+            Ok(plain(format!("etcd://{}", cluster.endpoints().join(",")), Some(Box::new(cluster))))
         }
         "consul" | "consul-per-app" => {
             let per_app = name == "consul-per-app";
