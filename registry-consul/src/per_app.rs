@@ -30,7 +30,7 @@
 //! difference to the app's previous records), not a whole-env listing. A
 //! discoverer holds `1 + apps` blocking connections to its agent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,7 +282,10 @@ enum Answer {
 type Pending = Abortable<BoxFuture<'static, Answer>>;
 
 /// One watch stream's state. Every blocking query stays in flight until it
-/// answers; only an app that vanished has its query aborted.
+/// answers (an abandoned one would hold its connection in the agent until
+/// its wait ran out). An app whose folder vanished (its last instance left)
+/// keeps its query until a whole wait passes with no change: an app that
+/// comes back — the restart of its only instance — reuses it.
 struct Watch {
     shared: Arc<Shared>,
     /// Indexes of the listing core already has, until the first read.
@@ -291,6 +294,9 @@ struct Watch {
     resume: AppIndexes,
     pending: FuturesUnordered<Pending>,
     handles: HashMap<String, AbortHandle>,
+    /// Apps whose folder vanished, kept (with no records) until their query
+    /// answers unchanged.
+    vanished: HashSet<String>,
 }
 
 impl Watch {
@@ -302,6 +308,7 @@ impl Watch {
             view: None,
             pending: FuturesUnordered::new(),
             handles: HashMap::new(),
+            vanished: HashSet::new(),
         }
     }
 
@@ -359,6 +366,7 @@ impl Watch {
             handle.abort();
         }
         self.pending = FuturesUnordered::new();
+        self.vanished.clear();
     }
 
     fn set_index(&mut self, app: &str, index: Option<u64>) {
@@ -396,7 +404,7 @@ impl Watch {
                 Some(answer) = self.pending.next() => answer,
                 probed = probe => return probed.map(|()| WatchUpdate::Progress),
             };
-            // An aborted query belonged to an app that vanished.
+            // An aborted query was replaced.
             let Ok(answer) = answer else { continue };
             let update = match answer {
                 Answer::Folders(answer) => self.on_folders(answer?).await?,
@@ -422,30 +430,34 @@ impl Watch {
         }
         let folders = folders(&self.shared.scope, &self.shared.prefix, &keys);
         let Some(view) = self.view.as_ref() else { return Ok(None) };
-        let gone: Vec<String> = view.apps.keys().filter(|app| !folders.apps.contains(*app)).cloned().collect();
+        let gone: Vec<String> = view
+            .apps
+            .keys()
+            .filter(|app| !folders.apps.contains(*app) && !self.vanished.contains(*app))
+            .cloned()
+            .collect();
         let added: Vec<String> = folders.apps.iter().filter(|app| !view.apps.contains_key(*app)).cloned().collect();
+        self.vanished.retain(|app| !folders.apps.contains(app));
         let fetched = self.shared.fetch_apps(added).await?;
         let mut changes = Vec::new();
         let Some(view) = self.view.as_mut() else { return Ok(None) };
         diff_malformed(&view.folder_malformed, &folders.malformed, &BTreeMap::new(), &mut changes);
         view.folders_index = index;
         view.folder_malformed = folders.malformed;
-        for app in &gone {
-            if let Some(old) = view.apps.remove(app) {
-                diff(&old, &AppView::default(), &mut changes);
+        for app in gone {
+            // Its query stays: the records go, the app is kept until the
+            // query answers unchanged.
+            if let Some(kept) = view.apps.get_mut(&app) {
+                let old = std::mem::replace(kept, AppView { kv_index: kept.kv_index, ..AppView::default() });
+                diff(&old, kept, &mut changes);
             }
+            self.vanished.insert(app);
         }
         let mut started = Vec::with_capacity(fetched.len());
         for (app, new) in fetched {
             diff(&AppView::default(), &new, &mut changes);
             started.push((app.clone(), new.kv_index));
             view.apps.insert(app, new);
-        }
-        for app in gone {
-            if let Some(handle) = self.handles.remove(&app) {
-                handle.abort();
-            }
-            self.set_index(&app, None);
         }
         for (app, index) in started {
             self.block_app(&app, index);
@@ -463,7 +475,21 @@ impl Watch {
         };
         let new = match answer {
             AppAnswer::Unchanged => {
-                self.block_app(&app, old_index);
+                let empty = self
+                    .view
+                    .as_ref()
+                    .and_then(|v| v.apps.get(&app))
+                    .is_some_and(|a| a.records.is_empty() && a.malformed.is_empty());
+                if empty && self.vanished.remove(&app) {
+                    // A whole wait without its folder: forget the app.
+                    if let Some(view) = self.view.as_mut() {
+                        view.apps.remove(&app);
+                    }
+                    self.handles.remove(&app);
+                    self.set_index(&app, None);
+                } else {
+                    self.block_app(&app, old_index);
+                }
                 return Ok(Some(WatchUpdate::Progress));
             }
             AppAnswer::Reset => {
