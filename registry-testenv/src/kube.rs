@@ -44,6 +44,9 @@ use super::partition::Partition;
 use super::process::ServerProcess;
 use super::{Unavailable, binary, free_port, var};
 
+/// How long [`KubeServer::endpoint_pod`] waits for its Pod to run.
+const POD_START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The scheduling gate on test Pods (see [`KubeServer::create_pod`]).
 pub const POD_GATE: &str = "registry.fireflycore.io/test-no-kubelet";
 
@@ -369,8 +372,9 @@ impl KubeServer {
     /// ensures Service `service` (selecting label `registry-test/app=<service>`,
     /// port `grpc` 9090) and creates Pod `name` behind it, running `image`
     /// (a container that needs no command, e.g. the cluster's pause image),
-    /// with readiness gate `gate`. The Pod is created, not awaited: it
-    /// becomes an endpoint once it runs and its registrar sets `gate`.
+    /// with readiness gate `gate`, and waits until its container runs and is
+    /// ready (what a registrar inside a Pod sees when it starts): it becomes
+    /// an endpoint once its registrar sets `gate`.
     pub async fn endpoint_pod(
         &self,
         namespace: &str,
@@ -405,7 +409,25 @@ impl KubeServer {
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|e| anyhow::anyhow!("create Pod {namespace}/{name}: {e}"))?;
-        Ok(())
+        let deadline = Instant::now() + POD_START_TIMEOUT;
+        loop {
+            let pod = pods.get(name).await.map_err(|e| anyhow::anyhow!("get Pod {namespace}/{name}: {e}"))?;
+            let status = pod.status.as_ref();
+            let containers_ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "ContainersReady" && c.status == "True");
+            if containers_ready && status.and_then(|s| s.phase.as_deref()) == Some("Running") {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Pod {namespace}/{name} not running after {POD_START_TIMEOUT:?}: {:?}",
+                status.and_then(|s| s.phase.as_deref())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Deletes Pod `name` at once (grace period 0), as after a node failure.

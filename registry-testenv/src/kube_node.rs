@@ -810,7 +810,8 @@ fn sweep_stale(run_dir: Option<&Path>, created: &Created) {
 enum Removal {
     /// The directory, if empty (its entries were the node's and are gone by then).
     IfEmpty,
-    /// Empty directories from the deepest up (containerd's shim socket dirs).
+    /// Empty directories from the deepest up, and the sockets left in them
+    /// (containerd's shim socket dirs).
     EmptyTree,
     /// The whole tree (node-only state, e.g. the kubelet's hard-coded device-plugin socket).
     Tree,
@@ -1143,6 +1144,13 @@ fn undo_host(run_dir: Option<&Path>, created: &Created, socket: Option<&Path>) -
             Removal::IfEmpty => fs::remove_dir(path),
             Removal::EmptyTree => {
                 dirs_below(path).into_iter().for_each(|dir| {
+                    // A shim killed with its sandbox (not stopped through the
+                    // CRI) leaves its socket; the shims are gone by now.
+                    for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        if entry.file_type().is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t)) {
+                            let _ = fs::remove_file(entry.path());
+                        }
+                    }
                     let _ = fs::remove_dir(dir);
                 });
                 Ok(())
