@@ -884,8 +884,11 @@ impl StoreWriter for SliceWriter {
     }
 
     /// The hash of the registrar's Pod's UID ([`instance_id`]), the id
-    /// discovery gives its endpoint; without a Pod (or the right to read
-    /// it), a process-unique id.
+    /// discovery gives its endpoint; without a Pod (none named, or the named
+    /// one does not exist: not running in a Pod), a process-unique id. An
+    /// error reading the Pod (`get pods` refused, API unreachable) fails the
+    /// install: the registrar must know whether its Pod declares the
+    /// `registered` readiness gate.
     async fn grant(&self, _ttl: Duration) -> Result<i64> {
         let Some(name) = &self.pod_name else { return Ok(registry_core::store::next_instance_id()) };
         match self.pods.get_opt(name).await {
@@ -905,11 +908,11 @@ impl StoreWriter for SliceWriter {
                 tracing::warn!(pod = %name, "own Pod not found; the lease id will not match the endpoint's");
                 Ok(registry_core::store::next_instance_id())
             }
-            Err(e) => {
-                let error = map(e, Call::new("get", "pods", name));
-                tracing::warn!(%error, "cannot read the own Pod; the lease id will not match the endpoint's");
-                Ok(registry_core::store::next_instance_id())
-            }
+            // Not a warning and a made-up id: without its own Pod the registrar
+            // cannot tell whether the Pod waits on the `registered` readiness
+            // gate, and a gated Pod would then never become Ready (a rollout
+            // stuck with no error). Refused `get pods` is an RBAC mistake: say so.
+            Err(e) => Err(map(e, Call::new("get", "pods", name))),
         }
     }
 

@@ -933,12 +933,15 @@ fn set_env(pod_spec: &mut serde_json::Value, name: &str, value: &str) {
 
 /// A Deployment `demo.name` of the demo service: Pods labelled
 /// `app: <demo.name>`, `replicas`, rolling updates with `maxSurge: 1,
-/// maxUnavailable: 0`, and (unless the demo has its readiness-file probe) a
-/// gRPC readiness probe on the app's health, which `serve` sets `SERVING`
-/// once installed.
+/// maxUnavailable: 0`, no service-link variables, and (unless the demo has
+/// its readiness-file probe) a gRPC readiness probe on the app's health,
+/// which `serve` sets `SERVING` once installed.
 fn demo_deployment(c: &Cluster, demo: &Demo, replicas: i32) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
     let mut template = serde_json::to_value(demo.pod(&c.node)?)?;
     template["metadata"] = serde_json::json!({ "labels": { "app": demo.name } });
+    // No Docker-link variables: a Service named `demo` would set `DEMO_PORT=tcp://…`,
+    // which the demo reads as its port.
+    template["spec"]["enableServiceLinks"] = false.into();
     if !demo.readiness_file {
         template["spec"]["containers"][0]["readinessProbe"] = serde_json::json!({
             "grpc": { "port": 50051, "service": demo.app }, "periodSeconds": 1, "failureThreshold": 1,
@@ -1410,6 +1413,7 @@ async fn endpointslice_readiness_gate() -> anyhow::Result<()> {
     };
     let mut pod = serde_json::to_value(demo.pod(&c.node)?)?;
     pod["spec"]["readinessGates"] = serde_json::json!([{ "conditionType": REGISTERED }]);
+    pod["spec"]["enableServiceLinks"] = false.into();
     set_env(&mut pod["spec"], "REGISTRY_GRACE_MS", "5000");
     let created = Instant::now();
     c.pods(ns).create(&kube::api::PostParams::default(), &serde_json::from_value(pod)?).await?;
