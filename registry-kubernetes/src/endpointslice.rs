@@ -71,8 +71,14 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The port name used when the Service names none in `<prefix>/port`.
 pub const DEFAULT_PORT_NAME: &str = "grpc";
 
-const CONFLICT_BACKOFF_MIN: Duration = Duration::from_millis(20);
-const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const CONFLICT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const CONFLICT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// A Service's declaration is one object that every instance of an app may
+/// write at once (a Deployment's Pods starting together with a new method
+/// set): each 409 means another writer landed, so a writer keeps trying,
+/// with short jittered pauses, up to this many times `max_conflict_retries`
+/// (the caller's deadline — core bounds an install by the TTL — still holds).
+const CONFLICT_ROUNDS: u32 = 3;
 
 /// The lease id of an instance in `endpointslice` mode: a stable 63-bit hash
 /// (FNV-1a) of its Pod's UID, never 0. The registrar in the Pod and every
@@ -680,7 +686,7 @@ pub(crate) async fn declare(
         .with_min_delay(CONFLICT_BACKOFF_MIN)
         .with_max_delay(CONFLICT_BACKOFF_MAX)
         .with_jitter()
-        .with_max_times(usize::try_from(max_attempts.max(1) - 1).unwrap_or(usize::MAX));
+        .with_max_times(usize::try_from(max_attempts.max(1) * CONFLICT_ROUNDS - 1).unwrap_or(usize::MAX));
     let attempt = || declare_once(api, names, service, declaration, field_manager);
     let result = attempt
         .retry(backoff)
@@ -691,7 +697,8 @@ pub(crate) async fn declare(
     match result {
         Ok(published) => Ok(published),
         Err(Attempt::Conflict) => {
-            Err(Error::Conflict { backend: KIND, what: format!("Service `{service}`"), attempts: max_attempts.max(1) })
+            let attempts = max_attempts.max(1) * CONFLICT_ROUNDS;
+            Err(Error::Conflict { backend: KIND, what: format!("Service `{service}`"), attempts })
         }
         Err(Attempt::Failed(error)) => Err(error),
     }
