@@ -145,8 +145,12 @@ async fn concurrent_installs_lose_no_method() -> anyhow::Result<()> {
     let env = unique("env");
     create_service(&server, &ns, "crowd", serde_json::json!({})).await;
     let s = store(&server, KubernetesConfig::default()).await;
+    // The TTL bounds each install (there are no heartbeats in this mode): a
+    // production-like 20 s, not the suite's 2 s, since twenty writes of one
+    // object are serialised by the API server.
+    let ttl = conf(&ns).with_ttl(Duration::from_secs(20));
     let registrars: Vec<Registrar> =
-        (0..20).map(|_| Registrar::new(&s, meta(&env, "crowd"), conf(&ns))).collect::<Result<_, _>>()?;
+        (0..20).map(|_| Registrar::new(&s, meta(&env, "crowd"), ttl.clone())).collect::<Result<_, _>>()?;
     let names: Vec<String> = (0..20).map(|i| format!("M{i:02}")).collect();
     try_join_all(registrars.iter().zip(&names).map(|(r, m)| r.install(node("t.Crowd", &[m.as_str()])))).await?;
     let svc: Api<Service> = Api::namespaced(server.client(), &ns);
