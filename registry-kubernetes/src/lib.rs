@@ -39,7 +39,11 @@
 //! `tests/conformance.rs` runs the shared conformance suite once per mode
 //! against a real kube-apiserver + etcd started on loopback
 //! (`registry_testenv::kube::KubeServer`; binaries from
-//! `scripts/install-test-servers.sh`); `tests/rbac.rs` checks each mode with
+//! `scripts/install-test-servers.sh`) — `endpointslice` mode needs a cluster
+//! with controllers and a kubelet, so its suite runs through `KUBECONFIG` on
+//! the real node (`tests/node.rs`) and is reported not applicable on the bare
+//! API server, where `tests/endpointslice.rs` checks what the mode writes and
+//! how it reads hand-written slices; `tests/rbac.rs` checks each mode with
 //! exactly its Role; `tests/errors.rs` the typed errors; `tests/scale.rs`
 //! (ignored by default) 2,000 Leases and 100 concurrent ConfigMap writers.
 //! Against your own cluster (e.g. kind), every test works in fresh namespaces
