@@ -18,7 +18,7 @@
 //! | `REGISTRY_APP` | app id | `demo` |
 //! | `REGISTRY_TTL_SECS` | heartbeat TTL in seconds | 10 |
 //! | `REGISTRY_GRACE_MS` | drain → uninstall grace period | 1000 |
-//! | `DEMO_PORT` | gRPC port (listens on all addresses of the Pod's network namespace) | 50051 |
+//! | `REGISTRY_DEMO_LISTEN_PORT` | gRPC port (listens on all addresses of the Pod's network namespace; not `DEMO_PORT`, which Kubernetes sets to `tcp://…` in every Pod of a namespace with a Service named `demo`) | 50051 |
 //! | `POD_IP` | advertised address (downward API `status.podIP`) | `127.0.0.1` |
 //! | `POD_NAME` | read by the Kubernetes backend: the Lease's owner, pod mode's Pod | `HOSTNAME` |
 //! | `LOOKUP_METHOD` | method `lookup` follows | `/grpc.health.v1.Health/Check` |
@@ -66,7 +66,7 @@ impl Config {
     fn from_env() -> anyhow::Result<Self> {
         let urls: Vec<String> = var("REGISTRY_URL").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         anyhow::ensure!(!urls.is_empty(), "REGISTRY_URL is not set (e.g. kubernetes://in-cluster?mode=lease)");
-        let port = number("DEMO_PORT", 50051u16)?;
+        let port = number("REGISTRY_DEMO_LISTEN_PORT", 50051u16)?;
         let ip = var("POD_IP").unwrap_or_else(|| "127.0.0.1".to_owned());
         Ok(Self {
             urls,

@@ -939,8 +939,9 @@ fn set_env(pod_spec: &mut serde_json::Value, name: &str, value: &str) {
 fn demo_deployment(c: &Cluster, demo: &Demo, replicas: i32) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
     let mut template = serde_json::to_value(demo.pod(&c.node)?)?;
     template["metadata"] = serde_json::json!({ "labels": { "app": demo.name } });
-    // No Docker-link variables: a Service named `demo` would set `DEMO_PORT=tcp://…`,
-    // which the demo reads as its port.
+    // No Docker-link variables (`DEMO_PORT=tcp://…` and the like for a Service
+    // named `demo`): the demo once read `DEMO_PORT` as its port, and the Pods
+    // need none of them.
     template["spec"]["enableServiceLinks"] = false.into();
     if !demo.readiness_file {
         template["spec"]["containers"][0]["readinessProbe"] = serde_json::json!({
