@@ -834,26 +834,23 @@ pub(crate) struct SliceWriter {
 }
 
 impl SliceWriter {
-    #[allow(clippy::too_many_arguments)]
+    /// A writer for env `env` with the Service, Pod and retry settings of `config`.
     pub(crate) fn new(
         services: Api<Service>,
         pods: Api<Pod>,
         names: Names,
         env: String,
-        service: Option<String>,
-        pod_name: Option<String>,
-        field_manager: String,
-        max_conflict_retries: u32,
+        config: &crate::KubernetesConfig,
     ) -> Self {
         Self {
             services,
             pods,
             names,
             env,
-            service,
-            pod_name,
-            field_manager,
-            max_attempts: max_conflict_retries.max(1),
+            service: config.service.clone(),
+            pod_name: config.pod_name.clone(),
+            field_manager: config.field_manager.clone(),
+            max_attempts: config.max_conflict_retries.max(1),
             own: Mutex::new(None),
         }
     }

@@ -352,10 +352,7 @@ impl Store for KubernetesStore {
                 self.api::<Pod>(scope),
                 names,
                 env,
-                c.service.clone(),
-                c.pod_name.clone(),
-                c.field_manager.clone(),
-                c.max_conflict_retries,
+                c,
             )),
         })
     }
