@@ -50,6 +50,13 @@ use crate::store::ConsulStore;
 /// Longest service name Consul's DNS interface serves (one DNS label).
 pub(crate) const MAX_SERVICE_NAME: usize = 63;
 
+/// Shortest time between the starts of two rounds of the app-folder query.
+/// That query wakes on every change in the env; the apps it already lists
+/// have queries of their own, so this delays only the first instance of a
+/// new app (by at most this), while a burst of installs costs one folder
+/// listing per round instead of one per install.
+pub(crate) const FOLDERS_ROUND: Duration = Duration::from_millis(250);
+
 /// Apps read at once by a full read (the agent client caps its own
 /// non-blocking requests at 64 in flight).
 const FETCH_CONCURRENCY: usize = 32;
@@ -297,6 +304,8 @@ struct Watch {
     /// Apps whose folder vanished, kept (with no records) until their query
     /// answers unchanged.
     vanished: HashSet<String>,
+    /// When the last folder round was sent (see [`FOLDERS_ROUND`]).
+    folders_issued: Option<Instant>,
 }
 
 impl Watch {
@@ -309,6 +318,7 @@ impl Watch {
             pending: FuturesUnordered::new(),
             handles: HashMap::new(),
             vanished: HashSet::new(),
+            folders_issued: None,
         }
     }
 
@@ -324,7 +334,15 @@ impl Watch {
 
     fn block_folders(&mut self, index: u64) {
         let shared = Arc::clone(&self.shared);
+        let now = Instant::now();
+        let delay =
+            self.folders_issued.map_or(Duration::ZERO, |at| (at + FOLDERS_ROUND).saturating_duration_since(now));
+        self.folders_issued = Some(now + delay);
         let future = async move {
+            // Apps already known are watched by their own queries: only a new
+            // app waits for this round, and an install storm costs a folder
+            // listing per round, not per install.
+            tokio::time::sleep(delay).await;
             let started = Instant::now();
             let answer = shared.client.agent.kv_folders(&shared.prefix, Some(shared.block(index))).await;
             if answer.as_ref().is_ok_and(|(_, next)| *next == index) {

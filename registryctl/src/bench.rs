@@ -46,7 +46,8 @@ pub(crate) const FLEET_PREFIX: &str = "fleet-";
 /// Options of `registryctl bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Backend: memory, etcd, consul, kubernetes-lease, kubernetes-configmap, kubernetes-pod.
+    /// Backend: memory, etcd, consul, consul-per-app (Consul's per-app layout), kubernetes-lease,
+    /// kubernetes-configmap, kubernetes-pod.
     #[arg(long, default_value = "memory")]
     backend: String,
     /// Connect to this URL instead of starting a local server.
