@@ -252,6 +252,35 @@ async fn discovery_reads_services_and_their_slices() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Service manifest `docs/kubernetes-endpointslice.md` documents
+/// (the third way to declare methods), applied as written: discovery
+/// answers its methods from the Service's endpoints, nothing else written.
+async fn documented_manifest_declares_methods() -> anyhow::Result<()> {
+    let server = KubeServer::start().await?;
+    let ns = unique("ns");
+    server.create_namespace(&ns).await?;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/kubernetes-endpointslice.md"))?;
+    let yaml = doc
+        .split("```yaml")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("kind: Service"))
+        .ok_or_else(|| anyhow::anyhow!("no Service manifest in the docs"))?;
+    let service: Service = serde_yaml::from_str(yaml)?;
+    let api: Api<Service> = Api::namespaced(server.client(), &ns);
+    api.create(&PostParams::default(), &service).await?;
+    put_slice(&server, &ns, "orders", "orders-a", &[("10.2.0.1", true, true, false)]).await;
+    let s = store(&server, KubernetesConfig::default()).await;
+    let disc = Discoverer::new(&s, "prod", ServiceConf::default().with_namespace(&ns))?;
+    disc.watcher().await?;
+    for name in ["Create", "Get"] {
+        assert_eq!(addresses(&disc, &method("shop.v1.Orders", name)), ["10.2.0.1:9090"], "{name}");
+    }
+    let node = &disc.get_service(&method("shop.v1.Orders", "Get"))?[0];
+    assert_eq!((node.meta.app_id.as_str(), node.meta.version.as_str(), node.weight), ("orders", "v2", 100));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let available = KubeServer::available;
     Runner::new()
@@ -262,6 +291,7 @@ fn main() -> ExitCode {
         )
         .test("endpointslice::concurrent_installs_lose_no_method", available(), concurrent_installs_lose_no_method)
         .test("endpointslice::oversized_declaration_is_too_large", available(), oversized_declaration_is_too_large)
+        .test("endpointslice::documented_manifest_declares_methods", available(), documented_manifest_declares_methods)
         .test(
             "endpointslice::discovery_reads_services_and_their_slices",
             available(),

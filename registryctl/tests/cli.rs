@@ -1,4 +1,5 @@
-//! `registryctl list`, `get` and `watch` against every backend on real servers.
+//! `registryctl list`, `get` and `watch` against every backend on real servers, and
+//! `registryctl publish` of a `protoc` descriptor set onto a Service.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::{ExitCode, Stdio};
@@ -88,6 +89,77 @@ async fn list_get_watch_on_kubernetes() -> anyhow::Result<()> {
         check_backend(&url, &namespace).await;
     }
     Ok(())
+}
+
+/// `registryctl publish` declares the methods of a descriptor set that
+/// `protoc` wrote onto the app's Service (endpointslice mode), idempotently.
+async fn publish_declares_a_descriptor_sets_methods() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use ::kube::api::{Api, PostParams};
+    let kube = KubeServer::start().await.expect("kube-apiserver");
+    let namespace = format!("pub-{:x}", std::process::id());
+    kube.create_namespace(&namespace).await?;
+    let services: Api<Service> = Api::namespaced(kube.client(), &namespace);
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "orders" },
+        "spec": { "ports": [{ "name": "grpc", "port": 80 }] },
+    }))?;
+    services.create(&PostParams::default(), &service).await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("orders.proto"),
+        "syntax = \"proto3\";\npackage shop.v1;\nmessage Req {}\nmessage Resp {}\n\
+         service Orders {\n  rpc Create(Req) returns (Resp);\n  rpc Get(Req) returns (Resp);\n}\n",
+    )?;
+    let protoc = Command::new("protoc")
+        .current_dir(dir.path())
+        .args(["--descriptor_set_out=orders.pb", "--include_imports", "orders.proto"])
+        .status()
+        .await?;
+    assert!(protoc.success(), "protoc failed");
+    let descriptors = dir.path().join("orders.pb");
+    let url = format!("kubernetes://?mode=endpointslice&kubeconfig={}", kube.kubeconfig().display());
+    let args = [
+        "publish",
+        "--url",
+        &url,
+        "--namespace",
+        &namespace,
+        "--env",
+        "prod",
+        "--app",
+        "orders",
+        "--descriptor-set",
+        descriptors.to_str().unwrap(),
+        "--version",
+        "v3",
+    ];
+    let (ok, out, err) = registryctl(&args).await;
+    assert!(ok && out.contains("updated Service `orders`: 2 methods"), "publish: {out}{err}");
+    let annotations = services.get("orders").await?.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get("registry.fireflycore.io/methods").map(String::as_str),
+        Some(r#"["/shop.v1.Orders/Create","/shop.v1.Orders/Get"]"#)
+    );
+    assert_eq!(annotations.get("registry.fireflycore.io/version").map(String::as_str), Some("v3"));
+    let (ok, out, err) = registryctl(&args).await;
+    assert!(ok && out.contains("unchanged"), "publish again: {out}{err}");
+    let lease = url.replace("endpointslice", "lease");
+    let wrong = [&["publish", "--url", &lease][..], &args[3..]].concat();
+    let (ok, _, err) = registryctl(&wrong).await;
+    assert!(!ok && err.contains("mode=endpointslice"), "publish in lease mode: {err}");
+    Ok(())
+}
+
+/// `protoc` on the PATH (installed by scripts/install-test-servers.sh).
+fn protoc_available() -> Result<(), registry_testenv::Unavailable> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("protoc").is_file()));
+    if found {
+        Ok(())
+    } else {
+        Err(registry_testenv::Unavailable::MissingBinary { binary: "protoc".into(), path: "PATH".into() })
+    }
 }
 
 fn namespace() -> String {
@@ -188,6 +260,11 @@ fn main() -> ExitCode {
             "migrate_mirrors_etcd_into_kubernetes_and_cleans_up",
             kube::KubeServer::available().and(etcd::available()),
             migrate_mirrors_etcd_into_kubernetes_and_cleans_up,
+        )
+        .test(
+            "publish_declares_a_descriptor_sets_methods",
+            kube::KubeServer::available().and(protoc_available()),
+            publish_declares_a_descriptor_sets_methods,
         )
         .test(
             "conformance_command_runs_the_suite_against_a_url",
