@@ -94,8 +94,8 @@ async fn list_get_watch_on_kubernetes() -> anyhow::Result<()> {
 /// `registryctl publish` declares the methods of a descriptor set that
 /// `protoc` wrote onto the app's Service (endpointslice mode), idempotently.
 async fn publish_declares_a_descriptor_sets_methods() -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::Service;
     use ::kube::api::{Api, PostParams};
+    use k8s_openapi::api::core::v1::Service;
     let kube = KubeServer::start().await.expect("kube-apiserver");
     let namespace = format!("pub-{:x}", std::process::id());
     kube.create_namespace(&namespace).await?;
