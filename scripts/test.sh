@@ -63,26 +63,10 @@ RUSTDOCFLAGS="-Dwarnings" cargo doc --workspace --all-features --no-deps --quiet
 step "cargo package (every crate packages; metadata complete)"
 cargo package --workspace --no-verify --allow-dirty --quiet
 
-step "cargo test (all features, real servers required; the Kubernetes node's tests beside the others)"
-# The real Kubernetes node's tests (registry-kubernetes/tests/node.rs and
-# registry-testenv/tests/kube_node.rs, one node at a time by a host lock) take
-# minutes, mostly waiting on the kubelet and controllers; they run beside the
-# other test binaries rather than after them. Every invocation selects the
-# same packages and features, so nothing is built twice.
-cargo test --workspace --all-features --no-run --quiet
-NODE_LOG="$CARGO_TARGET_DIR/node-tests.log"
-cargo test --workspace --all-features --no-fail-fast --test node --test kube_node >"$NODE_LOG" 2>&1 &
-NODE_PID=$!
-MAIN_STATUS=0
-cargo test --workspace --all-features --no-fail-fast -- --skip node:: || MAIN_STATUS=$?
-NODE_STATUS=0
-wait "$NODE_PID" || NODE_STATUS=$?
-step "the Kubernetes node's tests (ran beside the others)"
-cat "$NODE_LOG"
-if [ "$MAIN_STATUS" -ne 0 ] || [ "$NODE_STATUS" -ne 0 ]; then
-  echo "cargo test failed (other tests: exit $MAIN_STATUS, node tests: exit $NODE_STATUS)" >&2
-  exit 1
-fi
+step "cargo test (all features, real servers required)"
+# Sequential: running the Kubernetes node's tests beside the others (tried
+# once) made timing-bound scenarios fail under the combined load.
+cargo test --workspace --all-features --no-fail-fast
 
 step "unit tests that need a server (ignored by a plain cargo test)"
 cargo test --all-features -p registry-kubernetes --lib -- --ignored
