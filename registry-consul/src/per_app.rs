@@ -44,7 +44,7 @@ use registry_core::{Error, Result};
 use crate::agent::{Block, HealthEntry, KvEntry};
 use crate::client::Client;
 use crate::error::KIND;
-use crate::reader::{PROBE_AFTER, join, pace, probe, read_pair};
+use crate::reader::{Cursor, PROBE_AFTER, join, pace, probe, read_pair, updates};
 use crate::store::ConsulStore;
 
 /// Longest service name Consul's DNS interface serves (one DNS label).
@@ -247,16 +247,7 @@ impl ListWatch for PerAppReader {
     /// Blocking queries from `from`. The watch starts with a fresh read of
     /// the env, answered at once when its indexes differ from `from`.
     async fn watch(&self, from: AppIndexes) -> Result<BoxStream<'static, Result<WatchUpdate<AppIndexes>>>> {
-        let watch = Watch::new(Arc::clone(&self.shared), from);
-        let stream = futures::stream::unfold(Some(watch), |state| async move {
-            let mut watch = state?;
-            match watch.next().await {
-                Ok(update) => Some((Ok(update), Some(watch))),
-                // Core backs off and calls `watch` again; this stream ends.
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        Ok(stream.boxed())
+        Ok(updates(Watch::new(Arc::clone(&self.shared), from)))
     }
 
     /// As in the single-service layout: a probe of the agent after
@@ -394,6 +385,11 @@ impl Watch {
             None => apps.remove(app),
         };
     }
+}
+
+#[async_trait]
+impl Cursor for Watch {
+    type Resume = AppIndexes;
 
     /// The next change ([`WatchUpdate::Changes`], or
     /// [`WatchUpdate::Replace`] after a fresh read), or a confirmation that
@@ -433,7 +429,9 @@ impl Watch {
             }
         }
     }
+}
 
+impl Watch {
     /// The app folders answered. `None`: the view must be read again.
     async fn on_folders(&mut self, (keys, index): (Vec<String>, u64)) -> Result<Option<WatchUpdate<AppIndexes>>> {
         let Some(previous) = self.view.as_ref().map(|v| v.folders_index) else { return Ok(None) };

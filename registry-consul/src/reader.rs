@@ -38,6 +38,29 @@ const IDLE_ROUND: Duration = Duration::from_millis(50);
 /// with the defaults).
 pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 
+/// A watch of either layout: blocking rounds that yield the next update.
+#[async_trait]
+pub(crate) trait Cursor: Send + 'static {
+    /// The resume point of the updates.
+    type Resume: Send + 'static;
+
+    /// The next update; an error ends the watch.
+    async fn next(&mut self) -> Result<WatchUpdate<Self::Resume>>;
+}
+
+/// The updates of `cursor` as a watch stream. An error is yielded and ends
+/// it: core backs off and calls `watch` again, which starts a fresh cursor.
+pub(crate) fn updates<C: Cursor>(cursor: C) -> BoxStream<'static, Result<WatchUpdate<C::Resume>>> {
+    futures::stream::unfold(Some(cursor), |state| async move {
+        let mut cursor = state?;
+        match cursor.next().await {
+            Ok(update) => Some((Ok(update), Some(cursor))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
+}
+
 /// The indexes of both halves of a view: the reader's resume point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Indexes {
@@ -102,16 +125,7 @@ impl ListWatch for ConsulReader {
     /// both halves, answered at once when its indexes differ from `from` (or
     /// went backwards: the agent restarted with fresh state).
     async fn watch(&self, from: Indexes) -> Result<BoxStream<'static, Result<WatchUpdate<Indexes>>>> {
-        let watch = Watch::new(Arc::clone(&self.shared), from);
-        let stream = futures::stream::unfold(Some(watch), |state| async move {
-            let mut watch = state?;
-            match watch.next().await {
-                Ok(update) => Some((Ok(update), Some(watch))),
-                // Core backs off and calls `watch` again; this stream ends.
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        Ok(stream.boxed())
+        Ok(updates(Watch::new(Arc::clone(&self.shared), from)))
     }
 
     /// A healthy watch confirms within [`PROBE_AFTER`] (an answer or a
@@ -166,6 +180,11 @@ impl Watch {
             shared.client.agent.kv_list(&shared.prefix, Some(block)).await
         })
     }
+}
+
+#[async_trait]
+impl Cursor for Watch {
+    type Resume = Indexes;
 
     /// The next changed listing ([`WatchUpdate::Replace`]), or a
     /// confirmation that nothing changed ([`WatchUpdate::Progress`]: a

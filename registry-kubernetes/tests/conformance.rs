@@ -307,7 +307,9 @@ impl Backend for Slices {
         anyhow::bail!("endpointslice mode has no raw records")
     }
 
-    /// The instance's Pod goes away at once, as when its node fails.
+    /// The instance's Pod goes away with no grace period, as when its node
+    /// fails, a moment after the crash (as the Pod suite's kubelet does):
+    /// the scenario first checks that the crash alone removed nothing.
     async fn crashed(&self, registrar: &Registrar) -> anyhow::Result<()> {
         let node = registrar.node().ok_or_else(|| anyhow::anyhow!("crashed registrar never installed"))?;
         let namespace = registrar.conf().namespace.clone();
@@ -318,7 +320,14 @@ impl Backend for Slices {
             .into_iter()
             .find(|p| p.metadata.uid.as_deref().map(registry_kubernetes::instance_id) == Some(node.lease_id))
             .ok_or_else(|| anyhow::anyhow!("no Pod has lease {}", node.lease_id))?;
-        self.server.delete_pod_now(&namespace, &pod.name_any()).await
+        let server = Arc::clone(&self.server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Err(e) = server.delete_pod_now(&namespace, &pod.name_any()).await {
+                tracing::error!("deleting the crashed instance's Pod failed: {e:#}");
+            }
+        });
+        Ok(())
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

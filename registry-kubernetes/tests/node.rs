@@ -130,9 +130,8 @@ async fn until(
 /// controllers, a scheduler and a kubelet present.
 async fn conformance_through_kubeconfig() -> anyhow::Result<()> {
     let c = cluster().await?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let started = Instant::now();
-    let output = tokio::process::Command::new(cargo)
+    let output = tokio::process::Command::from(registry_testenv::cargo_command())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         // The outer run's package selection and features (`scripts/test.sh`:
         // `--workspace --all-features`), so cargo reuses its artifacts instead
@@ -179,10 +178,9 @@ async fn conformance_through_kubeconfig() -> anyhow::Result<()> {
 /// reports outage and raw-write scenarios as not applicable, with the reason).
 async fn registryctl_conformance() -> anyhow::Result<()> {
     let c = cluster().await?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Built with the outer run's selection and features (see above), so a
     // `scripts/test.sh` run finds it built; cargo puts it beside `deps/`.
-    let built = tokio::process::Command::new(&cargo)
+    let built = tokio::process::Command::from(registry_testenv::cargo_command())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["build", "--quiet", "--workspace", "--all-features", "--bin", "registryctl"])
         .status()

@@ -26,7 +26,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::kube_node::{KubeNode, busybox_rootfs};
 
@@ -48,11 +47,10 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Builds (or finds up to date) the static `registry-demo` binary and
-/// returns its path. Runs the `cargo` that runs the tests (`CARGO`), in the
-/// same target dir.
+/// returns its path. Runs the `cargo` that runs the tests
+/// ([`crate::cargo_command`]), in the same target dir.
 pub fn build_demo_binary() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let output = crate::cargo_command()
         .current_dir(workspace_root())
         .args(["build", "--quiet", "-p", "registry-demo", "--profile", DEMO_PROFILE, "--target", STATIC_TARGET])
         .args(["--message-format", "json-render-diagnostics"])

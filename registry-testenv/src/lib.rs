@@ -64,7 +64,61 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
 
+/// The `cargo` that runs the tests (`CARGO`, else `cargo` on the `PATH`),
+/// for a build or test run from inside a test, without the variables cargo
+/// sets for the running crate (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// `OUT_DIR`, ...). Build scripts declare some of them with
+/// `rerun-if-env-changed` (ring: `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`),
+/// and cargo compares its own environment: left set, they would rebuild
+/// ring and everything above it in the nested run, and again in the next
+/// outer one.
+pub fn cargo_command() -> std::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if is_crate_variable(name) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A variable cargo sets for the crate it builds or runs (not one a user sets
+/// to configure cargo, such as `CARGO_TARGET_DIR` or `CARGO_HOME`).
+fn is_crate_variable(name: &str) -> bool {
+    const EXACT: [&str; 7] = [
+        "OUT_DIR",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_RUSTC_CURRENT_DIR"];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// A non-empty environment variable.
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_crate_variable;
+
+    #[test]
+    fn crate_variables_are_told_from_cargo_configuration() {
+        for name in
+            ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR", "OUT_DIR", "CARGO_BIN_EXE_registryctl"]
+        {
+            assert!(is_crate_variable(name), "{name}");
+        }
+        for name in ["CARGO_TARGET_DIR", "CARGO_HOME", "CARGO_INCREMENTAL", "CARGO_ENCODED_RUSTFLAGS", "CARGO", "PATH"]
+        {
+            assert!(!is_crate_variable(name), "{name}");
+        }
+    }
 }
