@@ -94,7 +94,9 @@ step "cargo test (all features, real servers required)"
 cargo test --workspace --all-features --no-fail-fast
 
 step "unit tests that need a server (ignored by a plain cargo test)"
-cargo test --all-features -p registry-kubernetes --lib -- --ignored
+# The whole workspace's selection and features, as above, so nothing is built
+# again (the only ignored unit tests are registry-kubernetes's).
+cargo test --workspace --all-features --lib -- --ignored
 
 if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
   step "scale tests (ignored by default)"
