@@ -134,9 +134,15 @@ cargo run --release --quiet -p registryctl -- bench --backend memory --instances
 SCALE_INSTANCES=1000
 [ "${REGISTRY_TEST_SCALE:-0}" = "1" ] && SCALE_INSTANCES=10000
 for backend in memory etcd kubernetes-lease; do
-  step "registryctl bench --backend $backend --instances $SCALE_INSTANCES (release)"
+  # Kubernetes at 200 writes/s (TTL 10 s at 1,000): kube-apiserver on these
+  # shared 2 cores tops out near 300 renewals/s (docs/performance.md), and at
+  # that saturation a renewal slower than TTL/2 now and then loses its Lease
+  # (2 of 1,000 went down once, TTL 5 s). The 400/s runs are in the docs.
+  rate=400
+  [ "$backend" = kubernetes-lease ] && rate=200
+  step "registryctl bench --backend $backend --instances $SCALE_INSTANCES --max-write-rate $rate (release)"
   cargo run --release --quiet -p registryctl -- bench --backend "$backend" --instances "$SCALE_INSTANCES" \
-    --samples 50 --cold-starts 3 --concurrency 16
+    --max-write-rate "$rate" --samples 50 --cold-starts 3 --concurrency 16
 done
 
 step "all checks passed"
