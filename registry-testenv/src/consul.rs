@@ -115,6 +115,10 @@ impl ConsulServer {
     /// A new local agent with extra command-line flags; `token` is used for
     /// the readiness probe and returned by [`token`](Self::token).
     pub async fn start_local_with(extra_args: &[&str], token: Option<String>) -> Result<Self, Unavailable> {
+        super::retry_port_race("consul", || Self::start_local_once(extra_args, token.clone())).await
+    }
+
+    async fn start_local_once(extra_args: &[&str], token: Option<String>) -> Result<Self, Unavailable> {
         let program = binary("consul")?;
         let fail = |reason: String| Unavailable::StartFailed { server: "consul".into(), reason };
         let dir = data_dir_root()

@@ -99,6 +99,10 @@ impl EtcdServer {
     }
 
     async fn launch(extra_args: &[&str], tls: Option<&ServerTls>) -> Result<Self, Unavailable> {
+        super::retry_port_race("etcd", || Self::launch_once(extra_args, tls)).await
+    }
+
+    async fn launch_once(extra_args: &[&str], tls: Option<&ServerTls>) -> Result<Self, Unavailable> {
         let program = binary("etcd")?;
         let fail = |reason: String| Unavailable::StartFailed { server: "etcd".into(), reason };
         let dir = tempfile::Builder::new().prefix("registry-etcd-").tempdir().map_err(|e| fail(e.to_string()))?;

@@ -100,6 +100,32 @@ fn is_crate_variable(name: &str) -> bool {
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Starts of a local server tried before a lost port race is reported.
+const PORT_RACE_ATTEMPTS: u32 = 3;
+
+/// Runs `start` (which picks fresh ports with [`free_port`] each time) again
+/// when the server exited because another process took one of its ports
+/// between [`free_port`] releasing it and the server binding it (tests start
+/// servers in parallel; seen once in CI: `bind: address already in use`).
+pub(crate) async fn retry_port_race<T, F, Fut>(server: &str, mut start: F) -> Result<T, Unavailable>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Unavailable>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Err(Unavailable::StartFailed { reason, .. })
+                if attempt < PORT_RACE_ATTEMPTS && reason.contains("address already in use") =>
+            {
+                eprintln!("testenv: {server} lost a port race (attempt {attempt}); starting it on fresh ports");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A non-empty environment variable.
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -107,7 +133,41 @@ pub fn var(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_crate_variable;
+    use super::{Unavailable, is_crate_variable, retry_port_race};
+
+    fn failed(reason: &str) -> Unavailable {
+        Unavailable::StartFailed { server: "etcd".into(), reason: reason.into() }
+    }
+
+    #[tokio::test]
+    async fn a_lost_port_race_is_started_again_and_other_failures_are_not() {
+        let mut calls = 0;
+        let started = retry_port_race("etcd", || {
+            calls += 1;
+            let first = calls == 1;
+            async move { if first { Err(failed("exited early: bind: address already in use")) } else { Ok(calls) } }
+        })
+        .await;
+        assert!(matches!(started, Ok(2)), "{started:?}");
+
+        let mut calls = 0;
+        let started: Result<(), _> = retry_port_race("etcd", || {
+            calls += 1;
+            async { Err(failed("exited early: permission denied")) }
+        })
+        .await;
+        assert!(started.is_err());
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let started: Result<(), _> = retry_port_race("etcd", || {
+            calls += 1;
+            async { Err(failed("address already in use")) }
+        })
+        .await;
+        assert!(started.is_err());
+        assert_eq!(calls, 3, "gives up after three starts");
+    }
 
     #[test]
     fn crate_variables_are_told_from_cargo_configuration() {
