@@ -150,23 +150,20 @@ mod tests {
         .await;
         assert!(matches!(started, Ok(2)), "{started:?}");
 
-        let mut calls = 0;
-        let started: Result<(), _> = retry_port_race("etcd", || {
-            calls += 1;
-            async { Err(failed("exited early: permission denied")) }
-        })
-        .await;
-        assert!(started.is_err());
-        assert_eq!(calls, 1);
+        assert_eq!(starts_always_failing("exited early: permission denied").await, 1);
+        assert_eq!(starts_always_failing("address already in use").await, 3, "gives up after three starts");
+    }
 
+    /// How many starts `retry_port_race` makes when every start fails with `reason`.
+    async fn starts_always_failing(reason: &str) -> u32 {
         let mut calls = 0;
         let started: Result<(), _> = retry_port_race("etcd", || {
             calls += 1;
-            async { Err(failed("address already in use")) }
+            async { Err(failed(reason)) }
         })
         .await;
         assert!(started.is_err());
-        assert_eq!(calls, 3, "gives up after three starts");
+        calls
     }
 
     #[test]
