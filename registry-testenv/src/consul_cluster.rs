@@ -38,6 +38,8 @@ use super::{Unavailable, binary};
 pub const SERVERS: usize = 3;
 /// Client agents.
 pub const CLIENTS: usize = 2;
+/// Most client agents [`ConsulCluster::start_fleet`] starts.
+pub const FLEET_CLIENTS_MAX: usize = 10;
 /// HTTP port of every agent (Consul's default).
 pub const HTTP_PORT: u16 = 8500;
 /// Server RPC port (Consul's default).
@@ -47,11 +49,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(45);
 /// Deadline of one readiness probe.
 const PROBE: Duration = Duration::from_secs(2);
 
-/// A running Consul cluster: servers `0..3`, client agents `0..2`.
+/// A running Consul cluster: servers `0..3`, client agents `0..2` (or the
+/// shape [`ConsulCluster::start_fleet`] asked for).
 #[derive(Debug)]
 pub struct ConsulCluster {
     /// Servers first, then client agents.
     agents: Vec<MemberProcess>,
+    /// How many of `agents` are servers.
+    servers: usize,
     /// Data dirs and logs; removed after the agents are killed.
     dir: tempfile::TempDir,
     /// The address block; released last.
@@ -71,8 +76,38 @@ fn data_dir_root() -> Option<&'static Path> {
 impl ConsulCluster {
     /// Starts 3 servers and 2 client agents and waits until the cluster is ready.
     pub async fn start() -> Result<Self, Unavailable> {
+        Self::start_shape("consul", 151, SERVERS, CLIENTS, &[]).await
+    }
+
+    /// Starts one server and `clients` client agents (at most
+    /// [`FLEET_CLIENTS_MAX`]) on `127.0.0.211` and up, every agent given the
+    /// extra `-hcl` lines `hcl`, and waits until the cluster is ready: the
+    /// shape of a fleet spread over nodes, each node's instances on its own
+    /// agent (`registryctl bench --backend consul-agents`). A Consul agent's
+    /// anti-entropy scans every service and check registered on it at each
+    /// change, so one agent carrying a whole fleet of thousands measures
+    /// that agent, not Consul (see `docs/performance.md`).
+    pub async fn start_fleet(clients: usize, hcl: &[&str]) -> Result<Self, Unavailable> {
+        if clients == 0 || clients > FLEET_CLIENTS_MAX {
+            return Err(Unavailable::NotApplicable(format!(
+                "a fleet cluster has 1 to {FLEET_CLIENTS_MAX} client agents, not {clients}"
+            )));
+        }
+        Self::start_shape("consul-fleet", 211, 1, clients, hcl).await
+    }
+
+    async fn start_shape(
+        kind: &str,
+        first: u8,
+        servers: usize,
+        clients: usize,
+        hcl: &[&str],
+    ) -> Result<Self, Unavailable> {
         let program = binary("consul")?;
-        let slot = ClusterSlot::acquire("consul", 151, (SERVERS + CLIENTS) as u8, 8)?;
+        // A fleet cluster always holds a block of the largest shape, so
+        // clusters of different sizes never share addresses.
+        let (size, slots) = if kind == "consul" { (SERVERS + CLIENTS, 8) } else { (1 + FLEET_CLIENTS_MAX, 4) };
+        let slot = ClusterSlot::acquire(kind, first, size as u8, slots)?;
         let fail = |reason: String| Unavailable::StartFailed { server: "consul cluster".into(), reason };
         let builder = {
             let mut b = tempfile::Builder::new();
@@ -85,15 +120,15 @@ impl ConsulCluster {
         }
         .map_err(|e| fail(e.to_string()))?;
         let joins: Vec<String> =
-            slot.addresses[..SERVERS].iter().flat_map(|a| ["-retry-join".to_owned(), a.to_string()]).collect();
-        let mut agents = Vec::with_capacity(SERVERS + CLIENTS);
-        for (i, address) in slot.addresses.iter().enumerate() {
-            let server = i < SERVERS;
-            let node = if server { format!("s{i}") } else { format!("c{}", i - SERVERS) };
+            slot.addresses[..servers].iter().flat_map(|a| ["-retry-join".to_owned(), a.to_string()]).collect();
+        let mut agents = Vec::with_capacity(servers + clients);
+        for (i, address) in slot.addresses.iter().take(servers + clients).enumerate() {
+            let server = i < servers;
+            let node = if server { format!("s{i}") } else { format!("c{}", i - servers) };
             let data = dir.path().join(&node);
             let mut args: Vec<String> = vec!["agent".into()];
             if server {
-                args.extend(["-server".into(), "-bootstrap-expect".into(), SERVERS.to_string()]);
+                args.extend(["-server".into(), "-bootstrap-expect".into(), servers.to_string()]);
             }
             args.extend(
                 [
@@ -117,14 +152,20 @@ impl ConsulCluster {
                 .iter()
                 .map(|s| s.to_string()),
             );
+            args.extend(hcl.iter().flat_map(|line| ["-hcl".to_owned(), (*line).to_owned()]));
             args.extend(joins.iter().cloned());
             let log = dir.path().join(format!("{node}.log"));
             let process = MemberProcess::start(&format!("consul {node} ({address})"), *address, &program, args, log)?;
             agents.push(process);
         }
-        let mut cluster = Self { agents, dir, _slot: slot };
+        let mut cluster = Self { agents, servers, dir, _slot: slot };
         cluster.wait_ready(START_TIMEOUT).await?;
         Ok(cluster)
+    }
+
+    /// Number of client agents.
+    pub fn clients(&self) -> usize {
+        self.agents.len() - self.servers
     }
 
     /// Address of server `i`.
@@ -134,7 +175,7 @@ impl ConsulCluster {
 
     /// Address of client agent `j`.
     pub fn client_address(&self, j: usize) -> Ipv4Addr {
-        self.agents[SERVERS + j].address()
+        self.agents[self.servers + j].address()
     }
 
     /// HTTP API of client agent `j`: `http://127.0.0.x:8500`.
@@ -164,7 +205,7 @@ impl ConsulCluster {
 
     /// The last lines of client agent `j`'s log.
     pub fn client_log(&self, j: usize, lines: usize) -> String {
-        self.agents[SERVERS + j].log_tail(lines)
+        self.agents[self.servers + j].log_tail(lines)
     }
 
     /// One plain-HTTP request to agent `agent` (servers `0..3`, then clients):
@@ -176,7 +217,7 @@ impl ConsulCluster {
 
     /// One plain-HTTP GET to client agent `j` (test glue: read what another client would see).
     pub async fn client_get(&self, j: usize, path: &str) -> std::io::Result<(u16, String)> {
-        self.request(SERVERS + j, "GET", path).await
+        self.request(self.servers + j, "GET", path).await
     }
 
     /// Index of the server the cluster calls its leader, as the running
@@ -189,7 +230,7 @@ impl ConsulCluster {
             if let Ok((200, body)) = self.request(agent, "GET", "/v1/status/leader").await {
                 let leader = body.trim().trim_matches('"');
                 if let Some((host, _)) = leader.rsplit_once(':')
-                    && let Some(i) = (0..SERVERS).find(|&i| self.server_address(i).to_string() == host)
+                    && let Some(i) = (0..self.servers).find(|&i| self.server_address(i).to_string() == host)
                 {
                     return Some(i);
                 }
@@ -254,7 +295,7 @@ impl ConsulCluster {
                     continue;
                 }
                 if !self.agent_ready(agent).await
-                    || (agent >= SERVERS && !self.client_registered(agent - SERVERS).await)
+                    || (agent >= self.servers && !self.client_registered(agent - self.servers).await)
                 {
                     ready = false;
                     break;
@@ -282,13 +323,13 @@ impl ConsulCluster {
 
     /// Kills client agent `j` (SIGKILL: the host's agent crashes).
     pub fn kill_agent(&mut self, j: usize) {
-        self.agents[SERVERS + j].kill();
+        self.agents[self.servers + j].kill();
     }
 
     /// Starts client agent `j` again on its address and data dir and waits
     /// until it is back in the cluster with a passing `serfHealth`.
     pub async fn restart_agent(&mut self, j: usize) -> Result<(), Unavailable> {
-        self.agents[SERVERS + j].restart()?;
+        self.agents[self.servers + j].restart()?;
         self.wait_ready(START_TIMEOUT).await
     }
 
@@ -313,7 +354,7 @@ impl ConsulCluster {
     /// Silently partitions client agent `j` from everyone — servers, other
     /// agents, and the clients of its HTTP API — for at most `bound`.
     pub fn partition_agent(&self, j: usize, bound: Duration) -> Result<Partition, Unavailable> {
-        let agent = &self.agents[SERVERS + j];
+        let agent = &self.agents[self.servers + j];
         Partition::member(agent.address(), agent.gid(), bound)
     }
 
@@ -330,9 +371,9 @@ impl ConsulCluster {
                 ))
             })
         };
-        let a = vec![process(&self.agents[SERVERS + j])?];
+        let a = vec![process(&self.agents[self.servers + j])?];
         let b = (0..self.agents.len())
-            .filter(|&i| i != SERVERS + j)
+            .filter(|&i| i != self.servers + j)
             .map(|i| process(&self.agents[i]))
             .collect::<Result<Vec<_>, _>>()?;
         Partition::start(Cut::Between { a, b }, bound)

@@ -19,10 +19,16 @@ pub const NAMES: &[&str] = &[
     "etcd-cluster",
     "consul",
     "consul-per-app",
+    "consul-agents",
+    "consul-agents-per-app",
     "kubernetes-lease",
     "kubernetes-configmap",
     "kubernetes-pod",
 ];
+
+/// Client agents of `consul-agents`: the first serves discovery, the fleet
+/// is spread over the other seven.
+pub const CONSUL_AGENTS: usize = 8;
 
 /// The agent flag `consul-per-app` adds: a per-app discoverer holds one
 /// blocking connection per app (plus one), and the agent refuses more than
@@ -41,6 +47,9 @@ pub struct LocalServer {
     pub kube: Option<Arc<KubeServer>>,
     /// Kubernetes `pod` mode: every registrar needs a running Pod of its own.
     pub pods: bool,
+    /// Where a fleet's instances register, spread over these URLs in turn
+    /// (`consul-agents`: one client agent per node); empty: at [`url`](Self::url).
+    pub fleet_urls: Vec<String>,
     _server: Option<Box<dyn Any + Send>>,
 }
 
@@ -50,6 +59,7 @@ pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
         url,
         kube: None,
         pods: false,
+        fleet_urls: Vec::new(),
         _server: server,
     };
     match name {
@@ -81,11 +91,26 @@ pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
             }
             Ok(plain(url, Some(Box::new(server))))
         }
+        // One server and client agents like nodes (`crate::consul_cluster`):
+        // discovery reads through the first agent, the fleet registers
+        // through the others in turn, so no agent carries the whole fleet.
+        "consul-agents" | "consul-agents-per-app" => {
+            let per_app = name == "consul-agents-per-app";
+            let hcl: &[&str] = if per_app { &[CONSUL_PER_APP_LIMITS] } else { &[] };
+            let cluster = crate::consul_cluster::ConsulCluster::start_fleet(CONSUL_AGENTS, hcl).await?;
+            let query = if per_app { "?layout=per-app" } else { "" };
+            let url_of = |j: usize| {
+                format!("consul://{}:{}{query}", cluster.client_address(j), crate::consul_cluster::HTTP_PORT)
+            };
+            let url = url_of(0);
+            let fleet_urls = (1..cluster.clients()).map(url_of).collect();
+            Ok(LocalServer { url, kube: None, pods: false, fleet_urls, _server: Some(Box::new(cluster)) })
+        }
         _ => match name.strip_prefix("kubernetes-").filter(|mode| ["lease", "configmap", "pod"].contains(mode)) {
             Some(mode) => {
                 let server = KubeServer::shared().await?;
                 let url = format!("kubernetes://?mode={mode}&kubeconfig={}", server.kubeconfig().display());
-                Ok(LocalServer { url, kube: Some(server), pods: mode == "pod", _server: None })
+                Ok(LocalServer { url, kube: Some(server), pods: mode == "pod", fleet_urls: Vec::new(), _server: None })
             }
             None => Err(Unavailable::NotApplicable(format!(
                 "no local server for backend `{name}`; one of: {}",

@@ -46,8 +46,10 @@ pub(crate) const FLEET_PREFIX: &str = "fleet-";
 /// Options of `registryctl bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Backend: memory, etcd, consul, consul-per-app (Consul's per-app layout), kubernetes-lease,
-    /// kubernetes-configmap, kubernetes-pod.
+    /// Backend: memory, etcd, etcd-cluster (3 members), consul, consul-per-app (Consul's per-app
+    /// layout), consul-agents and consul-agents-per-app (a server and 8 client agents: the fleet
+    /// spread over 7, discovery through the first), kubernetes-lease, kubernetes-configmap,
+    /// kubernetes-pod.
     #[arg(long, default_value = "memory")]
     backend: String,
     /// Connect to this URL instead of starting a local server.
@@ -148,13 +150,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.samples >= 1, "--samples must be at least 1");
     let target = servers::resolve(&args.backend, args.url.clone()).await?;
     let writer_side = registry::connect(target.url.as_str()).await.context("connecting the registrar side")?;
+    // The fleet's sides: one per agent it is spread over (`consul-agents`), else the registrar side.
+    let mut fleet_sides = Vec::with_capacity(target.fleet_urls.len());
+    for url in &target.fleet_urls {
+        fleet_sides.push(registry::connect(url.as_str()).await.context("connecting a fleet side")?);
+    }
     let reader_side = registry::connect(target.url.as_str()).await.context("connecting the discoverer side")?;
     eprintln!("bench: backend={} url={}", args.backend, redact(&target.url));
     let sizes = if args.sweep.is_empty() { vec![args.instances] } else { args.sweep.clone() };
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &instances in &sizes {
-        let row = match measure(&args, &target, &writer_side, &reader_side, instances).await {
+        let sides: Vec<&Registry> =
+            if fleet_sides.is_empty() { vec![&writer_side] } else { fleet_sides.iter().collect() };
+        let row = match measure(&args, &target, &sides, &writer_side, &reader_side, instances).await {
             Ok(row) => row,
             // A size the backend cannot carry is a result too: the sweep goes on.
             Err(e) if sizes.len() > 1 => {
@@ -437,10 +446,11 @@ impl Fleet {
     async fn start(
         args: &BenchArgs,
         target: &servers::Target,
-        side: &Registry,
+        sides: &[&Registry],
         conf: &ServiceConf,
         instances: usize,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!sides.is_empty(), "a fleet needs a side to register on");
         let writes = Arc::new(Writes::default());
         let failed = Arc::new(AtomicU64::new(0));
         let install_retries = Arc::new(AtomicU64::new(0));
@@ -450,6 +460,7 @@ impl Fleet {
         let mut pending = FuturesUnordered::new();
         for i in 0..instances {
             let meta = Meta::new(ENV, format!("{FLEET_PREFIX}{}", i % apps), "v1");
+            let side = sides[i % sides.len()];
             let registrar: Arc<dyn Register> = if target.pods() {
                 target.registrar(side, meta, conf.clone()).await?.registrar
             } else {
@@ -665,6 +676,7 @@ impl Observer {
 async fn measure(
     args: &BenchArgs,
     target: &servers::Target,
+    fleet_sides: &[&Registry],
     writer_side: &Registry,
     reader_side: &Registry,
     instances: usize,
@@ -686,7 +698,7 @@ async fn measure(
     );
 
     let started = Instant::now();
-    let fleet = Fleet::start(args, target, writer_side, &fleet_conf, instances).await?;
+    let fleet = Fleet::start(args, target, fleet_sides, &fleet_conf, instances).await?;
     row.install_s = started.elapsed().as_secs_f64();
     row.install_retries = fleet.install_retries;
     eprintln!("bench: fleet installed in {:.1} s", row.install_s);

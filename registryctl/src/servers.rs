@@ -13,6 +13,8 @@ use registry_testenv::kube::KubeServer;
 pub struct Target {
     /// URL to connect to.
     pub url: String,
+    /// Where the fleet registers, spread over these in turn; empty: at `url`.
+    pub fleet_urls: Vec<String>,
     /// Keeps a spawned server running until dropped.
     _server: Option<Box<dyn Any + Send>>,
     /// The Kubernetes API server, whose namespaces must exist before use.
@@ -35,7 +37,7 @@ impl Target {
     }
 
     fn new(url: String, server: Option<Box<dyn Any + Send>>, kube: Option<Arc<KubeServer>>, pods: bool) -> Self {
-        Self { url, _server: server, kube, pods, next_pod: AtomicU64::new(0) }
+        Self { url, fleet_urls: Vec::new(), _server: server, kube, pods, next_pod: AtomicU64::new(0) }
     }
 
     /// A registrar on `side`; in `pod` mode, in a new Running Pod of its own
@@ -81,5 +83,6 @@ pub async fn resolve(backend: &str, url: Option<String>) -> anyhow::Result<Targe
     }
     let local = registry_testenv::local::start(backend).await?;
     let (url, kube, pods) = (local.url.clone(), local.kube.clone(), local.pods);
-    Ok(Target::new(url, Some(Box::new(local)), kube, pods))
+    let fleet_urls = local.fleet_urls.clone();
+    Ok(Target { fleet_urls, ..Target::new(url, Some(Box::new(local)), kube, pods) })
 }
