@@ -44,8 +44,11 @@ pub const FLEET_CLIENTS_MAX: usize = 10;
 pub const HTTP_PORT: u16 = 8500;
 /// Server RPC port (Consul's default).
 pub const SERVER_PORT: u16 = 8300;
-/// How long agents may take to form a ready cluster.
-const START_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long agents may take to form a ready cluster. A bound, not a
+/// typical time (a few seconds): the six tests of `registry-consul`'s
+/// cluster suite start 30 agents at once, and in a cold CI run, beside the
+/// background builds, one cluster became ready just past 45 s.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Deadline of one readiness probe.
 const PROBE: Duration = Duration::from_secs(2);
 
@@ -383,5 +386,21 @@ impl ConsulCluster {
     pub fn partition_server(&self, i: usize, bound: Duration) -> Result<Partition, Unavailable> {
         let agent = &self.agents[i];
         Partition::member(agent.address(), agent.gid(), bound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fleet_cluster_of_no_or_too_many_clients_is_refused_before_anything_starts() {
+        for clients in [0, FLEET_CLIENTS_MAX + 1] {
+            let started = ConsulCluster::start_fleet(clients, &[]).await;
+            assert!(
+                matches!(&started, Err(Unavailable::NotApplicable(reason)) if reason.contains(&format!("not {clients}"))),
+                "{clients} clients: {started:?}"
+            );
+        }
     }
 }
