@@ -11,6 +11,12 @@
 //! addresses of the next run. Without root, members run as plain children
 //! (no group of their own: partitions of members are then unavailable).
 //!
+//! Because the signal follows the starting *thread*, a cluster is started
+//! from a thread that lives as long as it: a test's own thread or a runtime
+//! worker, never `tokio::task::spawn_blocking`, whose threads end after 10 s
+//! idle and would take the cluster with them. A cluster whose members all
+//! vanish at once with nothing in their logs was killed this way, or dropped.
+//!
 //! [`ClusterSlot`] hands out the loopback address blocks: a lock file per
 //! block under the system temp dir, held for the cluster's lifetime, so
 //! concurrent test binaries (and concurrent tests in one binary) never start
