@@ -79,7 +79,8 @@ fn data_dir_root() -> Option<&'static Path> {
 impl ConsulCluster {
     /// Starts 3 servers and 2 client agents and waits until the cluster is ready.
     pub async fn start() -> Result<Self, Unavailable> {
-        Self::start_shape("consul", 151, SERVERS, CLIENTS, &[]).await
+        let slot = ClusterSlot::acquire("consul", 151, (SERVERS + CLIENTS) as u8, 8)?;
+        Self::start_shape(slot, SERVERS, CLIENTS, &[]).await
     }
 
     /// Starts one server and `clients` client agents (at most
@@ -96,21 +97,16 @@ impl ConsulCluster {
                 "a fleet cluster has 1 to {FLEET_CLIENTS_MAX} client agents, not {clients}"
             )));
         }
-        Self::start_shape("consul-fleet", 211, 1, clients, hcl).await
+        // Always a block of the largest shape, so fleet clusters of
+        // different sizes never share addresses.
+        let slot = ClusterSlot::acquire("consul-fleet", 211, (1 + FLEET_CLIENTS_MAX) as u8, 4)?;
+        Self::start_shape(slot, 1, clients, hcl).await
     }
 
-    async fn start_shape(
-        kind: &str,
-        first: u8,
-        servers: usize,
-        clients: usize,
-        hcl: &[&str],
-    ) -> Result<Self, Unavailable> {
+    /// Starts `servers` servers and `clients` client agents on the first
+    /// addresses of `slot` and waits until the cluster is ready.
+    async fn start_shape(slot: ClusterSlot, servers: usize, clients: usize, hcl: &[&str]) -> Result<Self, Unavailable> {
         let program = binary("consul")?;
-        // A fleet cluster always holds a block of the largest shape, so
-        // clusters of different sizes never share addresses.
-        let (size, slots) = if kind == "consul" { (SERVERS + CLIENTS, 8) } else { (1 + FLEET_CLIENTS_MAX, 4) };
-        let slot = ClusterSlot::acquire(kind, first, size as u8, slots)?;
         let fail = |reason: String| Unavailable::StartFailed { server: "consul cluster".into(), reason };
         let builder = {
             let mut b = tempfile::Builder::new();

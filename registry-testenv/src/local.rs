@@ -104,15 +104,14 @@ pub async fn start(name: &str) -> Result<LocalServer, Unavailable> {
             let url_of = |j: usize| {
                 format!("consul://{}:{}{query}", cluster.client_address(j), crate::consul_cluster::HTTP_PORT)
             };
-            let url = url_of(0);
             let fleet_urls = (1..cluster.clients()).map(url_of).collect();
-            Ok(LocalServer { url, kube: None, pods: false, fleet_urls, _server: Some(Box::new(cluster)) })
+            Ok(LocalServer { fleet_urls, ..plain(url_of(0), Some(Box::new(cluster))) })
         }
         _ => match name.strip_prefix("kubernetes-").filter(|mode| ["lease", "configmap", "pod"].contains(mode)) {
             Some(mode) => {
                 let server = KubeServer::shared().await?;
                 let url = format!("kubernetes://?mode={mode}&kubeconfig={}", server.kubeconfig().display());
-                Ok(LocalServer { url, kube: Some(server), pods: mode == "pod", fleet_urls: Vec::new(), _server: None })
+                Ok(LocalServer { kube: Some(server), pods: mode == "pod", ..plain(url, None) })
             }
             None => Err(Unavailable::NotApplicable(format!(
                 "no local server for backend `{name}`; one of: {}",

@@ -155,14 +155,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for url in &target.fleet_urls {
         fleet_sides.push(registry::connect(url.as_str()).await.context("connecting a fleet side")?);
     }
+    let sides: Vec<&Registry> = if fleet_sides.is_empty() { vec![&writer_side] } else { fleet_sides.iter().collect() };
     let reader_side = registry::connect(target.url.as_str()).await.context("connecting the discoverer side")?;
     eprintln!("bench: backend={} url={}", args.backend, redact(&target.url));
     let sizes = if args.sweep.is_empty() { vec![args.instances] } else { args.sweep.clone() };
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &instances in &sizes {
-        let sides: Vec<&Registry> =
-            if fleet_sides.is_empty() { vec![&writer_side] } else { fleet_sides.iter().collect() };
         let row = match measure(&args, &target, &sides, &writer_side, &reader_side, instances).await {
             Ok(row) => row,
             // A size the backend cannot carry is a result too: the sweep goes on.
