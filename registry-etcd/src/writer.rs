@@ -10,7 +10,6 @@ use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::Mutex;
 
 use crate::error::{Call, KIND};
-use crate::store::EtcdStore;
 
 /// Shortest attempt of a lease renewal (see [`EtcdWriter`]'s `renew`).
 const MIN_RENEW_ATTEMPT: Duration = Duration::from_millis(100);
@@ -110,7 +109,7 @@ impl StoreWriter for EtcdWriter {
         }
         // For the error only: the put encodes the node itself.
         let size = node.to_json()?.len();
-        let key = EtcdStore::key(&self.scope, node);
+        let key = self.scope.record_key(&node.meta.app_id, node.lease_id);
         let mut client = self.client.clone();
         match crate::operator::put_keeping_mark(&mut client, &key, node, self.timeout).await {
             Ok(()) => Ok(()),
@@ -154,7 +153,7 @@ impl StoreWriter for EtcdWriter {
     async fn remove(&self, node: &ServiceNode) -> Result<()> {
         self.keepalive.lock().await.take();
         let mut client = self.client.clone();
-        self.call("delete").run(client.delete(EtcdStore::key(&self.scope, node), None)).await?;
+        self.call("delete").run(client.delete(self.scope.record_key(&node.meta.app_id, node.lease_id), None)).await?;
         if node.lease_id > 0 {
             match self.call("lease revoke").run(client.lease_revoke(node.lease_id)).await {
                 Ok(_) | Err(Error::LeaseExpired { .. }) => {}
