@@ -72,6 +72,9 @@ background cargo-builds bash -c '
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "no import circles between the modules of a product crate"
+python3 scripts/module-cycles.py
+
 step "cargo clippy (all targets, all features, warnings denied)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
