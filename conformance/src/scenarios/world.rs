@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use registry_core::{Discoverer, Discovery, Register, Registrar, ServiceNode};
+use registry_core::{Discoverer, Discovery, Register, Registrar, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
 use crate::Backend;
@@ -56,7 +56,14 @@ impl<'a, B: Backend> World<'a, B> {
 
     /// Installs `node` as a new instance of `app` and starts its keepalive.
     pub async fn start(&mut self, app: &str, node: ServiceNode) -> anyhow::Result<Instance> {
-        let registrar = self.registrar(app).await?;
+        let conf = conf(&self.namespace);
+        self.start_with(app, node, conf).await
+    }
+
+    /// [`start`](Self::start) with a configuration of the caller's (in this world's namespace).
+    pub async fn start_with(&mut self, app: &str, node: ServiceNode, conf: ServiceConf) -> anyhow::Result<Instance> {
+        let registrar = self.backend.registrar(meta(&self.env, app), conf).await?;
+        self.registrars.push(registrar.clone());
         let node = registrar.install(node).await?;
         let keepalive = tokio::spawn({
             let r = registrar.clone();
