@@ -13,7 +13,10 @@ use crate::{Error, Result, ServiceNode};
 ///   `lease_id` and `run_date` from the registrar's configuration and writes
 ///   the node; calling it again updates the same instance (same lease id).
 /// - [`sustain_lease`](Register::sustain_lease) heartbeats every TTL/2 until
-///   [`uninstall`](Register::uninstall). On backend failure it retries with a
+///   [`uninstall`](Register::uninstall). A renewal must land before the
+///   lease runs out (one TTL after the last one sent): a round trip that
+///   hangs is abandoned and tried again on a fresh call, in attempts of half
+///   the time left. On backend failure it retries with a
 ///   capped backoff (at most TTL/4 apart), calling [`RetryHooks::before_retry`]
 ///   before each retry and [`RetryHooks::after_recovery`] once it succeeds
 ///   again. After `max_retry` consecutive failures it reports the

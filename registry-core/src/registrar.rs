@@ -20,6 +20,8 @@ use crate::{Error, Meta, Register, Result, ServiceConf, ServiceNode};
 
 /// Shortest delay before the first keepalive retry.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Shortest attempt of a lease renewal (see `Registrar::renew_before`).
+const MIN_RENEW_ATTEMPT: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -35,6 +37,9 @@ struct State {
     node: Option<ServiceNode>,
     /// False after `LeaseExpired`, or before the first grant.
     lease_valid: bool,
+    /// When the last grant or renewal that succeeded was sent: the lease
+    /// lives at least one TTL from then.
+    lease_refreshed_at: Option<Instant>,
     registered_at_ms: Option<i64>,
     /// Set by `drain`, cleared by `undrain`; applied to every write.
     draining: bool,
@@ -119,6 +124,7 @@ impl Registrar {
                 state: tokio::sync::Mutex::new(State {
                     node: None,
                     lease_valid: false,
+                    lease_refreshed_at: None,
                     registered_at_ms: None,
                     draining: false,
                 }),
@@ -165,8 +171,10 @@ impl Registrar {
         let limit = || ttl.min(deadline.saturating_duration_since(Instant::now()));
         for _ in 0..2 {
             if !state.lease_valid {
+                let sent = Instant::now();
                 node.lease_id = self.bounded("grant", limit(), self.inner.writer.grant(ttl)).await?;
                 state.lease_valid = true;
+                state.lease_refreshed_at = Some(sent);
             }
             match self.bounded("put", limit(), self.inner.writer.put(node, ttl)).await {
                 Err(Error::LeaseExpired { .. }) => state.lease_valid = false,
@@ -201,8 +209,11 @@ impl Registrar {
         stamp_heartbeat(&mut node);
         let ttl = self.inner.conf.ttl;
         if state.lease_valid {
-            match self.bounded("renew", ttl / 2, self.inner.writer.renew(&node, ttl)).await {
+            let sent = Instant::now();
+            let lease_ends = state.lease_refreshed_at.map_or(sent, |at| at + ttl);
+            match self.renew_before(&node, lease_ends.max(sent + ttl / 4)).await {
                 Ok(()) => {
+                    state.lease_refreshed_at = Some(sent);
                     state.node = Some(node);
                     return Ok(());
                 }
@@ -218,6 +229,37 @@ impl Registrar {
         self.inner.last_node.store(Some(Arc::new(node.clone())));
         state.node = Some(node);
         Ok(())
+    }
+
+    /// Renews the lease before `deadline` (when it runs out), in attempts
+    /// that each get half the time left (at least [`MIN_RENEW_ATTEMPT`], at
+    /// most what is left).
+    ///
+    /// One round trip can hang without failing (a silent member, a cut
+    /// connection): waiting on it until the deadline would cost the lease.
+    /// A timed-out attempt is dropped (the adapter drops its stream or
+    /// request with it) and the next one starts at once on a fresh call,
+    /// which a client balancing over several members may send elsewhere.
+    /// Halving keeps the first attempt long enough for a slow but working
+    /// store, and leaves time for several more before the lease is gone.
+    /// Errors other than a timeout are returned at once: the keepalive's
+    /// backoff paces those.
+    async fn renew_before(&self, node: &ServiceNode, deadline: Instant) -> Result<()> {
+        let ttl = self.inner.conf.ttl;
+        let started = Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = (left / 2).max(MIN_RENEW_ATTEMPT).min(left);
+            match self.bounded("renew", attempt, self.inner.writer.renew(node, ttl)).await {
+                Err(Error::Timeout { .. }) if left > attempt => {
+                    tracing::debug!(parent: &self.inner.span, lease_id = node.lease_id, ?attempt, "renewal attempt timed out; trying again");
+                }
+                Err(Error::Timeout { backend, operation, .. }) => {
+                    return Err(Error::Timeout { backend, operation, after: started.elapsed() });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Writes the node of an install, retrying transient failures (the

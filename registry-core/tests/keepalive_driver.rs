@@ -420,3 +420,112 @@ async fn an_install_retried_after_a_failed_write_grants_again() {
     assert_eq!(installed.lease_id, 102);
     assert_eq!(r.node().map(|n| n.lease_id), Some(102));
 }
+
+/// A writer whose `renew` hangs (never answers, never fails) while
+/// `hang_renewals` is above zero, one call at a time: a silent member or a
+/// cut connection. Everything else goes to the mock.
+struct HangingRenewals {
+    mock: MockWriter,
+    hang_renewals: Mutex<u32>,
+}
+
+#[async_trait]
+impl StoreWriter for HangingRenewals {
+    fn kind(&self) -> &'static str {
+        self.mock.kind()
+    }
+    async fn grant(&self, ttl: Duration) -> Result<i64> {
+        self.mock.grant(ttl).await
+    }
+    async fn put(&self, node: &ServiceNode, ttl: Duration) -> Result<()> {
+        self.mock.put(node, ttl).await
+    }
+    async fn renew(&self, node: &ServiceNode, ttl: Duration) -> Result<()> {
+        let hang = {
+            let mut left = self.hang_renewals.lock().unwrap();
+            let hang = *left > 0;
+            *left = left.saturating_sub(1);
+            hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        self.mock.renew(node, ttl).await
+    }
+    async fn remove(&self, node: &ServiceNode) -> Result<()> {
+        self.mock.remove(node).await
+    }
+}
+
+/// Renewals that hang are abandoned and tried again before the lease runs
+/// out: the lease never lapses. Issue 22: the driver allowed one renewal
+/// TTL/2, sent TTL/2 after the last, so one hung round trip outlived the
+/// lease (etcd worked around it with 8 slices in its adapter).
+#[tokio::test(start_paused = true)]
+async fn hung_renewals_are_retried_before_the_lease_runs_out() {
+    let renewed = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let mut mock = MockWriter::new();
+    mock.expect_kind().return_const("mock");
+    mock.expect_grant().times(1).returning(|_| Ok(7));
+    mock.expect_put().times(1).returning(|_, _| Ok(()));
+    mock.expect_renew().returning({
+        let renewed = Arc::clone(&renewed);
+        move |_, _| {
+            renewed.lock().unwrap().push(Instant::now());
+            Ok(())
+        }
+    });
+    mock.expect_remove().returning(|_| Ok(()));
+    let writer = Arc::new(HangingRenewals { mock, hang_renewals: Mutex::new(3) });
+    let conf = ServiceConf::default().with_ttl(TTL);
+    let r = Registrar::from_writer(writer, Meta::new("prod", "driver", "v1"), conf).expect("valid");
+    let log: Log = Arc::default();
+    r.set_hooks(hooks(&log));
+    let installed_at = Instant::now();
+    r.install(demo_node()).await.expect("installed");
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    tokio::time::sleep(TTL * 3).await;
+    r.uninstall().await.expect("uninstalled");
+    task.await.expect("joined").expect("clean end");
+    let renewed = renewed.lock().unwrap();
+    let first = *renewed.first().expect("a renewal answered");
+    assert!(first - installed_at < TTL, "first renewal landed {:?} after the grant", first - installed_at);
+    assert!(renewed.windows(2).all(|w| w[1] - w[0] < TTL), "a gap of a TTL between renewals: {renewed:?}");
+    assert!(log.lock().unwrap().is_empty(), "a hung attempt is not a keepalive failure: {:?}", log.lock().unwrap());
+}
+
+/// A renewal that hangs on every attempt fails as a timeout no later than
+/// when the lease runs out, and the keepalive goes on retrying.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_hanging_throughout_times_out_by_the_end_of_the_lease() {
+    let mut mock = MockWriter::new();
+    mock.expect_kind().return_const("mock");
+    mock.expect_grant().returning(|_| Ok(7));
+    mock.expect_put().returning(|_, _| Ok(()));
+    mock.expect_remove().returning(|_| Ok(()));
+    let writer = Arc::new(HangingRenewals { mock, hang_renewals: Mutex::new(u32::MAX) });
+    let conf = ServiceConf::default().with_ttl(TTL);
+    let r = Registrar::from_writer(writer, Meta::new("prod", "driver", "v1"), conf).expect("valid");
+    let failed_at = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    r.set_hooks(RetryHooks::new().before_retry({
+        let failed_at = Arc::clone(&failed_at);
+        move |i| failed_at.lock().unwrap().push((Instant::now(), i.error.to_string()))
+    }));
+    let installed_at = Instant::now();
+    r.install(demo_node()).await.expect("installed");
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { r.sustain_lease().await }
+    });
+    tokio::time::sleep(TTL * 2).await;
+    assert!(!task.is_finished(), "the keepalive stopped");
+    r.uninstall().await.expect("uninstalled");
+    task.await.expect("joined").expect("clean end");
+    let failed_at = failed_at.lock().unwrap();
+    let (first, error) = failed_at.first().expect("the hung renewal failed");
+    assert!(*first - installed_at <= TTL, "failed {:?} after the grant, past the lease", *first - installed_at);
+    assert!(error.contains("renew timed out"), "{error}");
+}
