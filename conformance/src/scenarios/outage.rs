@@ -81,6 +81,6 @@ pub async fn outage_then_recovery<B: Backend>(b: &B) -> anyhow::Result<()> {
     let current = inst.registrar.node().map(|n| n.lease_id).unwrap_or_default();
     eventually(PROPAGATION * 2, "discovery follows after recovery", || leases_for(&*disc, &m) == [current]).await?;
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
