@@ -92,6 +92,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// where discovery of `scope` will list it, under a name derived from `name`.
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()>;
 
+    /// Removes what [`put_foreign`](Backend::put_foreign) wrote under `name`
+    /// in `scope`, whatever the store made of it (Consul: the KV entry, the
+    /// agent service and the session holding the entry).
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()>;
+
+    /// Called by a scenario's cleanup when it is done with `namespace`,
+    /// after its registrars uninstalled: removes what the backend's glue
+    /// made for it ([`prepare_namespace`](Backend::prepare_namespace)'s
+    /// namespace object, Pods it ran for registrars). Default: nothing.
+    async fn release_namespace(&self, _namespace: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// What the store still holds under `namespace`, named the store's way
+    /// (keys, services, sessions, objects), read on the server. The runner
+    /// asks it for every scenario namespace after the suite and fails the
+    /// run unless each is empty. `None`: this backend cannot tell (the
+    /// check is reported as not made, never as passed).
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>>;
+
     /// The instance of `registrar` crashed: its keepalive task was aborted
     /// (the suite did that). Backends whose liveness is not a lease do here
     /// what the platform would do (Kubernetes `pod` mode: the Pod stops running).

@@ -38,6 +38,14 @@ impl Backend for Memory {
         Ok(self.store.put_raw(&format!("{}{name}", scope.key_prefix()), value)?)
     }
 
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        Ok(registry_core::testing::memory_delete(&self.store, &format!("{}{name}", scope.key_prefix()))?)
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(Some(registry_core::testing::memory_keys(&self.store, &format!("{namespace}/"))?))
+    }
+
     async fn stop_server(&self) -> anyhow::Result<()> {
         self.store.set_reachable(false);
         Ok(())

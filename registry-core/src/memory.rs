@@ -181,6 +181,26 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// The keys under `prefix`, live or not yet reaped (for [`crate::testing`]).
+    #[cfg(feature = "testing")]
+    pub(crate) fn keys_under(&self, prefix: &str) -> Result<Vec<String>> {
+        let state = self.lock()?;
+        Ok(state.records.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+
+    /// Deletes `key` whatever wrote it (for [`crate::testing`]).
+    #[cfg(feature = "testing")]
+    pub(crate) fn delete_raw(&self, key: &str) -> Result<()> {
+        let mut state = self.lock()?;
+        let deleted = state.delete_key(key);
+        let revision = state.revision;
+        drop(state);
+        if deleted {
+            self.shared.revision.send_replace(revision);
+        }
+        Ok(())
+    }
+
     /// Simulates an outage (`false`) and the return (`true`): while
     /// unreachable every call fails with `BackendUnavailable` and open watch
     /// streams break; leases keep expiring, as on a server clients cannot reach.

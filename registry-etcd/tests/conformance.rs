@@ -67,6 +67,17 @@ impl Backend for Etcd {
         Ok(())
     }
 
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        self.store.client().delete(format!("{}{name}", scope.key_prefix()), None).await?;
+        Ok(())
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        let listing = self.store.client().get(format!("{namespace}/"), Some(options)).await?;
+        Ok(Some(listing.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()))
+    }
+
     async fn stop_server(&self) -> anyhow::Result<()> {
         Ok(self.server.lock().await.stop()?)
     }

@@ -101,7 +101,8 @@ async fn tls_with_client_certificate_registers_and_discovers() -> anyhow::Result
 async fn install_is_refused(config: EtcdConfig) -> anyhow::Result<Error> {
     let limit = config.request_timeout;
     let store = EtcdStore::connect(config).await?;
-    let registrar = Registrar::new(&store, meta("dev", "untrusted"), conf(&unique("ns")))?;
+    // `install` retries a connection failure until its deadline: one request timeout here.
+    let registrar = Registrar::new(&store, meta("dev", "untrusted"), conf(&unique("ns")).with_install_deadline(limit))?;
     let start = Instant::now();
     let Err(error) = registrar.install(node("t.Tls", &["Call"])).await else {
         anyhow::bail!("install succeeded over a connection that should have been refused");

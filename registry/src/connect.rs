@@ -196,7 +196,9 @@ mod tests {
         let url = "etcd://127.0.0.1:1,127.0.0.1:2?connect_timeout=300ms&timeout=300ms";
         // Connecting is lazy; the URL parses, and the first call fails on the network.
         let registry = connect(url).await.expect("a valid multi-host URL");
-        let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), ServiceConf::default()).expect("valid");
+        // `install` retries an unreachable backend until its deadline (30 s by default).
+        let conf = ServiceConf::default().with_install_deadline(std::time::Duration::from_millis(600));
+        let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), conf).expect("valid");
         let err = registrar.install(registry_core::ServiceNode::default()).await.expect_err("nothing listens there");
         assert!(
             matches!(err, Error::BackendUnavailable { .. } | Error::Timeout { .. }),

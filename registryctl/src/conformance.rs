@@ -113,6 +113,18 @@ impl Backend for UrlBackend {
         anyhow::bail!("not applicable to a URL backend")
     }
 
+    async fn remove_foreign(&self, _scope: &Scope, _name: &str) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable to a URL backend")
+    }
+
+    /// A URL gives the suite the library's API only, which cannot list raw
+    /// keys: the check is reported as not made. (On Kubernetes the
+    /// namespaces the suite created are deleted when it ends, see
+    /// `KubeServer`'s drop.)
+    async fn leftovers(&self, _namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
     async fn stop_server(&self) -> anyhow::Result<()> {
         anyhow::bail!("not applicable to a URL backend")
     }
