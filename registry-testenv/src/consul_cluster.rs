@@ -87,7 +87,7 @@ impl ConsulCluster {
     /// [`FLEET_CLIENTS_MAX`]) on `127.0.0.211` and up, every agent given the
     /// extra `-hcl` lines `hcl`, and waits until the cluster is ready: the
     /// shape of a fleet spread over nodes, each node's instances on its own
-    /// agent (`registryctl bench --backend consul-agents`). A Consul agent's
+    /// agent (`registry-bench --backend consul-agents`). A Consul agent's
     /// anti-entropy scans every service and check registered on it at each
     /// change, so one agent carrying a whole fleet of thousands measures
     /// that agent, not Consul (see `docs/performance.md`).
