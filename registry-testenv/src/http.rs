@@ -35,9 +35,8 @@ pub async fn request(
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-            .map_err(std::io::Error::other)?;
+        let request =
+            builder.body(Full::new(Bytes::from(body.unwrap_or("").to_owned()))).map_err(std::io::Error::other)?;
         let answer = sender.send_request(request).await.map_err(std::io::Error::other)?;
         let status = answer.status().as_u16();
         let bytes = answer.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
@@ -69,14 +68,17 @@ mod tests {
                 seen.extend_from_slice(&buf[..n]);
             }
             socket
-                .write_all(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                )
                 .await
                 .unwrap();
             String::from_utf8_lossy(&seen).into_owned()
         });
-        let answer = request(&authority, "PUT", "/v1/kv/x", Some("{}"), &[("X-Consul-Token", "t")], Duration::from_secs(5))
-            .await
-            .unwrap();
+        let answer =
+            request(&authority, "PUT", "/v1/kv/x", Some("{}"), &[("X-Consul-Token", "t")], Duration::from_secs(5))
+                .await
+                .unwrap();
         assert_eq!(answer, (201, "abcde".to_owned()));
         let seen = server.await.unwrap();
         assert!(seen.starts_with("PUT /v1/kv/x HTTP/1.1\r\n"), "{seen}");
