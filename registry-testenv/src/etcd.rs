@@ -11,12 +11,10 @@
 //! on one ([`EtcdServer::client_url`]).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::process::ServerProcess;
-use super::{Unavailable, binary, free_port, var};
+use super::process::Process;
+use super::{Unavailable, binary, free_port, http, var};
 
 /// Variable naming the user's cluster: comma-separated `host:port` or URLs.
 pub const ENDPOINTS_VAR: &str = "ETCD_ENDPOINTS";
@@ -45,7 +43,7 @@ pub struct ServerTls {
 
 #[derive(Debug)]
 struct Local {
-    process: ServerProcess,
+    process: Process,
     /// Plain-HTTP port serving `/health`.
     health_port: u16,
     /// Data dir and log; removed on drop (after the process is killed).
@@ -155,7 +153,7 @@ impl EtcdServer {
             }
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let process = ServerProcess::start("etcd", &program, args, Vec::new(), dir.path().join("etcd.log"))?;
+        let process = Process::new("etcd", &program, args, dir.path().join("etcd.log")).start()?;
         let mut server = Self {
             endpoints: vec![format!("127.0.0.1:{client_port}")],
             tls: tls.is_some(),
@@ -191,7 +189,7 @@ impl EtcdServer {
     /// Kills the server (SIGKILL: an abrupt outage), keeping its data.
     pub fn stop(&mut self) -> Result<(), Unavailable> {
         let local = self.local_mut()?;
-        local.process.stop();
+        local.process.kill();
         Ok(())
     }
 
@@ -218,25 +216,9 @@ impl EtcdServer {
     /// serves reads), the process exits, or [`START_TIMEOUT`] passes.
     async fn wait_healthy(&mut self) -> Result<(), Unavailable> {
         let Some(local) = self.local.as_mut() else { return Ok(()) };
-        let started = Instant::now();
-        loop {
-            if healthy(local.health_port).await {
-                return Ok(());
-            }
-            if !local.process.is_running() {
-                return Err(Unavailable::StartFailed {
-                    server: "etcd".into(),
-                    reason: format!("exited early; log tail:\n{}", local.process.log_tail(30)),
-                });
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(Unavailable::StartFailed {
-                    server: "etcd".into(),
-                    reason: format!("not healthy after {START_TIMEOUT:?}; log tail:\n{}", local.process.log_tail(30)),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let authority = format!("127.0.0.1:{}", local.health_port);
+        let poll = Duration::from_millis(50);
+        local.process.wait_until(START_TIMEOUT, poll, || health(&authority, Duration::from_secs(1))).await
     }
 }
 
@@ -244,14 +226,13 @@ fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// One `GET /health` over plain HTTP/1.1: true when etcd answers `"health":"true"`.
-async fn healthy(port: u16) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
-        let mut body = Vec::new();
-        stream.read_to_end(&mut body).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&body).contains(r#""health":"true""#))
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(true)))
+/// One `GET /health` on an etcd's client or metrics port (`authority`):
+/// `Ok` when it answers `"health":"true"` (it has a leader and serves a
+/// linearizable read), else what it answered.
+pub(crate) async fn health(authority: &str, limit: Duration) -> Result<(), String> {
+    match http::request(authority, "GET", "/health", None, &[], limit).await {
+        Ok((_, body)) if body.contains(r#""health":"true""#) => Ok(()),
+        Ok((status, body)) => Err(format!("HTTP {status}: {body}")),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -29,11 +29,13 @@ pub mod demo_image;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod faults;
+pub mod http;
 pub mod kube;
 pub mod kube_node;
 pub mod local;
 pub mod member;
 pub mod partition;
+pub mod pki;
 pub mod process;
 
 use std::net::TcpListener;
@@ -124,6 +126,14 @@ where
             other => return other,
         }
     }
+}
+
+/// True when this process runs as root (it may then isolate cluster members,
+/// write nftables rules and start a Kubernetes node).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // `/proc/self` belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// A non-empty environment variable.

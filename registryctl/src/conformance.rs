@@ -17,7 +17,8 @@ use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable
 use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
 use registry::store::Scope;
 use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
-use registry_testenv::kube::KubeServer;
+
+use crate::namespaces::Namespaces;
 
 use registry::options::redact;
 
@@ -40,7 +41,7 @@ static URL: OnceLock<String> = OnceLock::new();
 /// The backend a URL names, as the suite sees it.
 struct UrlBackend {
     registry: Registry,
-    kube: Option<KubeServer>,
+    kube: Option<Namespaces>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Unavailable {
@@ -84,7 +85,7 @@ impl Backend for UrlBackend {
         let url = URL.get().ok_or_else(|| unavailable("no URL"))?;
         let registry = registry::connect(url.as_str()).await.map_err(unavailable)?;
         let kube = match kubernetes_config(url) {
-            Some(config) => Some(KubeServer::user(kubeconfig_of(&config)).await?),
+            Some(config) => Some(Namespaces::connect(&kubeconfig_of(&config)).await.map_err(unavailable)?),
             None => None,
         };
         Ok(Self { registry, kube })
@@ -92,7 +93,7 @@ impl Backend for UrlBackend {
 
     async fn prepare_namespace(&self, namespace: &str) -> anyhow::Result<()> {
         if let Some(kube) = &self.kube {
-            kube.create_namespace(namespace).await?;
+            kube.create(namespace).await?;
         }
         Ok(())
     }

@@ -180,7 +180,7 @@ fn visible(discovery: &dyn Discovery) -> usize {
     discovery
         .apps()
         .iter()
-        .filter(|app| app.starts_with(super::FLEET_PREFIX))
+        .filter(|app| app.starts_with(crate::fleet::FLEET_PREFIX))
         .map(|app| discovery.get_app(app).map(|n| n.len()).unwrap_or(0))
         .sum()
 }
