@@ -30,8 +30,13 @@ impl CountingServer {
 
     /// Starts one on `listener`.
     pub async fn on(listener: tokio::net::TcpListener) -> anyhow::Result<Self> {
+        Self::with(tonic::transport::Server::builder(), listener).await
+    }
+
+    /// Starts one from `builder` (TLS, limits) on `listener`.
+    pub async fn with(builder: tonic::transport::Server, listener: tokio::net::TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let (_, served, router) = counting_router(tonic::transport::Server::builder());
+        let (_, served, router) = counting_router(builder);
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)).await;
         });
