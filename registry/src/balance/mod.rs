@@ -18,6 +18,10 @@
 //! - A node registered without a port in its address is left out with a
 //!   warning (a call would go to port 80).
 //!
+//! [`DiscoverNodes`] offers the same nodes as a `tower::discover::Discover`
+//! stream for the ecosystem's balancers (tower's `p2c::Balance`, tonic's
+//! `Channel::balance_channel`).
+//!
 //! # Picking: smooth weighted round robin
 //!
 //! tonic's `Channel::balance_channel` and tower's `p2c::Balance` pick among
@@ -38,6 +42,7 @@
 //! uninstall it.
 
 mod channel;
+mod discover;
 mod picker;
 mod selector;
 
@@ -46,6 +51,7 @@ use std::sync::Arc;
 use registry_core::Discovery;
 
 pub use channel::{ChannelBuilder, DEFAULT_WAIT_FOR_NODES, NoNodes, WeightedChannel};
+pub use discover::DiscoverNodes;
 pub use picker::effective_weight;
 pub use selector::Selector;
 
