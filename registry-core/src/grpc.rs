@@ -44,13 +44,14 @@ impl GrpcServices {
         Ok(self)
     }
 
-    /// Adds a tonic server by its [`tonic::server::NamedService`] name.
+    /// Adds a tonic server by its [`tonic::server::NamedService`] name:
+    /// `GrpcServices::new().named::<GreeterServer<MyGreeter>>(["SayHello"])`
+    /// (one generic argument; the method names are inferred).
     #[cfg(feature = "tonic")]
-    pub fn named<S: tonic::server::NamedService, I, M>(self, methods: I) -> Result<Self>
-    where
-        I: IntoIterator<Item = M>,
-        M: AsRef<str>,
-    {
+    pub fn named<S: tonic::server::NamedService>(
+        self,
+        methods: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Self> {
         self.service(S::NAME, methods)
     }
 
@@ -167,6 +168,17 @@ mod tests {
     fn garbage_descriptor_bytes_are_a_typed_error() {
         let err = GrpcServices::new().descriptor_set_bytes(&[0xff, 0xff, 0xff]).expect_err("garbage");
         assert!(matches!(err, Error::InvalidConfig { field: "descriptor_set", .. }));
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn named_takes_one_generic_argument() {
+        struct Greeter;
+        impl tonic::server::NamedService for Greeter {
+            const NAME: &'static str = "helloworld.Greeter";
+        }
+        let node = GrpcServices::new().named::<Greeter>(["SayHello"]).expect("valid").into_node();
+        assert!(node.serves("/helloworld.Greeter/SayHello"));
     }
 
     #[test]

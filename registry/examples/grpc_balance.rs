@@ -58,9 +58,9 @@ async fn main() -> anyhow::Result<()> {
 
     let discovery = registry.discoverer("dev", ServiceConf::default())?;
     discovery.watcher().await?;
-    let (channel, _feeder) = balance::channel(Arc::clone(&discovery), Selector::Method(CHECK.into()), "http");
+    let channel = balance::channel(Arc::clone(&discovery), Selector::method(CHECK), "http");
+    // The channel starts from discovery's current view: no wait before the first call.
     let mut client = HealthClient::new(channel);
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     call(&mut client, 40).await?;
     let counts = |servers: &[(&str, _, Arc<AtomicU64>)]| -> Vec<u64> {

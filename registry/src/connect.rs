@@ -38,6 +38,12 @@ impl From<String> for Target {
     }
 }
 
+impl From<&String> for Target {
+    fn from(url: &String) -> Self {
+        Target::Url(url.clone())
+    }
+}
+
 /// A connected backend. Cheap to clone; builds any number of registrars and
 /// discoverers that share its connection.
 #[derive(Clone)]
@@ -167,6 +173,13 @@ mod tests {
     async fn unknown_scheme_is_a_typed_error() {
         let err = connect("zookeeper://localhost").await.expect_err("unknown");
         assert!(matches!(err, Error::InvalidConfig { field: "url", .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_borrowed_string_url_connects() {
+        let url = String::from("memory://borrowed-string");
+        let registry = connect(&url).await.expect("memory");
+        assert_eq!(registry.kind(), "memory");
     }
 
     #[tokio::test]

@@ -24,7 +24,10 @@
 //! ```
 //!
 //! Cargo features choose which backends are compiled in: `memory` (default),
-//! `etcd`, `consul`, `kubernetes` ([`backends`] lists them). A URL whose
+//! `etcd`, `consul`, `kubernetes` ([`backends`] lists them); and the tonic
+//! integration: `tonic` (`balance`: discovered nodes → a balanced tonic
+//! channel), `tls` (TLS/mTLS for it), `tonic-server` (`serve`: a tonic
+//! server with its registration). A URL whose
 //! backend is not compiled in is a clear [`Error::InvalidConfig`] naming the
 //! feature to enable.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]

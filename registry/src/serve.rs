@@ -2,9 +2,33 @@
 //! heartbeating while it runs, drained and uninstalled before it stops, and
 //! gRPC health kept in step.
 //!
+//! ```no_run
+//! use registry::serve::{self, ServeOptions};
+//! use registry::{GrpcServices, Meta, ServiceConf};
+//!
+//! async fn run(listener: tokio::net::TcpListener) -> registry::Result<()> {
+//! let registry = registry::connect("memory://").await?;
+//! // Advertise the address this listener accepts on: its IP and port.
+//! let conf = serve::advertise(ServiceConf::default(), &listener)?;
+//! let registrar = registry.registrar(Meta::new("prod", "greeter", "v1"), conf)?;
+//! let (health, health_service) = tonic_health::server::health_reporter();
+//! let router = tonic::transport::Server::builder().add_service(health_service);
+//! let node = GrpcServices::new().service("grpc.health.v1.Health", ["Check", "Watch"])?.into_node();
+//! let options = ServeOptions::default().with_health(health, ["grpc.health.v1.Health"]);
+//! // `ServeError` converts into `registry::Error`, so `?` works in a `registry::Result` function.
+//! serve::serve(router, listener, registrar, node, options, serve::shutdown_signal(), |_| {}).await?;
+//! Ok(())
+//! }
+//! ```
+//!
 //! [`serve`] runs a tonic [`Router`] on a bound listener:
 //! 1. the listener is already bound when [`serve`] is called, so the node is
-//!    installed only once the server accepts connections;
+//!    installed only once the server accepts connections. It is installed
+//!    draining, its advertised address checked against the listener (an
+//!    address without a port is refused with [`ServeError::Address`]: peers
+//!    would call port 80), and only then marked serving, so no peer ever
+//!    sees a wrong address. [`advertise`] fills the address from the
+//!    listener;
 //! 2. the registration is kept alive in the background; while a keepalive is
 //!    failing and retrying, gRPC health answers `NOT_SERVING`, and `SERVING`
 //!    again once it recovers; after `max_retry` failures the registration is
@@ -21,10 +45,11 @@
 //! The helper replaces the registrar's retry hooks with its own.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_core::{Error, Register, RetryHooks, ServiceNode};
+use registry_core::{Error, Register, RetryHooks, ServiceConf, ServiceNode};
 use tokio::sync::watch;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -46,6 +71,89 @@ pub enum ServeError {
     /// The server task panicked.
     #[error("server task panicked: {0}")]
     Panicked(String),
+    /// The address the node would advertise is not one peers can reach this
+    /// server on, or cannot be known (the server was stopped again).
+    #[error(
+        "cannot advertise this server: {reason} (set `network.internal` with `serve::advertise(conf, &listener)` or `ServiceConf::with_network`)"
+    )]
+    Address {
+        /// What is missing or wrong, naming the values.
+        reason: String,
+    },
+}
+
+impl From<ServeError> for Error {
+    /// A registration failure is itself; an address problem is
+    /// [`Error::InvalidConfig`] on `network.internal`; a server failure is
+    /// [`Error::Backend`] of the `tonic server`.
+    fn from(error: ServeError) -> Self {
+        match error {
+            ServeError::Register(e) => e,
+            ServeError::Address { reason } => Error::invalid("network.internal", reason),
+            ServeError::Transport(e) => {
+                Error::Backend { backend: "tonic server", message: e.to_string(), source: Some(Box::new(e)) }
+            }
+            ServeError::Panicked(message) => Error::backend("tonic server", format!("server task panicked: {message}")),
+        }
+    }
+}
+
+/// `conf` with `network.internal` set to where `listener` accepts calls:
+/// the listener's port, and as host the one `conf.network.internal` names
+/// (an IP or DNS name peers dial; a port written there is replaced) or else
+/// the listener's own IP. A listener bound to every interface (`0.0.0.0`,
+/// `[::]`) with no host in `conf` is [`ServeError::Address`]: which of the
+/// host's addresses peers can reach is not knowable from here (set the
+/// host, e.g. from a Pod's `status.podIP`, or bind one IP).
+pub fn advertise(mut conf: ServiceConf, listener: &tokio::net::TcpListener) -> Result<ServiceConf, ServeError> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Address { reason: format!("the listener has no local address: {e}") })?;
+    let host = configured_host(&conf.network.internal);
+    conf.network.internal = match host {
+        Some(host) => format!("{host}:{}", local.port()),
+        None if local.ip().is_unspecified() => {
+            return Err(ServeError::Address {
+                reason: format!(
+                    "the listener is bound to {local} (every interface) and `network.internal` names no host to advertise"
+                ),
+            });
+        }
+        None => local.to_string(),
+    };
+    Ok(conf)
+}
+
+/// The host part of an advertised address (`host`, `host:port`, `[v6]:port`,
+/// a bare IPv6 address), if it names one.
+fn configured_host(internal: &str) -> Option<String> {
+    let internal = internal.trim();
+    if internal.is_empty() {
+        return None;
+    }
+    if let Ok(ip) = internal.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 0).to_string().trim_end_matches(":0").to_owned());
+    }
+    let uri = format!("http://{internal}").parse::<tonic::codegen::http::Uri>().ok()?;
+    uri.host().filter(|h| !h.is_empty()).map(str::to_owned)
+}
+
+/// Checks the address a node advertises against where the server listens.
+fn check_advertised(advertised: &str, listening: SocketAddr) -> Result<(), ServeError> {
+    let port = format!("http://{advertised}").parse::<tonic::codegen::http::Uri>().ok().and_then(|u| u.port_u16());
+    match port {
+        None => Err(ServeError::Address {
+            reason: format!(
+                "the node would advertise `{advertised}`, which has no port, while the server listens on {listening}"
+            ),
+        }),
+        Some(port) if port != listening.port() => {
+            // Legitimate behind NAT or a port mapping; a mistake otherwise.
+            tracing::warn!(%advertised, %listening, "the advertised port differs from the listener's");
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// What the service knows about its own registration.
@@ -196,6 +304,9 @@ pub async fn serve(
     };
     let (state, registration) = watch::channel(Registration::Registered);
 
+    let listening = listener
+        .local_addr()
+        .map_err(|e| ServeError::Address { reason: format!("the listener has no local address: {e}") })?;
     // Serving starts first: the listener is bound, so the node is installed
     // only once connections are accepted.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -204,10 +315,10 @@ pub async fn serve(
         let _ = stopped.await;
     }));
 
-    if let Err(e) = registrar.install(node.clone()).await {
+    if let Err(e) = install_checked(&*registrar, node.clone(), listening).await {
         let _ = stop.send(());
         let _ = server.await;
-        return Err(e.into());
+        return Err(e);
     }
     health.set(ServingStatus::Serving).await;
     let hook_health = health.clone();
@@ -286,6 +397,19 @@ pub async fn serve(
     let _ = stop.send(());
     server_result(server.await)?;
     uninstalled.map_err(ServeError::from)
+}
+
+/// Installs `node` draining, checks the address it advertises, then marks
+/// it serving: peers never see an address the server does not listen on.
+async fn install_checked(registrar: &dyn Register, node: ServiceNode, listening: SocketAddr) -> Result<(), ServeError> {
+    registrar.drain().await?;
+    let installed = registrar.install(node).await?;
+    if let Err(e) = check_advertised(&installed.network.internal, listening) {
+        let _ = registrar.uninstall().await;
+        return Err(e);
+    }
+    registrar.undrain().await?;
+    Ok(())
 }
 
 fn server_result(

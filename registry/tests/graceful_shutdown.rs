@@ -3,6 +3,8 @@
 //! servers shuts down (drain → grace → uninstall → stop), and that server's
 //! gRPC health turns NOT_SERVING before it stops.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const CHECK: &str = "/grpc.health.v1.Health/Check";
+use common::CHECK;
 
 struct Server {
     served: Arc<AtomicU64>,
@@ -28,14 +30,7 @@ struct Server {
 async fn start(registry: &registry::Registry, name: &str) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let served = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&served);
-    let counted = tonic::service::interceptor::InterceptedService::new(health, move |req| {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(req)
-    });
-    let router = tonic::transport::Server::builder().add_service(counted);
+    let (reporter, served, router) = common::counting_router(tonic::transport::Server::builder());
     let conf = ServiceConf::default().with_network(Network { internal: addr.clone(), ..Default::default() });
     let registrar = registry.registrar(Meta::new("dev", name, "v1"), conf)?;
     let node = GrpcServices::new().service("grpc.health.v1.Health", ["Check"])?.into_node();
@@ -67,7 +62,7 @@ async fn shutdown_while_a_client_calls_fails_no_call() -> anyhow::Result<()> {
 
     let discovery = registry.discoverer("dev", ServiceConf::default())?;
     discovery.watcher().await?;
-    let (channel, _feeder) = balance::channel(Arc::clone(&discovery), Selector::Method(CHECK.into()), "http");
+    let channel = balance::channel(Arc::clone(&discovery), Selector::method(CHECK), "http");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while channel.weights().len() < 2 {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "balancer did not see both servers");

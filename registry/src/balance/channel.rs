@@ -1,0 +1,317 @@
+//! [`WeightedChannel`]: a tonic transport over the discovered nodes, built by
+//! [`ChannelBuilder`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use registry_core::{Discovery, DiscoveryEvent, ServiceNode};
+use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::codegen::{Service, StdError, http};
+use tonic::transport::{Channel, Endpoint};
+
+use super::Selector;
+use super::picker::{Picker, effective_weight};
+
+/// How long a call waits for a matching node when none is discovered
+/// (discovery starting, every instance restarting) before it fails with
+/// `UNAVAILABLE`, unless [`ChannelBuilder::wait_for_nodes`] says otherwise.
+pub const DEFAULT_WAIT_FOR_NODES: Duration = Duration::from_secs(5);
+
+/// No discovered node matched the selector within the wait.
+///
+/// A call through a [`WeightedChannel`] reports it as gRPC `UNAVAILABLE`
+/// (a transient condition: retry policies retry it) with this text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no discovered node for {selector} (waited {waited:?})")]
+#[non_exhaustive]
+pub struct NoNodes {
+    /// What the channel selects.
+    pub selector: Selector,
+    /// How long it waited for a node.
+    pub waited: Duration,
+}
+
+impl From<NoNodes> for tonic::Status {
+    fn from(no_nodes: NoNodes) -> Self {
+        tonic::Status::unavailable(no_nodes.to_string())
+    }
+}
+
+/// Turns a node's endpoint (its `scheme://network.internal` address) into the
+/// endpoint to connect with.
+type EndpointTemplate = dyn Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync;
+
+/// Builds a [`WeightedChannel`]: what to select, how to reach each node, how
+/// long a call waits for one.
+///
+/// ```no_run
+/// # async fn demo(discovery: std::sync::Arc<dyn registry::Discovery>) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use registry::balance::{ChannelBuilder, Selector};
+///
+/// let channel = ChannelBuilder::new(discovery, Selector::method("/helloworld.Greeter/SayHello"))
+///     .endpoint(|e| Ok(e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(3))))
+///     .wait_for_nodes(Duration::from_secs(2))
+///     .build();
+/// channel.ready().await?; // at least one node is discovered
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build`"]
+pub struct ChannelBuilder {
+    discovery: Arc<dyn Discovery>,
+    selector: Selector,
+    scheme: String,
+    template: Option<Arc<EndpointTemplate>>,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("selector", &self.selector)
+            .field("scheme", &self.scheme)
+            .field("template", &self.template.is_some())
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl ChannelBuilder {
+    /// A channel over the nodes `selector` picks from `discovery`, over
+    /// plain HTTP/2 (`http`), waiting [`DEFAULT_WAIT_FOR_NODES`] for a node.
+    pub fn new(discovery: Arc<dyn Discovery>, selector: Selector) -> Self {
+        Self { discovery, selector, scheme: "http".to_owned(), template: None, wait: DEFAULT_WAIT_FOR_NODES }
+    }
+
+    /// The URI scheme of each node's endpoint: `http` (the default) or
+    /// `https` (with a TLS config from [`endpoint`](Self::endpoint)).
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.scheme = scheme.into();
+        self
+    }
+
+    /// Configures every node's [`Endpoint`] (created from
+    /// `scheme://network.internal`): TLS or mTLS (`tls_config` with a
+    /// `ClientTlsConfig`, under this crate's `tls` feature), connect and
+    /// request timeouts, HTTP/2 keepalive, a concurrency limit per node, …
+    /// A node whose endpoint the template rejects is left out with a warning.
+    pub fn endpoint(
+        mut self,
+        template: impl Fn(Endpoint) -> Result<Endpoint, tonic::transport::Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.template = Some(Arc::new(template));
+        self
+    }
+
+    /// How long a call (or [`WeightedChannel::ready`]) waits for a matching
+    /// node when there is none, before failing with [`NoNodes`]
+    /// (`UNAVAILABLE`); `Duration::ZERO` fails at once.
+    pub fn wait_for_nodes(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The channel, holding the nodes discovery shows now, and a task that
+    /// keeps it current from discovery's events until the last clone of the
+    /// channel is dropped. Must be called within a tokio runtime.
+    pub fn build(self) -> WeightedChannel {
+        let (count, _) = watch::channel(0);
+        let nodes = Arc::new(Nodes {
+            selector: self.selector,
+            scheme: self.scheme,
+            template: self.template,
+            picker: Mutex::new(Picker::default()),
+            count,
+        });
+        // `events` starts with the current nodes, queued when it is called:
+        // taking them now (without waiting) makes the first call see them.
+        let mut events = self.discovery.events();
+        while let Some(Some(event)) = events.next().now_or_never() {
+            nodes.apply(event);
+        }
+        let feeder = tokio::spawn({
+            let nodes = Arc::clone(&nodes);
+            async move {
+                while let Some(event) = events.next().await {
+                    nodes.apply(event);
+                }
+            }
+        });
+        WeightedChannel { nodes, wait: self.wait, feeder: Arc::new(Feeder(feeder.abort_handle())) }
+    }
+}
+
+/// Stops the feeding task when the last channel clone goes.
+struct Feeder(tokio::task::AbortHandle);
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A node's connection, and the address it was made for.
+#[derive(Clone)]
+struct NodeChannel {
+    uri: String,
+    channel: Channel,
+}
+
+/// The balanced nodes, shared by every clone of a channel and its feeder.
+struct Nodes {
+    selector: Selector,
+    scheme: String,
+    template: Option<Arc<EndpointTemplate>>,
+    picker: Mutex<Picker<NodeChannel>>,
+    /// Number of nodes in rotation, for callers waiting for one.
+    count: watch::Sender<usize>,
+}
+
+impl Nodes {
+    fn lock(&self) -> MutexGuard<'_, Picker<NodeChannel>> {
+        // A panic while holding the lock cannot leave the rotation invalid: continue with it.
+        self.picker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn apply(&self, event: DiscoveryEvent) {
+        let mut picker = self.lock();
+        match event {
+            // A draining node finishes its calls and takes no new ones.
+            DiscoveryEvent::Up { key, node } if self.selector.matches(&node) && !node.draining => {
+                let uri = format!("{}://{}", self.scheme, node.network.internal);
+                let weight = effective_weight(&node);
+                if picker.get(&key).is_some_and(|n| n.uri == uri) {
+                    picker.set_weight(&key, weight);
+                } else {
+                    match self.connect(&uri, &node) {
+                        Ok(channel) => picker.upsert(key, weight, NodeChannel { uri, channel }),
+                        Err(reason) => {
+                            tracing::warn!(%key, address = %node.network.internal, %reason, "leaving out a node");
+                            picker.remove(&key);
+                        }
+                    }
+                }
+            }
+            DiscoveryEvent::Up { key, .. } | DiscoveryEvent::Down { key, .. } => picker.remove(&key),
+            // Reset: forget everything; the current nodes follow as `Up`.
+            _ => picker.clear(),
+        }
+        self.count.send_replace(picker.len());
+    }
+
+    /// A lazily connecting channel to `uri`, or why the node cannot be called.
+    fn connect(&self, uri: &str, node: &ServiceNode) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(uri.to_owned()).map_err(|e| format!("not a valid address: {e}"))?;
+        if endpoint.uri().port().is_none() {
+            // Without a port the call would go to the scheme's default port
+            // (80, 443), never where a gRPC server of the fleet listens.
+            return Err(format!("`{}` has no port", node.network.internal));
+        }
+        let endpoint = match &self.template {
+            Some(template) => template(endpoint).map_err(|e| format!("the endpoint template refused it: {e}"))?,
+            None => endpoint,
+        };
+        Ok(endpoint.connect_lazy())
+    }
+
+    fn pick(&self) -> Option<Channel> {
+        self.lock().pick().map(|n| n.channel.clone())
+    }
+
+    /// Waits up to `wait` for a node; the next node's channel.
+    async fn pick_within(&self, wait: Duration) -> Result<Channel, NoNodes> {
+        let mut count = self.count.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(channel) = self.pick() {
+                return Ok(channel);
+            }
+            let appeared = tokio::time::timeout_at(deadline, count.wait_for(|n| *n > 0)).await;
+            if !matches!(appeared, Ok(Ok(_))) {
+                return self.pick().ok_or_else(|| NoNodes { selector: self.selector.clone(), waited: wait });
+            }
+        }
+    }
+}
+
+/// A tonic transport that balances calls across discovered nodes by weight
+/// (use it wherever a generated client takes a `Channel`). Cheap to clone;
+/// clones share the nodes and the rotation. Build it with
+/// [`ChannelBuilder`] or [`channel`](super::channel).
+///
+/// A call made while no node matches waits for one (see
+/// [`ChannelBuilder::wait_for_nodes`]) and then fails with `UNAVAILABLE`
+/// naming the selector ([`NoNodes`]).
+#[derive(Clone)]
+pub struct WeightedChannel {
+    nodes: Arc<Nodes>,
+    wait: Duration,
+    feeder: Arc<Feeder>,
+}
+
+impl std::fmt::Debug for WeightedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightedChannel")
+            .field("selector", &self.nodes.selector)
+            .field("nodes", &self.nodes.lock().len())
+            .finish()
+    }
+}
+
+impl WeightedChannel {
+    /// A builder for a channel over the nodes `selector` picks from `discovery`.
+    pub fn builder(discovery: Arc<dyn Discovery>, selector: Selector) -> ChannelBuilder {
+        ChannelBuilder::new(discovery, selector)
+    }
+
+    /// The nodes calls are balanced across now, by discovery key, with the
+    /// weight each gets.
+    pub fn weights(&self) -> std::collections::HashMap<Arc<str>, i64> {
+        self.nodes.lock().weights()
+    }
+
+    /// Waits until at least one node matches (within the channel's wait for
+    /// nodes); [`NoNodes`] otherwise. Calls wait the same way on their own:
+    /// this is for start-up checks and readiness probes.
+    pub async fn ready(&self) -> Result<(), NoNodes> {
+        self.nodes.pick_within(self.wait).await.map(|_| ())
+    }
+
+    /// What the channel selects.
+    pub fn selector(&self) -> &Selector {
+        &self.nodes.selector
+    }
+}
+
+impl Service<http::Request<Body>> for WeightedChannel {
+    type Response = http::Response<Body>;
+    type Error = StdError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each node's channel has its own buffer; readiness is awaited per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let picked = self.nodes.pick();
+        let nodes = Arc::clone(&self.nodes);
+        let wait = self.wait;
+        let feeder = Arc::clone(&self.feeder);
+        Box::pin(async move {
+            // Discovery stays fed while a call made from a temporary clone waits.
+            let _feeder = feeder;
+            let mut channel = match picked {
+                Some(channel) => channel,
+                None => nodes.pick_within(wait).await.map_err(tonic::Status::from)?,
+            };
+            futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            Ok(channel.call(request).await?)
+        })
+    }
+}
