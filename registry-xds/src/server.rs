@@ -584,6 +584,12 @@ impl StreamState<'_> {
                 .map(|(_, r)| r.any.clone())
                 .collect()
         };
+        if resources.is_empty() && !kind.full_state() && !force {
+            // Only removals: RDS and EDS responses do not delete, so there
+            // is nothing to tell (a name that comes back is sent again).
+            sub.sent = wanted;
+            return Ok(());
+        }
         let nonce = self.inner.next_nonce.fetch_add(1, Ordering::Relaxed).to_string();
         let version = generation.to_string();
         let response = DiscoveryResponse {
