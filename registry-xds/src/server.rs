@@ -219,7 +219,8 @@ impl XdsServer {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No Nagle: a push is one small frame the client must see at once.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, shutdown)
