@@ -1,5 +1,5 @@
 //! The fleet: `--instances` of the library's own registrars
-//! ([`registry::Registrar`]) sharing one connection per side, each with its
+//! ([`registry_core::Registrar`]) sharing one connection per side, each with its
 //! keepalive task, their heartbeat writes and failed heartbeats counted.
 
 use std::sync::Arc;
@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use registry::store::{Scope, StoreWriter};
-use registry::{Meta, Register, Registrar, Registry, RetryHooks, ServiceConf, ServiceNode};
+use registry::{Meta, Register, Registry, RetryHooks, ServiceConf, ServiceNode};
+use registry_core::Registrar;
+use registry_core::store::{Scope, StoreWriter};
 
 use crate::target::Target;
 use crate::{ENV, node};

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use registry::options::redact;
 use registry::{GrpcServices, Registry, ServiceConf, ServiceNode};
+use registry_core::options::redact;
 
 /// The URL of the backend, handed to the `--observe` child (kept out of its argv).
 const URL_ENV: &str = "REGISTRY_BENCH_URL";

@@ -14,13 +14,14 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use clap::Args;
 use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable};
-use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
-use registry::store::Scope;
-use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
+use registry::{Meta, Registry, ServiceConf};
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Registrar};
+use registry_kubernetes::{ClusterSource, KubernetesConfig, Mode};
 
 use crate::namespaces::Namespaces;
 
-use registry::options::redact;
+use registry_core::options::redact;
 
 /// Options of `registryctl conformance`.
 #[derive(Args, Debug)]
@@ -52,7 +53,7 @@ fn unavailable(e: impl std::fmt::Display) -> Unavailable {
 /// The Kubernetes configuration of `url` when it names the Kubernetes backend.
 fn kubernetes_config(url: &str) -> Option<KubernetesConfig> {
     let scheme = url.split_once("://")?.0.to_ascii_lowercase();
-    if !registry::kubernetes::BACKEND.schemes.contains(&scheme.as_str()) {
+    if !registry_kubernetes::BACKEND.schemes.contains(&scheme.as_str()) {
         return None;
     }
     url.parse().ok()
@@ -106,7 +107,7 @@ impl Backend for UrlBackend {
         Discoverer::new(&**self.registry.store(), env, conf)
     }
 
-    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry::operator::Operator>> {
+    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
         self.registry.store().operator(scope)
     }
 

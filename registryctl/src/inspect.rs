@@ -15,7 +15,7 @@ pub struct Scope {
     #[arg(long, env = "REGISTRY_URL")]
     pub(crate) url: String,
     /// Namespace.
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = registry_core::conf::DEFAULT_NAMESPACE)]
     pub(crate) namespace: String,
     /// Environment.
     #[arg(long)]
@@ -53,14 +53,14 @@ pub(crate) async fn open(
 ) -> anyhow::Result<(registry::Registry, std::sync::Arc<dyn Discovery>)> {
     let registry = registry::connect(scope.url.as_str())
         .await
-        .with_context(|| format!("connecting to {}", registry::options::redact(&scope.url)))?;
+        .with_context(|| format!("connecting to {}", registry_core::options::redact(&scope.url)))?;
     let options = registry::DiscoveryOptions::default().with_draining_nodes(draining);
     let conf = ServiceConf::default().with_namespace(&scope.namespace).with_discovery(options);
     let discovery = registry.discoverer(&scope.env, conf)?;
     tokio::time::timeout(Duration::from_secs(30), discovery.watcher())
         .await
         .context("no answer from the backend within 30 s")?
-        .with_context(|| format!("listing {}", registry::options::redact(&scope.url)))?;
+        .with_context(|| format!("listing {}", registry_core::options::redact(&scope.url)))?;
     Ok((registry, discovery))
 }
 

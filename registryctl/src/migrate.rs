@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use registry::{DiscoveryEvent, Register, Registry, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
-use registry::options::redact;
+use registry_core::options::redact;
 
 /// Options of `registryctl migrate`.
 #[derive(Args, Debug)]
@@ -32,7 +32,7 @@ pub struct MigrateArgs {
     #[arg(long)]
     to: String,
     /// Namespace (the same on both sides).
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = registry_core::conf::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Environment to mirror.
     #[arg(long)]
@@ -78,7 +78,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
 
     if args.once {
         for node in discovery.snapshot().all_nodes() {
-            let key = registry::app_lease_key(&node);
+            let key = registry_core::app_lease_key(&node);
             mirror(&target, &conf, &mut mirrors, &mut tally, key, &node, false).await;
         }
         bar.finish_and_clear();
