@@ -9,7 +9,7 @@ use registry_core::store::{Scope, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::Mutex;
 
-use crate::error::{Call, KIND};
+use crate::error::{Call, KIND, needing};
 
 /// An open keepalive stream for one lease.
 struct LeaseKeepalive {
@@ -111,7 +111,7 @@ impl StoreWriter for EtcdWriter {
         match crate::operator::put_keeping_mark(&mut client, &key, node, self.timeout).await {
             Ok(()) => Ok(()),
             Err(Error::TooLarge { limit, .. }) => Err(Error::TooLarge { what: "node JSON".into(), size, limit }),
-            Err(e) => Err(e),
+            Err(e) => Err(needing(e, || format!("read and write permission on the key `{key}`"))),
         }
     }
 
@@ -131,11 +131,15 @@ impl StoreWriter for EtcdWriter {
     async fn remove(&self, node: &ServiceNode) -> Result<()> {
         self.keepalive.lock().await.take();
         let mut client = self.client.clone();
-        self.call("delete").run(client.delete(self.scope.record_key(&node.meta.app_id, node.lease_id), None)).await?;
+        let key = self.scope.record_key(&node.meta.app_id, node.lease_id);
+        let deleted = self.call("delete").run(client.delete(key.clone(), None)).await;
+        deleted.map_err(|e| needing(e, || format!("write permission on the key `{key}`")))?;
         if node.lease_id > 0 {
             match self.call("lease revoke").run(client.lease_revoke(node.lease_id)).await {
                 Ok(_) | Err(Error::LeaseExpired { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(needing(e, || format!("write permission on every key of lease {}", node.lease_id)));
+                }
             }
         }
         Ok(())
