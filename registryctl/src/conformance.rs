@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use clap::Args;
 use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable};
+use registry::Registry;
 use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
-use registry::store::Scope;
-use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
+use registry::store::{Scope, Store};
 
 use crate::namespaces::Namespaces;
 
@@ -70,6 +70,10 @@ fn kubeconfig_of(config: &KubernetesConfig) -> PathBuf {
 
 #[async_trait]
 impl Backend for UrlBackend {
+    fn store(&self) -> &dyn Store {
+        &**self.registry.store()
+    }
+
     fn dedicated_available() -> Result<(), Unavailable> {
         Err(Unavailable::NotApplicable("a server given by URL cannot be stopped and restarted by this tool".into()))
     }
@@ -96,18 +100,6 @@ impl Backend for UrlBackend {
             kube.create(namespace).await?;
         }
         Ok(())
-    }
-
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry::Result<Registrar> {
-        Registrar::new(&**self.registry.store(), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry::Result<Discoverer> {
-        Discoverer::new(&**self.registry.store(), env, conf)
-    }
-
-    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry::operator::Operator>> {
-        self.registry.store().operator(scope)
     }
 
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
