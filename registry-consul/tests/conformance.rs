@@ -68,7 +68,7 @@ impl<L: LayoutChoice> Backend for Consul<L> {
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("consul").map(|_| ())
+        consul::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {

@@ -34,7 +34,7 @@ impl Backend for Etcd {
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("etcd").map(|_| ())
+        etcd::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
