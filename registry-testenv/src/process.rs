@@ -9,7 +9,7 @@
 //! it keeps uid 0 (so it reads binaries under `/root` and writes its data dir
 //! like any test server) but its sockets carry the group id
 //! [`member_gid`] derives from its address, so a
-//! [`Partition`](crate::partition::Partition) can match every packet it
+//! [`Partition`] can match every packet it
 //! sends, and the kernel kills it when the thread that started it ends.
 
 use std::fs::File;
