@@ -32,7 +32,7 @@ pub async fn measure(
     let hold = args.hold.map_or(ttl * 3, Duration::from_secs);
     let fleet_conf = conf(&namespace, ttl);
     let mut row = Row { backend: args.backend.clone(), instances, ttl_s: ttl.as_secs_f64(), ..Row::default() };
-    row.load1_before = load1();
+    row.load1_before = observe::load1();
     eprintln!(
         "bench: {instances} instances, ttl {ttl:?} (~{:.0} heartbeats/s), hold {hold:?}, namespace {namespace}",
         instances as f64 / (ttl.as_secs_f64() / 2.0)
@@ -86,14 +86,7 @@ pub async fn measure(
     row.bytes_per_change =
         if observed.probe_bytes > 0 { (observed.probe_bytes as f64 - baseline).max(0.0) / changes } else { f64::NAN };
     row.failed_heartbeats = fleet.failed.load(Ordering::Relaxed);
-    row.load1_after = load1();
+    row.load1_after = observe::load1();
     fleet.stop(args.concurrency).await;
     Ok(row)
-}
-
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
 }

@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_consul::{ConsulConfig, ConsulStore, Layout, META_VALUE_LIMIT};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_testenv::consul::{self, ConsulServer};
 use tokio::sync::Mutex;
 
@@ -63,12 +62,16 @@ impl<L> Consul<L> {
 
 #[async_trait]
 impl<L: LayoutChoice> Backend for Consul<L> {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         consul::available()
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("consul").map(|_| ())
+        consul::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
@@ -78,21 +81,6 @@ impl<L: LayoutChoice> Backend for Consul<L> {
         };
         let store = ConsulStore::connect(config(&server, L::LAYOUT)).await.map_err(unavailable)?;
         Ok(Consul { server: Mutex::new(server), store, foreign: Default::default(), layout: PhantomData })
-    }
-
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
-        Registrar::new(&self.store, meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
     }
 
     /// Two foreign entries per call, both where discovery of `scope` looks:

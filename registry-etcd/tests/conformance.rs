@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_etcd::{EtcdConfig, EtcdStore};
 use registry_testenv::etcd::{self, EtcdServer};
 use tokio::sync::Mutex;
@@ -26,12 +25,16 @@ fn start_failed(reason: impl ToString) -> Unavailable {
 
 #[async_trait]
 impl Backend for Etcd {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         etcd::available()
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("etcd").map(|_| ())
+        etcd::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
@@ -43,21 +46,6 @@ impl Backend for Etcd {
         let config = EtcdConfig::new(server.endpoints()).with_request_timeout(Duration::from_secs(2));
         let store = EtcdStore::connect(config).await.map_err(start_failed)?;
         Ok(Etcd { server: Mutex::new(server), store })
-    }
-
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
-        Registrar::new(&self.store, meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {

@@ -35,7 +35,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Register, Registrar, ServiceConf, ServiceNode};
+use registry_core::{Meta, Register, Registrar, ServiceConf, ServiceNode};
 use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode, Names, configmap_name};
 use registry_testenv::kube::KubeServer;
 
@@ -94,6 +94,10 @@ impl<M: StorageMode> Kube<M> {
 
 #[async_trait]
 impl<M: StorageMode> Backend for Kube<M> {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         KubeServer::available()
     }
@@ -128,17 +132,6 @@ impl<M: StorageMode> Backend for Kube<M> {
             .await
             .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
@@ -280,6 +273,10 @@ struct Slices {
 
 #[async_trait]
 impl Backend for Slices {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         let image = std::env::var(POD_IMAGE_VAR).ok().filter(|v| !v.is_empty());
         if std::env::var_os("KUBECONFIG").is_none() || image.is_none() {
@@ -345,14 +342,6 @@ impl Backend for Slices {
             .await
             .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {

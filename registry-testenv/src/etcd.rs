@@ -116,36 +116,12 @@ impl EtcdServer {
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let data_dir = dir.path().join("data");
-        let mut args: Vec<String> = [
-            "--name",
-            "registry-test",
-            "--data-dir",
-            &path_str(&data_dir),
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("registry-test={peer_url}"),
-            "--initial-cluster-state",
-            "new",
-            // `/health` in plain HTTP on a port of its own, whatever the
-            // client port demands (TLS, client certificates).
-            "--listen-metrics-urls",
-            &format!("http://127.0.0.1:{health_port}"),
-            "--log-level",
-            "warn",
-            // A test server's data need not survive a power cut; it must
-            // survive a killed process, which the page cache guarantees.
-            "--unsafe-no-fsync",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // A single server is a cluster of one member.
+        let initial = format!("registry-test={peer_url}");
+        let mut args = member_args("registry-test", &data_dir, &client_url, &peer_url, &initial);
+        // `/health` in plain HTTP on a port of its own, whatever the client
+        // port demands (TLS, client certificates).
+        args.extend(["--listen-metrics-urls".to_owned(), format!("http://127.0.0.1:{health_port}")]);
         if let Some(tls) = tls {
             args.extend(["--cert-file".to_owned(), path_str(&tls.cert), "--key-file".to_owned(), path_str(&tls.key)]);
             if let Some(ca) = &tls.client_ca {
@@ -220,6 +196,37 @@ impl EtcdServer {
         let poll = Duration::from_millis(50);
         local.process.wait_until(START_TIMEOUT, poll, || health(&authority, Duration::from_secs(1))).await
     }
+}
+
+/// The arguments of member `name` of a new cluster whose members are
+/// `initial` (`name=peer-url,…`): its data dir, client and peer URLs.
+pub(crate) fn member_args(name: &str, data_dir: &Path, client_url: &str, peer_url: &str, initial: &str) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &path_str(data_dir),
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        "new",
+        "--log-level",
+        "warn",
+        // A test server's data need not survive a power cut; it must
+        // survive a killed process, which the page cache guarantees.
+        "--unsafe-no-fsync",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn path_str(path: &Path) -> String {

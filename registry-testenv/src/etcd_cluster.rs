@@ -104,32 +104,8 @@ impl EtcdCluster {
             let client = format!("http://{address}:{CLIENT_PORT}");
             let peer = format!("http://{address}:{PEER_PORT}");
             let data = dir.path().join(format!("m{i}"));
-            let args: Vec<String> = [
-                "--name",
-                &format!("m{i}"),
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &token,
-                "--log-level",
-                "warn",
-                "--unsafe-no-fsync",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut args = super::etcd::member_args(&format!("m{i}"), &data, &client, &peer, &initial);
+            args.extend(["--initial-cluster-token".to_owned(), token.clone()]);
             let log = dir.path().join(format!("m{i}.log"));
             let process =
                 Process::new(&format!("etcd m{i} ({address})"), &program, args, log).member(*address).start()?;

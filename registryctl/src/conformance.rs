@@ -14,9 +14,8 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use clap::Args;
 use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable};
-use registry::{Meta, Registry, ServiceConf};
-use registry_core::store::Scope;
-use registry_core::{Discoverer, Registrar};
+use registry::Registry;
+use registry_core::store::{Scope, Store};
 use registry_kubernetes::{ClusterSource, KubernetesConfig, Mode};
 
 use crate::namespaces::Namespaces;
@@ -71,6 +70,10 @@ fn kubeconfig_of(config: &KubernetesConfig) -> PathBuf {
 
 #[async_trait]
 impl Backend for UrlBackend {
+    fn store(&self) -> &dyn Store {
+        &**self.registry.store()
+    }
+
     fn dedicated_available() -> Result<(), Unavailable> {
         Err(Unavailable::NotApplicable("a server given by URL cannot be stopped and restarted by this tool".into()))
     }
@@ -97,18 +100,6 @@ impl Backend for UrlBackend {
             kube.create(namespace).await?;
         }
         Ok(())
-    }
-
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry::Result<Registrar> {
-        Registrar::new(&**self.registry.store(), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry::Result<Discoverer> {
-        Discoverer::new(&**self.registry.store(), env, conf)
-    }
-
-    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.registry.store().operator(scope)
     }
 
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
