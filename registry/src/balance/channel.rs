@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use registry_core::{Discovery, DiscoveryEvent, ServiceNode};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tonic::body::Body;
 use tonic::codegen::{Service, StdError, http};
 use tonic::transport::{Channel, Endpoint};
 
 use super::Selector;
+use super::eject::{Ejector, OutlierDetection, OutlierEvent};
 use super::picker::{Picker, effective_weight};
 
 /// How long a call waits for a matching node when none is discovered
@@ -68,6 +69,7 @@ pub struct ChannelBuilder {
     scheme: String,
     template: Option<Arc<EndpointTemplate>>,
     wait: Duration,
+    outliers: Option<OutlierDetection>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -77,15 +79,32 @@ impl std::fmt::Debug for ChannelBuilder {
             .field("scheme", &self.scheme)
             .field("template", &self.template.is_some())
             .field("wait", &self.wait)
+            .field("outliers", &self.outliers)
             .finish()
     }
 }
 
 impl ChannelBuilder {
     /// A channel over the nodes `selector` picks from `discovery`, over
-    /// plain HTTP/2 (`http`), waiting [`DEFAULT_WAIT_FOR_NODES`] for a node.
+    /// plain HTTP/2 (`http`), waiting [`DEFAULT_WAIT_FOR_NODES`] for a node,
+    /// ejecting outliers with [`OutlierDetection::default`].
     pub fn new(discovery: Arc<dyn Discovery>, selector: Selector) -> Self {
-        Self { discovery, selector, scheme: "http".to_owned(), template: None, wait: DEFAULT_WAIT_FOR_NODES }
+        Self {
+            discovery,
+            selector,
+            scheme: "http".to_owned(),
+            template: None,
+            wait: DEFAULT_WAIT_FOR_NODES,
+            outliers: Some(OutlierDetection::default()),
+        }
+    }
+
+    /// Passive outlier ejection ([`super::eject`]): `Some(settings)` (the
+    /// default is [`OutlierDetection::default`]) or `None` to keep every
+    /// discovered node in rotation whatever its calls do.
+    pub fn outlier_detection(mut self, outliers: Option<OutlierDetection>) -> Self {
+        self.outliers = outliers;
+        self
     }
 
     /// The URI scheme of each node's endpoint: `http` (the default) or
@@ -121,12 +140,16 @@ impl ChannelBuilder {
     /// channel is dropped. Must be called within a tokio runtime.
     pub fn build(self) -> WeightedChannel {
         let (count, _) = watch::channel(0);
+        let (outlier_events, _) = broadcast::channel(64);
+        let label = self.selector.to_string();
         let nodes = Arc::new(Nodes {
             selector: self.selector,
+            label,
             scheme: self.scheme,
             template: self.template,
-            picker: Mutex::new(Picker::default()),
+            rotation: Mutex::new(Rotation { picker: Picker::default(), ejector: self.outliers.map(Ejector::new) }),
             count,
+            outlier_events,
         });
         // `events` starts with the current nodes, queued when it is called:
         // taking them now (without waiting) makes the first call see them.
@@ -162,24 +185,43 @@ struct NodeChannel {
     channel: Channel,
 }
 
+/// The nodes and their outlier state, changed together.
+struct Rotation {
+    picker: Picker<NodeChannel>,
+    ejector: Option<Ejector>,
+}
+
+impl Rotation {
+    fn remove(&mut self, key: &str) {
+        self.picker.remove(key);
+        if let Some(ejector) = &mut self.ejector {
+            ejector.forget(key);
+        }
+    }
+}
+
 /// The balanced nodes, shared by every clone of a channel and its feeder.
 struct Nodes {
     selector: Selector,
+    /// The selector as a metrics label.
+    label: String,
     scheme: String,
     template: Option<Arc<EndpointTemplate>>,
-    picker: Mutex<Picker<NodeChannel>>,
+    rotation: Mutex<Rotation>,
     /// Number of nodes in rotation, for callers waiting for one.
     count: watch::Sender<usize>,
+    outlier_events: broadcast::Sender<OutlierEvent>,
 }
 
 impl Nodes {
-    fn lock(&self) -> MutexGuard<'_, Picker<NodeChannel>> {
+    fn lock(&self) -> MutexGuard<'_, Rotation> {
         // A panic while holding the lock cannot leave the rotation invalid: continue with it.
-        self.picker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn apply(&self, event: DiscoveryEvent) {
-        let mut picker = self.lock();
+        let mut rotation = self.lock();
+        let Rotation { picker, ejector } = &mut *rotation;
         match event {
             // A draining node finishes its calls and takes no new ones.
             DiscoveryEvent::Up { key, node } if self.selector.matches(&node) && !node.draining => {
@@ -192,16 +234,22 @@ impl Nodes {
                         Ok(channel) => picker.upsert(key, weight, NodeChannel { uri, channel }),
                         Err(reason) => {
                             tracing::warn!(%key, address = %node.network.internal, %reason, "leaving out a node");
-                            picker.remove(&key);
+                            rotation.remove(&key);
                         }
                     }
                 }
             }
-            DiscoveryEvent::Up { key, .. } | DiscoveryEvent::Down { key, .. } => picker.remove(&key),
+            DiscoveryEvent::Up { key, .. } | DiscoveryEvent::Down { key, .. } => rotation.remove(&key),
             // Reset: forget everything; the current nodes follow as `Up`.
-            _ => picker.clear(),
+            _ => {
+                picker.clear();
+                if let Some(ejector) = ejector {
+                    ejector.clear();
+                }
+            }
         }
-        self.count.send_replace(picker.len());
+        self.count.send_replace(rotation.picker.len());
+        self.publish_ejected(&rotation);
     }
 
     /// A lazily connecting channel to `uri`, or why the node cannot be called.
@@ -219,12 +267,60 @@ impl Nodes {
         Ok(endpoint.connect_lazy())
     }
 
-    fn pick(&self) -> Option<Channel> {
-        self.lock().pick().map(|n| n.channel.clone())
+    /// The next node in rotation (ejected ones left out): its key and channel.
+    fn pick(&self) -> Option<(Arc<str>, Channel)> {
+        let mut rotation = self.lock();
+        let Rotation { picker, ejector } = &mut *rotation;
+        let picked = match ejector {
+            Some(ejector) => {
+                let returned = ejector.release(tokio::time::Instant::now());
+                for event in returned {
+                    self.report(event);
+                }
+                picker.pick_where(|key| !ejector.is_ejected(key)).map(owned)
+            }
+            None => None,
+        };
+        // Every node left is ejected (the others went): calling one beats
+        // failing every call, as Envoy's panic mode does.
+        let picked = picked.or_else(|| picker.pick_where(|_| true).map(owned));
+        self.publish_ejected(&rotation);
+        picked
     }
 
-    /// Waits up to `wait` for a node; the next node's channel.
-    async fn pick_within(&self, wait: Duration) -> Result<Channel, NoNodes> {
+    /// Records a call's outcome on the node `key`.
+    fn record(&self, key: &Arc<str>, failed: bool) {
+        let mut rotation = self.lock();
+        let nodes = rotation.picker.len();
+        let Some(ejector) = &mut rotation.ejector else { return };
+        if let Some(event) = ejector.record(key, failed, nodes, tokio::time::Instant::now()) {
+            self.report(event);
+            self.publish_ejected(&rotation);
+        }
+    }
+
+    fn report(&self, event: OutlierEvent) {
+        match &event {
+            OutlierEvent::Ejected { key, failures, duration } => {
+                tracing::warn!(selector = %self.selector, %key, failures, ?duration, "ejecting a failing node");
+                metrics::counter!("registry_balance_ejections_total", "selector" => self.label.clone()).increment(1);
+            }
+            OutlierEvent::Returned { key } => {
+                tracing::info!(selector = %self.selector, %key, "an ejected node takes calls again");
+            }
+        }
+        // Nobody listening is fine.
+        let _ = self.outlier_events.send(event);
+    }
+
+    fn publish_ejected(&self, rotation: &Rotation) {
+        let ejected = rotation.ejector.as_ref().map_or(0, Ejector::ejected);
+        #[allow(clippy::cast_precision_loss)] // a node count
+        metrics::gauge!("registry_balance_ejected_nodes", "selector" => self.label.clone()).set(ejected as f64);
+    }
+
+    /// Waits up to `wait` for a node; the next node's key and channel.
+    async fn pick_within(&self, wait: Duration) -> Result<(Arc<str>, Channel), NoNodes> {
         let mut count = self.count.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -258,7 +354,7 @@ impl std::fmt::Debug for WeightedChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightedChannel")
             .field("selector", &self.nodes.selector)
-            .field("nodes", &self.nodes.lock().len())
+            .field("nodes", &self.nodes.lock().picker.len())
             .finish()
     }
 }
@@ -272,7 +368,21 @@ impl WeightedChannel {
     /// The nodes calls are balanced across now, by discovery key, with the
     /// weight each gets.
     pub fn weights(&self) -> std::collections::HashMap<Arc<str>, i64> {
-        self.nodes.lock().weights()
+        self.nodes.lock().picker.weights()
+    }
+
+    /// The nodes ejected now (by discovery key), whose ejection has not yet
+    /// been seen to end by a pick.
+    pub fn ejected(&self) -> Vec<Arc<str>> {
+        let rotation = self.nodes.lock();
+        let Some(ejector) = &rotation.ejector else { return Vec::new() };
+        rotation.picker.weights().into_keys().filter(|key| ejector.is_ejected(key)).collect()
+    }
+
+    /// Ejections and returns from now on (see [`OutlierEvent`]); a receiver
+    /// that falls behind loses the oldest.
+    pub fn outlier_events(&self) -> broadcast::Receiver<OutlierEvent> {
+        self.nodes.outlier_events.subscribe()
     }
 
     /// Waits until at least one node matches (within the channel's wait for
@@ -306,12 +416,26 @@ impl Service<http::Request<Body>> for WeightedChannel {
         Box::pin(async move {
             // Discovery stays fed while a call made from a temporary clone waits.
             let _feeder = feeder;
-            let mut channel = match picked {
-                Some(channel) => channel,
+            let (key, mut channel) = match picked {
+                Some(picked) => picked,
                 None => nodes.pick_within(wait).await.map_err(tonic::Status::from)?,
             };
-            futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-            Ok(channel.call(request).await?)
+            let outcome = match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                Ok(()) => channel.call(request).await,
+                Err(e) => Err(e),
+            };
+            nodes.record(&key, outcome.as_ref().map_or(true, answered_unavailable));
+            Ok(outcome?)
         })
     }
+}
+
+/// True when a response is gRPC `UNAVAILABLE` in its headers (a
+/// trailers-only answer: how servers and proxies report it without a body).
+fn answered_unavailable(response: &http::Response<Body>) -> bool {
+    response.headers().get("grpc-status").is_some_and(|status| status.as_bytes() == b"14")
+}
+
+fn owned((key, node): (&Arc<str>, &NodeChannel)) -> (Arc<str>, Channel) {
+    (Arc::clone(key), node.channel.clone())
 }

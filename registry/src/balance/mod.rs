@@ -17,6 +17,10 @@
 //!   same way without a call.
 //! - A node registered without a port in its address is left out with a
 //!   warning (a call would go to port 80).
+//! - A node whose calls fail in a row (it cannot be reached, or answers
+//!   `UNAVAILABLE`) is ejected for a backoff period ([`eject`]: Envoy's
+//!   consecutive gateway failures, gRFC A50), never more than a share of the
+//!   nodes; a registration that outlives its server stops costing calls.
 //!
 //! [`DiscoverNodes`] offers the same nodes as a `tower::discover::Discover`
 //! stream for the ecosystem's balancers (tower's `p2c::Balance`, tonic's
@@ -43,6 +47,7 @@
 
 mod channel;
 mod discover;
+pub mod eject;
 mod picker;
 mod selector;
 
@@ -52,6 +57,7 @@ use registry_core::Discovery;
 
 pub use channel::{ChannelBuilder, DEFAULT_WAIT_FOR_NODES, NoNodes, WeightedChannel};
 pub use discover::DiscoverNodes;
+pub use eject::{OutlierDetection, OutlierEvent};
 pub use picker::effective_weight;
 pub use selector::Selector;
 
