@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::Selector;
 use super::eject::{Ejector, OutlierDetection, OutlierEvent};
 use super::picker::{Picker, effective_weight};
+use super::policy::{Candidate, Policy};
 
 /// How long a call waits for a matching node when none is discovered
 /// (discovery starting, every instance restarting) before it fails with
@@ -70,6 +71,7 @@ pub struct ChannelBuilder {
     template: Option<Arc<EndpointTemplate>>,
     wait: Duration,
     outliers: Option<OutlierDetection>,
+    policies: Vec<Arc<dyn Policy>>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for ChannelBuilder {
             .field("template", &self.template.is_some())
             .field("wait", &self.wait)
             .field("outliers", &self.outliers)
+            .field("policies", &self.policies)
             .finish()
     }
 }
@@ -96,7 +99,16 @@ impl ChannelBuilder {
             template: None,
             wait: DEFAULT_WAIT_FOR_NODES,
             outliers: Some(OutlierDetection::default()),
+            policies: Vec::new(),
         }
+    }
+
+    /// Adds a routing policy ([`super::policy`]): version subset, canary
+    /// split, zone preference, slow start, or your own. Policies apply in
+    /// the order they are added, each to the weights the previous left.
+    pub fn policy(mut self, policy: impl Policy + 'static) -> Self {
+        self.policies.push(Arc::new(policy));
+        self
     }
 
     /// Passive outlier ejection ([`super::eject`]): `Some(settings)` (the
@@ -147,7 +159,12 @@ impl ChannelBuilder {
             label,
             scheme: self.scheme,
             template: self.template,
-            rotation: Mutex::new(Rotation { picker: Picker::default(), ejector: self.outliers.map(Ejector::new) }),
+            rotation: Mutex::new(Rotation {
+                picker: Picker::default(),
+                ejector: self.outliers.map(Ejector::new),
+                policies: self.policies,
+                next_reweigh: None,
+            }),
             count,
             outlier_events,
         });
@@ -155,13 +172,13 @@ impl ChannelBuilder {
         // taking them now (without waiting) makes the first call see them.
         let mut events = self.discovery.events();
         while let Some(Some(event)) = events.next().now_or_never() {
-            nodes.apply(event);
+            nodes.apply(event, Seen::AtStart);
         }
         let feeder = tokio::spawn({
             let nodes = Arc::clone(&nodes);
             async move {
                 while let Some(event) = events.next().await {
-                    nodes.apply(event);
+                    nodes.apply(event, Seen::Now);
                 }
             }
         });
@@ -178,17 +195,34 @@ impl Drop for Feeder {
     }
 }
 
-/// A node's connection, and the address it was made for.
+/// When the channel learnt of a node.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// In the view discovery showed when the channel was built: warm already.
+    AtStart,
+    /// Later.
+    Now,
+}
+
+/// A node's connection, the address it was made for, and what policies see.
 #[derive(Clone)]
 struct NodeChannel {
     uri: String,
     channel: Channel,
+    node: Arc<ServiceNode>,
+    /// The node's own weight, before policies.
+    base_weight: i64,
+    /// When this channel first saw it (`None`: when it was built).
+    first_seen: Option<tokio::time::Instant>,
 }
 
-/// The nodes and their outlier state, changed together.
+/// The nodes, their outlier state and the policies over them, changed together.
 struct Rotation {
     picker: Picker<NodeChannel>,
     ejector: Option<Ejector>,
+    policies: Vec<Arc<dyn Policy>>,
+    /// When a policy wants the weights computed again.
+    next_reweigh: Option<tokio::time::Instant>,
 }
 
 impl Rotation {
@@ -197,6 +231,34 @@ impl Rotation {
         if let Some(ejector) = &mut self.ejector {
             ejector.forget(key);
         }
+    }
+
+    /// Runs the policies over the nodes and sets the weights picking uses.
+    fn reweigh(&mut self, now: tokio::time::Instant) {
+        if self.policies.is_empty() {
+            return;
+        }
+        let ejector = self.ejector.as_ref();
+        let mut candidates: Vec<Candidate<'_>> = self
+            .picker
+            .entries()
+            .map(|(key, n)| Candidate {
+                node: &n.node,
+                weight: n.base_weight,
+                healthy: !ejector.is_some_and(|e| e.is_ejected(key)),
+                age: n.first_seen.map_or(Duration::MAX, |seen| now.saturating_duration_since(seen)),
+            })
+            .collect();
+        for policy in &self.policies {
+            policy.apply(&mut candidates);
+        }
+        let refresh = self.policies.iter().filter_map(|p| p.refresh_after(&candidates)).min();
+        let weights: Vec<(Arc<str>, i64)> =
+            self.picker.entries().zip(&candidates).map(|((key, _), c)| (Arc::clone(key), c.weight)).collect();
+        for (key, weight) in weights {
+            self.picker.set_weight(&key, weight);
+        }
+        self.next_reweigh = refresh.map(|after| now + after);
     }
 }
 
@@ -219,19 +281,29 @@ impl Nodes {
         self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn apply(&self, event: DiscoveryEvent) {
+    fn apply(&self, event: DiscoveryEvent, seen: Seen) {
+        let now = tokio::time::Instant::now();
         let mut rotation = self.lock();
-        let Rotation { picker, ejector } = &mut *rotation;
+        let Rotation { picker, ejector, .. } = &mut *rotation;
         match event {
             // A draining node finishes its calls and takes no new ones.
             DiscoveryEvent::Up { key, node } if self.selector.matches(&node) && !node.draining => {
                 let uri = format!("{}://{}", self.scheme, node.network.internal);
                 let weight = effective_weight(&node);
-                if picker.get(&key).is_some_and(|n| n.uri == uri) {
-                    picker.set_weight(&key, weight);
+                let first_seen = match seen {
+                    Seen::AtStart => None,
+                    Seen::Now => Some(now),
+                };
+                if let Some(known) = picker.get(&key).filter(|n| n.uri == uri) {
+                    let updated = NodeChannel { node, base_weight: weight, ..known.clone() };
+                    picker.upsert(key, weight, updated);
                 } else {
                     match self.connect(&uri, &node) {
-                        Ok(channel) => picker.upsert(key, weight, NodeChannel { uri, channel }),
+                        Ok(channel) => picker.upsert(
+                            key,
+                            weight,
+                            NodeChannel { uri, channel, node, base_weight: weight, first_seen },
+                        ),
                         Err(reason) => {
                             tracing::warn!(%key, address = %node.network.internal, %reason, "leaving out a node");
                             rotation.remove(&key);
@@ -248,7 +320,8 @@ impl Nodes {
                 }
             }
         }
-        self.count.send_replace(rotation.picker.len());
+        rotation.reweigh(now);
+        self.count.send_replace(rotation.picker.pickable());
         self.publish_ejected(&rotation);
     }
 
@@ -269,16 +342,19 @@ impl Nodes {
 
     /// The next node in rotation (ejected ones left out): its key and channel.
     fn pick(&self) -> Option<(Arc<str>, Channel)> {
+        let now = tokio::time::Instant::now();
         let mut rotation = self.lock();
-        let Rotation { picker, ejector } = &mut *rotation;
+        let returned = rotation.ejector.as_mut().map(|e| e.release(now)).unwrap_or_default();
+        let changed = !returned.is_empty();
+        for event in returned {
+            self.report(event);
+        }
+        if changed || rotation.next_reweigh.is_some_and(|at| at <= now) {
+            rotation.reweigh(now);
+        }
+        let Rotation { picker, ejector, .. } = &mut *rotation;
         let picked = match ejector {
-            Some(ejector) => {
-                let returned = ejector.release(tokio::time::Instant::now());
-                for event in returned {
-                    self.report(event);
-                }
-                picker.pick_where(|key| !ejector.is_ejected(key)).map(owned)
-            }
+            Some(ejector) => picker.pick_where(|key| !ejector.is_ejected(key)).map(owned),
             None => None,
         };
         // Every node left is ejected (the others went): calling one beats
@@ -293,8 +369,10 @@ impl Nodes {
         let mut rotation = self.lock();
         let nodes = rotation.picker.len();
         let Some(ejector) = &mut rotation.ejector else { return };
-        if let Some(event) = ejector.record(key, failed, nodes, tokio::time::Instant::now()) {
+        let now = tokio::time::Instant::now();
+        if let Some(event) = ejector.record(key, failed, nodes, now) {
             self.report(event);
+            rotation.reweigh(now);
             self.publish_ejected(&rotation);
         }
     }

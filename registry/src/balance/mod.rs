@@ -21,6 +21,9 @@
 //!   `UNAVAILABLE`) is ejected for a backoff period ([`eject`]: Envoy's
 //!   consecutive gateway failures, gRFC A50), never more than a share of the
 //!   nodes; a registration that outlives its server stops costing calls.
+//! - Routing policies compose over the node set ([`policy`]): a version
+//!   subset, an exact canary split, zone preference with spill-over, slow
+//!   start.
 //!
 //! [`DiscoverNodes`] offers the same nodes as a `tower::discover::Discover`
 //! stream for the ecosystem's balancers (tower's `p2c::Balance`, tonic's
@@ -49,6 +52,7 @@ mod channel;
 mod discover;
 pub mod eject;
 mod picker;
+pub mod policy;
 mod selector;
 
 use std::sync::Arc;
@@ -59,6 +63,7 @@ pub use channel::{ChannelBuilder, DEFAULT_WAIT_FOR_NODES, NoNodes, WeightedChann
 pub use discover::DiscoverNodes;
 pub use eject::{OutlierDetection, OutlierEvent};
 pub use picker::effective_weight;
+pub use policy::{CanarySplit, Policy, SlowStart, VersionSubset, ZonePreference};
 pub use selector::Selector;
 
 /// A [`WeightedChannel`] across the nodes `selector` picks from `discovery`,

@@ -43,7 +43,7 @@ impl<T> Picker<T> {
         let mut total = 0;
         let mut best: Option<usize> = None;
         for i in 0..self.slots.len() {
-            if !eligible(&self.slots[i].key) {
+            if self.slots[i].weight <= 0 || !eligible(&self.slots[i].key) {
                 continue;
             }
             let slot = &mut self.slots[i];
@@ -66,7 +66,8 @@ impl<T> Picker<T> {
     }
 
     /// The next node among those `eligible` accepts (by key; the others
-    /// keep their scores, as nginx skips a peer that is down): its key and value.
+    /// keep their scores, as nginx skips a peer that is down) with a
+    /// positive weight: its key and value.
     pub(crate) fn pick_where(&mut self, eligible: impl Fn(&str) -> bool) -> Option<(&Arc<str>, &T)> {
         let i = self.pick_index(eligible)?;
         Some((&self.slots[i].key, &self.slots[i].value))
@@ -109,6 +110,16 @@ impl<T> Picker<T> {
     /// Number of nodes.
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Number of nodes with a positive weight (the ones that can be picked).
+    pub(crate) fn pickable(&self) -> usize {
+        self.slots.iter().filter(|s| s.weight > 0).count()
+    }
+
+    /// The nodes, by key, in insertion order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Arc<str>, &T)> {
+        self.slots.iter().map(|s| (&s.key, &s.value))
     }
 
     /// The nodes by key, with their weights.

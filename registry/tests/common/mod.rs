@@ -116,10 +116,20 @@ pub async fn register(
     addr: impl ToString,
     weight: i64,
 ) -> anyhow::Result<Arc<dyn Register>> {
-    let conf = ServiceConf::default()
-        .with_weight(weight)
-        .with_network(Network { internal: addr.to_string(), ..Default::default() });
-    let registrar = registry.registrar(Meta::new("dev", app, "v1"), conf)?;
+    let network = Network { internal: addr.to_string(), ..Default::default() };
+    register_as(registry, Meta::new("dev", app, "v1"), network, weight).await
+}
+
+/// Registers an instance `meta` serving [`CHECK`] on `network` with
+/// `weight`, and keeps it alive.
+pub async fn register_as(
+    registry: &registry::Registry,
+    meta: Meta,
+    network: Network,
+    weight: i64,
+) -> anyhow::Result<Arc<dyn Register>> {
+    let conf = ServiceConf::default().with_weight(weight).with_network(network);
+    let registrar = registry.registrar(meta, conf)?;
     registrar.install(GrpcServices::new().service("grpc.health.v1.Health", ["Check"])?.into_node()).await?;
     // Heartbeats, so a test longer than the TTL keeps its nodes (ends on uninstall).
     tokio::spawn({
