@@ -1,6 +1,7 @@
 //! [`WeightedChannel`]: a tonic transport over the discovered nodes, built by
 //! [`ChannelBuilder`].
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +73,8 @@ pub struct ChannelBuilder {
     wait: Duration,
     outliers: Option<OutlierDetection>,
     policies: Vec<Arc<dyn Policy>>,
+    #[cfg(feature = "health-check")]
+    health_check: Option<super::HealthCheck>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -100,7 +103,18 @@ impl ChannelBuilder {
             wait: DEFAULT_WAIT_FOR_NODES,
             outliers: Some(OutlierDetection::default()),
             policies: Vec::new(),
+            #[cfg(feature = "health-check")]
+            health_check: None,
         }
+    }
+
+    /// Active health checking through `grpc.health.v1` ([`super::health_check`]):
+    /// `Some(settings)` to turn it on (off by default).
+    #[cfg(feature = "health-check")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health-check")))]
+    pub fn health_check(mut self, health_check: Option<super::HealthCheck>) -> Self {
+        self.health_check = health_check;
+        self
     }
 
     /// Adds a routing policy ([`super::policy`]): version subset, canary
@@ -164,6 +178,7 @@ impl ChannelBuilder {
                 ejector: self.outliers.map(Ejector::new),
                 policies: self.policies,
                 next_reweigh: None,
+                unhealthy: HashSet::new(),
             }),
             count,
             outlier_events,
@@ -182,16 +197,41 @@ impl ChannelBuilder {
                 }
             }
         });
-        WeightedChannel { nodes, wait: self.wait, feeder: Arc::new(Feeder(feeder.abort_handle())) }
+        #[allow(unused_mut)] // health checking adds a task
+        let mut tasks = vec![feeder.abort_handle()];
+        #[cfg(feature = "health-check")]
+        if let Some(health_check) = self.health_check {
+            tasks.push(tokio::spawn(check_health(Arc::clone(&nodes), health_check)).abort_handle());
+        }
+        WeightedChannel { nodes, wait: self.wait, feeder: Arc::new(Feeder(tasks)) }
     }
 }
 
-/// Stops the feeding task when the last channel clone goes.
-struct Feeder(tokio::task::AbortHandle);
+/// Checks every node's health every interval, for as long as the channel lives.
+#[cfg(feature = "health-check")]
+async fn check_health(nodes: Arc<Nodes>, health_check: super::HealthCheck) {
+    loop {
+        tokio::time::sleep(health_check.interval).await;
+        let current: Vec<(Arc<str>, Channel)> =
+            nodes.lock().picker.entries().map(|(key, node)| (Arc::clone(key), node.channel.clone())).collect();
+        let probes = current.into_iter().map(|(key, channel)| {
+            let health_check = &health_check;
+            async move { (key, health_check.probe(channel).await) }
+        });
+        for (key, healthy) in futures::future::join_all(probes).await {
+            nodes.set_health(&key, healthy);
+        }
+    }
+}
+
+/// Stops the channel's tasks (feeder, health checks) when the last clone goes.
+struct Feeder(Vec<tokio::task::AbortHandle>);
 
 impl Drop for Feeder {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -223,11 +263,19 @@ struct Rotation {
     policies: Vec<Arc<dyn Policy>>,
     /// When a policy wants the weights computed again.
     next_reweigh: Option<tokio::time::Instant>,
+    /// Nodes whose last active health check failed.
+    unhealthy: HashSet<Arc<str>>,
 }
 
 impl Rotation {
+    /// True when neither outlier ejection nor a health check took `key` out.
+    fn healthy(&self, key: &str) -> bool {
+        !self.unhealthy.contains(key) && !self.ejector.as_ref().is_some_and(|e| e.is_ejected(key))
+    }
+
     fn remove(&mut self, key: &str) {
         self.picker.remove(key);
+        self.unhealthy.remove(key);
         if let Some(ejector) = &mut self.ejector {
             ejector.forget(key);
         }
@@ -238,14 +286,13 @@ impl Rotation {
         if self.policies.is_empty() {
             return;
         }
-        let ejector = self.ejector.as_ref();
         let mut candidates: Vec<Candidate<'_>> = self
             .picker
             .entries()
             .map(|(key, n)| Candidate {
                 node: &n.node,
                 weight: n.base_weight,
-                healthy: !ejector.is_some_and(|e| e.is_ejected(key)),
+                healthy: self.healthy(key),
                 age: n.first_seen.map_or(Duration::MAX, |seen| now.saturating_duration_since(seen)),
             })
             .collect();
@@ -318,6 +365,7 @@ impl Nodes {
                 if let Some(ejector) = ejector {
                     ejector.clear();
                 }
+                rotation.unhealthy.clear();
             }
         }
         rotation.reweigh(now);
@@ -352,12 +400,11 @@ impl Nodes {
         if changed || rotation.next_reweigh.is_some_and(|at| at <= now) {
             rotation.reweigh(now);
         }
-        let Rotation { picker, ejector, .. } = &mut *rotation;
-        let picked = match ejector {
-            Some(ejector) => picker.pick_where(|key| !ejector.is_ejected(key)).map(owned),
-            None => None,
-        };
-        // Every node left is ejected (the others went): calling one beats
+        let Rotation { picker, ejector, unhealthy, .. } = &mut *rotation;
+        let picked = picker
+            .pick_where(|key| !unhealthy.contains(key) && !ejector.as_ref().is_some_and(|e| e.is_ejected(key)))
+            .map(owned);
+        // Every node left is ejected or unhealthy (the others went): calling one beats
         // failing every call, as Envoy's panic mode does.
         let picked = picked.or_else(|| picker.pick_where(|_| true).map(owned));
         self.publish_ejected(&rotation);
@@ -374,6 +421,21 @@ impl Nodes {
             self.report(event);
             rotation.reweigh(now);
             self.publish_ejected(&rotation);
+        }
+    }
+
+    /// Records a health check's verdict on `key`.
+    #[cfg(feature = "health-check")]
+    fn set_health(&self, key: &Arc<str>, healthy: bool) {
+        let mut rotation = self.lock();
+        if rotation.picker.get(key).is_none() {
+            return; // left meanwhile
+        }
+        let changed =
+            if healthy { rotation.unhealthy.remove(&**key) } else { rotation.unhealthy.insert(Arc::clone(key)) };
+        if changed {
+            tracing::info!(selector = %self.selector, %key, healthy, "health check changed a node's state");
+            rotation.reweigh(tokio::time::Instant::now());
         }
     }
 

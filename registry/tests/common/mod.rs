@@ -17,6 +17,8 @@ pub const CHECK: &str = "/grpc.health.v1.Health/Check";
 pub struct CountingServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its health statuses.
+    pub health: tonic_health::server::HealthReporter,
     served: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -46,7 +48,7 @@ impl CountingServer {
         served: Arc<AtomicU64>,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let router = counted_health(builder, Arc::clone(&served)).1;
+        let (health, router) = counted_health(builder, Arc::clone(&served));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
@@ -56,7 +58,7 @@ impl CountingServer {
                 })
                 .await;
         });
-        Ok(Self { addr, served, stop: Some(stop), task })
+        Ok(Self { addr, health, served, stop: Some(stop), task })
     }
 
     /// Calls answered so far.
