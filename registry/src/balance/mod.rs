@@ -17,6 +17,15 @@
 //!   same way without a call.
 //! - A node registered without a port in its address is left out with a
 //!   warning (a call would go to port 80).
+//! - A node whose calls fail in a row (it cannot be reached, or answers
+//!   `UNAVAILABLE`) is ejected for a backoff period ([`eject`]: Envoy's
+//!   consecutive gateway failures, gRFC A50), never more than a share of the
+//!   nodes; a registration that outlives its server stops costing calls.
+//! - With the `health-check` feature, nodes can be checked actively through
+//!   `grpc.health.v1` (`health_check`, gRFC A17).
+//! - Routing policies compose over the node set ([`policy`]): a version
+//!   subset, an exact canary split, zone preference with spill-over, slow
+//!   start.
 //!
 //! [`DiscoverNodes`] offers the same nodes as a `tower::discover::Discover`
 //! stream for the ecosystem's balancers (tower's `p2c::Balance`, tonic's
@@ -43,7 +52,12 @@
 
 mod channel;
 mod discover;
+pub mod eject;
+#[cfg(feature = "health-check")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health-check")))]
+pub mod health_check;
 mod picker;
+pub mod policy;
 mod selector;
 
 use std::sync::Arc;
@@ -52,7 +66,11 @@ use registry_core::Discovery;
 
 pub use channel::{ChannelBuilder, DEFAULT_WAIT_FOR_NODES, NoNodes, WeightedChannel};
 pub use discover::DiscoverNodes;
+pub use eject::{OutlierDetection, OutlierEvent};
+#[cfg(feature = "health-check")]
+pub use health_check::HealthCheck;
 pub use picker::effective_weight;
+pub use policy::{CanarySplit, Policy, SlowStart, VersionSubset, ZonePreference};
 pub use selector::Selector;
 
 /// A [`WeightedChannel`] across the nodes `selector` picks from `discovery`,

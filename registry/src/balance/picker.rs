@@ -38,24 +38,39 @@ impl<T> Default for Picker<T> {
 }
 
 impl<T> Picker<T> {
-    /// The index of the next node.
-    fn pick_index(&mut self) -> Option<usize> {
+    /// The index of the next node among those `eligible` accepts (by key).
+    fn pick_index(&mut self, eligible: impl Fn(&str) -> bool) -> Option<usize> {
         let mut total = 0;
-        for slot in &mut self.slots {
+        let mut best: Option<usize> = None;
+        for i in 0..self.slots.len() {
+            if self.slots[i].weight <= 0 || !eligible(&self.slots[i].key) {
+                continue;
+            }
+            let slot = &mut self.slots[i];
             slot.score += slot.weight;
             total += slot.weight;
+            // The first highest score wins, so ties go in insertion order.
+            if best.is_none_or(|b| self.slots[i].score > self.slots[b].score) {
+                best = Some(i);
+            }
         }
-        // The first highest score wins, so ties go in insertion order.
-        let best =
-            (0..self.slots.len()).reduce(|b, i| if self.slots[i].score > self.slots[b].score { i } else { b })?;
+        let best = best?;
         self.slots[best].score -= total;
         Some(best)
     }
 
     /// The next node's value.
-    pub(crate) fn pick(&mut self) -> Option<&T> {
-        let i = self.pick_index()?;
-        Some(&self.slots[i].value)
+    #[cfg(test)]
+    fn pick(&mut self) -> Option<&T> {
+        self.pick_where(|_| true).map(|(_, value)| value)
+    }
+
+    /// The next node among those `eligible` accepts (by key; the others
+    /// keep their scores, as nginx skips a peer that is down) with a
+    /// positive weight: its key and value.
+    pub(crate) fn pick_where(&mut self, eligible: impl Fn(&str) -> bool) -> Option<(&Arc<str>, &T)> {
+        let i = self.pick_index(eligible)?;
+        Some((&self.slots[i].key, &self.slots[i].value))
     }
 
     /// The value kept for `key`, if any.
@@ -95,6 +110,16 @@ impl<T> Picker<T> {
     /// Number of nodes.
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Number of nodes with a positive weight (the ones that can be picked).
+    pub(crate) fn pickable(&self) -> usize {
+        self.slots.iter().filter(|s| s.weight > 0).count()
+    }
+
+    /// The nodes, by key, in insertion order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Arc<str>, &T)> {
+        self.slots.iter().map(|s| (&s.key, &s.value))
     }
 
     /// The nodes by key, with their weights.
@@ -149,6 +174,17 @@ mod tests {
             counts[*p.pick().expect("a node")] += 1;
         }
         assert_eq!(counts, [15, 0, 15]);
+    }
+
+    #[test]
+    fn ineligible_nodes_are_skipped_and_the_rest_stay_exact() {
+        let mut p = picker(&[300, 100, 100]);
+        let mut counts = [0; 3];
+        for _ in 0..4000 {
+            let (_, i) = p.pick_where(|key| key != "n2").expect("a node");
+            counts[*i] += 1;
+        }
+        assert_eq!(counts, [3000, 1000, 0]);
     }
 
     #[test]

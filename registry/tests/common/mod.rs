@@ -13,11 +13,14 @@ use tonic_health::pb::health_client::HealthClient;
 pub const CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// A gRPC health server on a free loopback port that counts the calls it
-/// answers; stopped when dropped.
+/// answers; stopped (connections closed) by [`stop`](Self::stop) or when dropped.
 pub struct CountingServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its health statuses.
+    pub health: tonic_health::server::HealthReporter,
     served: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,12 +38,27 @@ impl CountingServer {
 
     /// Starts one from `builder` (TLS, limits) on `listener`.
     pub async fn with(builder: tonic::transport::Server, listener: tokio::net::TcpListener) -> anyhow::Result<Self> {
+        Self::counting_into(builder, listener, Arc::new(AtomicU64::new(0))).await
+    }
+
+    /// Starts one on `listener` that adds to `served` (a server restarted on the same port).
+    pub async fn counting_into(
+        builder: tonic::transport::Server,
+        listener: tokio::net::TcpListener,
+        served: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let (_, served, router) = counting_router(builder);
+        let (health, router) = counted_health(builder, Arc::clone(&served));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
-            let _ = router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)).await;
+            let _ = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
-        Ok(Self { addr, served, task })
+        Ok(Self { addr, health, served, stop: Some(stop), task })
     }
 
     /// Calls answered so far.
@@ -48,32 +66,48 @@ impl CountingServer {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Stops serving (the port is free again once the task ends).
+    /// The counter, to carry over to a restarted server.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.served)
+    }
+
+    /// Stops serving and closes its connections; the port is free again.
     pub async fn stop(mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         let _ = (&mut self.task).await;
     }
 }
 
 impl Drop for CountingServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
 /// A router serving gRPC health on `builder`, counting the calls it
 /// answers, with the health reporter and the count.
 pub fn counting_router(
-    mut builder: tonic::transport::Server,
+    builder: tonic::transport::Server,
 ) -> (tonic_health::server::HealthReporter, Arc<AtomicU64>, tonic::transport::server::Router) {
-    let (reporter, health) = tonic_health::server::health_reporter();
     let served = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&served);
+    let (reporter, router) = counted_health(builder, Arc::clone(&served));
+    (reporter, served, router)
+}
+
+fn counted_health(
+    mut builder: tonic::transport::Server,
+    served: Arc<AtomicU64>,
+) -> (tonic_health::server::HealthReporter, tonic::transport::server::Router) {
+    let (reporter, health) = tonic_health::server::health_reporter();
     let counted = tonic::service::interceptor::InterceptedService::new(health, move |req| {
-        counter.fetch_add(1, Ordering::Relaxed);
+        served.fetch_add(1, Ordering::Relaxed);
         Ok(req)
     });
-    (reporter, served, builder.add_service(counted))
+    (reporter, builder.add_service(counted))
 }
 
 /// Registers an instance of `app` (version `v1`) serving [`CHECK`] at `addr`
@@ -84,10 +118,20 @@ pub async fn register(
     addr: impl ToString,
     weight: i64,
 ) -> anyhow::Result<Arc<dyn Register>> {
-    let conf = ServiceConf::default()
-        .with_weight(weight)
-        .with_network(Network { internal: addr.to_string(), ..Default::default() });
-    let registrar = registry.registrar(Meta::new("dev", app, "v1"), conf)?;
+    let network = Network { internal: addr.to_string(), ..Default::default() };
+    register_as(registry, Meta::new("dev", app, "v1"), network, weight).await
+}
+
+/// Registers an instance `meta` serving [`CHECK`] on `network` with
+/// `weight`, and keeps it alive.
+pub async fn register_as(
+    registry: &registry::Registry,
+    meta: Meta,
+    network: Network,
+    weight: i64,
+) -> anyhow::Result<Arc<dyn Register>> {
+    let conf = ServiceConf::default().with_weight(weight).with_network(network);
+    let registrar = registry.registrar(meta, conf)?;
     registrar.install(GrpcServices::new().service("grpc.health.v1.Health", ["Check"])?.into_node()).await?;
     // Heartbeats, so a test longer than the TTL keeps its nodes (ends on uninstall).
     tokio::spawn({
