@@ -18,6 +18,7 @@ mod migrate;
 mod operate;
 mod publish;
 mod servers;
+mod xds;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,8 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Measure propagation, crash expiry and lookup latency on a backend.
     Bench(bench::BenchArgs),
+    /// Serve an env over xDS (ADS) to Envoy and proxyless gRPC clients, with a route per gRPC method.
+    Xds(xds::XdsArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Drain(args) => operate::run(args, true).await,
             Command::Undrain(args) => operate::run(args, false).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Xds(args) => xds::run(args).await,
             Command::Conformance(_) => Ok(()),
         }
     });
