@@ -270,6 +270,9 @@ async fn follow(discovery: Arc<dyn Discovery>, publish: watch::Sender<Option<Arc
             }
         }
         if events.next().await.is_none() {
+            // Discovery stopped following (unwatch): its last view stays
+            // served, as discovery keeps serving it.
+            publish.closed().await;
             return;
         }
         // Coalesce what is already queued: one view per batch of events.

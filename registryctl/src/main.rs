@@ -17,6 +17,7 @@ mod migrate;
 mod namespaces;
 mod operate;
 mod publish;
+mod xds;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Run the conformance suite against a reachable server, one line per scenario.
     Conformance(conformance::ConformanceArgs),
+    /// Serve an env over xDS (ADS) to Envoy and proxyless gRPC clients, with a route per gRPC method.
+    Xds(xds::XdsArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Drain(args) => operate::run(args, true).await,
             Command::Undrain(args) => operate::run(args, false).await,
+            Command::Xds(args) => xds::run(args).await,
             Command::Conformance(_) => Ok(()),
         }
     });
