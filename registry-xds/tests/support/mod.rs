@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
 use registry_core::memory::MemoryStore;
+use registry_core::store::Store;
 use registry_core::{Discoverer, Discovery, GrpcServices, Meta, Network, Register, Registrar, ServiceConf};
 use registry_xds::XdsServer;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -142,18 +143,25 @@ where
     }
 }
 
-/// An env: memory store, discoverer, xDS server on a loopback port.
+/// An env on a backend, with an xDS server over its discoverer on a loopback port.
 pub struct Env {
-    pub store: MemoryStore,
+    pub store: Arc<dyn Store>,
+    pub namespace: String,
     pub xds: XdsServer,
     pub xds_addr: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Env {
+    /// On the embedded memory backend.
     pub async fn start() -> anyhow::Result<Env> {
-        let store = MemoryStore::new();
-        let discoverer = Arc::new(Discoverer::new(&store, ENV, ServiceConf::default())?);
+        Env::start_on(Arc::new(MemoryStore::new()), registry_core::conf::DEFAULT_NAMESPACE).await
+    }
+
+    /// On `store`, in `namespace` (tests on a shared server use a namespace of their own).
+    pub async fn start_on(store: Arc<dyn Store>, namespace: &str) -> anyhow::Result<Env> {
+        let conf = ServiceConf::default().with_namespace(namespace);
+        let discoverer = Arc::new(Discoverer::new(store.as_ref(), ENV, conf)?);
         discoverer.watcher().await?;
         let xds = XdsServer::new(discoverer, ENV)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -168,7 +176,7 @@ impl Env {
                 .await
         });
         xds.wait_ready().await;
-        Ok(Env { store, xds, xds_addr, _stop: stop })
+        Ok(Env { store, namespace: namespace.to_owned(), xds, xds_addr, _stop: stop })
     }
 
     /// A gRPC xDS bootstrap (gRFC A27) pointing at this server.
@@ -197,9 +205,10 @@ impl Env {
                 .await
         });
         let conf = ServiceConf::default()
+            .with_namespace(&self.namespace)
             .with_network(Network { sn: "zone-a".into(), internal: addr.to_string(), external: String::new() })
             .with_weight(weight);
-        let registrar = Registrar::new(&self.store, Meta::new(ENV, app, "v1"), conf)?;
+        let registrar = Registrar::new(self.store.as_ref(), Meta::new(ENV, app, "v1"), conf)?;
         registrar.install(GrpcServices::new().service(S::NAME, ["Echo", "Other"])?.into_node()).await?;
         let keepalive = tokio::spawn({
             let registrar = registrar.clone();
@@ -349,7 +358,7 @@ pub async fn proxyless_scenario(env: &Env, client: &mut LineClient, node_id: &st
         drop(instance);
     }
     eprintln!(
-        "{name}: install -> first call p50 {:.1} ms max {:.1} ms; uninstall -> last call p50 {:.1} ms max {:.1} ms (5 rounds, memory backend, shared machine)",
+        "{name}: install -> first call p50 {:.1} ms max {:.1} ms; uninstall -> last call p50 {:.1} ms max {:.1} ms (5 rounds, shared machine)",
         percentile(&mut added, 50.0),
         percentile(&mut added, 100.0),
         percentile(&mut removed, 50.0),
