@@ -27,6 +27,7 @@
 //! The mapping and the choices behind it: `docs/xds.md`.
 #![forbid(unsafe_code)]
 
+mod clients;
 pub mod names;
 pub mod server;
 pub mod snapshot;
