@@ -116,6 +116,12 @@ if [ "${REGISTRY_TEST_SCALE:-0}" = "1" ]; then
   cargo test --release --all-features -p registry-kubernetes --test scale -- --ignored --nocapture --test-threads=1
 fi
 
+# Coverage-guided fuzzing of the decoders (cargo-fuzz, nightly): 20 s per
+# target from the committed seeds; the instrumented build is cached in its
+# own target dir (about 2 minutes cold). A long run: FUZZ_SECONDS=3600 scripts/fuzz.sh
+step "fuzz the decoders (bounded)"
+scripts/fuzz.sh
+
 step "quickstart"
 cargo run --quiet -p grpc-registry --example quickstart
 

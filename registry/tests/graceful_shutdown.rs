@@ -28,10 +28,14 @@ struct Server {
 
 /// A health server registered through `serve::serve`, counting the calls it answers.
 async fn start(registry: &registry::Registry, name: &str) -> anyhow::Result<Server> {
+    start_with(registry, name, ServiceConf::default()).await
+}
+
+async fn start_with(registry: &registry::Registry, name: &str, conf: ServiceConf) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (reporter, served, router) = common::counting_router(tonic::transport::Server::builder());
-    let conf = ServiceConf::default().with_network(Network { internal: addr.clone(), ..Default::default() });
+    let conf = conf.with_network(Network { internal: addr.clone(), ..Default::default() });
     let registrar = registry.registrar(Meta::new("dev", name, "v1"), conf)?;
     let node = GrpcServices::new().service("grpc.health.v1.Health", ["Check"])?.into_node();
     let options = ServeOptions::default().with_grace(Duration::from_millis(500)).with_health(reporter, [""]);
@@ -114,5 +118,49 @@ async fn shutdown_while_a_client_calls_fails_no_call() -> anyhow::Result<()> {
     anyhow::ensure!(staying.served.load(Ordering::Relaxed) > 0, "the staying server answered nothing");
     let _ = staying.shutdown.send(());
     staying.task.await??;
+    Ok(())
+}
+
+/// The backend down for longer than `max_retry` keepalive failures: `serve`
+/// reports the registration lost (health `NOT_SERVING`) while the keepalive
+/// goes on retrying, and registered again once the backend is back — no
+/// reinstall needed, nothing given up (issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_registration_is_reported_and_comes_back() -> anyhow::Result<()> {
+    let registry = registry::connect("memory://serve-lost-registration").await?;
+    let store = registry_core::memory::MemoryStore::named("serve-lost-registration")?;
+    let conf = ServiceConf::default()
+        .with_ttl_floor(Duration::from_secs(2))
+        .with_ttl(Duration::from_secs(2))
+        .with_max_retry(3);
+    let server = start_with(&registry, "flaky", conf).await?;
+    let direct_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))?.connect().await?;
+    let mut direct = HealthClient::new(direct_channel);
+    let mut registration = server.registration.clone();
+    registration.wait_for(|r| *r == Registration::Registered).await?;
+
+    store.set_reachable(false);
+    tokio::time::timeout(Duration::from_secs(10), registration.wait_for(|r| *r == Registration::Lost)).await??;
+    let status = direct.check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+    anyhow::ensure!(status == ServingStatus::NotServing as i32, "health while lost: {status}");
+
+    store.set_reachable(true);
+    tokio::time::timeout(Duration::from_secs(10), registration.wait_for(|r| *r == Registration::Registered)).await??;
+    // Health is set from the hooks on tasks of their own: poll for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = direct.check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "health after recovery: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And stays so: no late NOT_SERVING from a retry of the outage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = direct.check(HealthCheckRequest { service: String::new() }).await?.into_inner().status;
+    anyhow::ensure!(status == ServingStatus::Serving as i32, "health after recovery went back to {status}");
+    let _ = server.shutdown.send(());
+    server.task.await??;
     Ok(())
 }
