@@ -231,25 +231,37 @@ impl Serving {
     }
 }
 
-/// Sets health for every reported name.
+/// Keeps health in step with the registration state: `SERVING` while
+/// [`Registration::Registered`], `NOT_SERVING` otherwise. Every change of the
+/// state is followed by a [`Health::sync`], which applies the state as it is
+/// *then* (under a lock): hooks are synchronous and spawn their sync, and
+/// spawned syncs may run in any order, but the last one to run applies the
+/// latest state, so health never sticks on an older one.
 #[derive(Clone)]
 struct Health {
     reporter: Option<HealthReporter>,
     names: Vec<String>,
+    state: watch::Receiver<Registration>,
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Health {
-    async fn set(&self, status: ServingStatus) {
+    async fn sync(&self) {
         let Some(reporter) = &self.reporter else { return };
+        let _one_at_a_time = self.applying.lock().await;
+        let status = match *self.state.borrow() {
+            Registration::Registered => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
         for name in &self.names {
             reporter.set_service_status(name.as_str(), status).await;
         }
     }
 
     /// From a synchronous hook.
-    fn spawn_set(&self, status: ServingStatus) {
+    fn spawn_sync(&self) {
         let health = self.clone();
-        tokio::spawn(async move { health.set(status).await });
+        tokio::spawn(async move { health.sync().await });
     }
 }
 
@@ -293,16 +305,17 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let grace = options.grace.unwrap_or(DEFAULT_GRACE);
     let reinstall_every = options.reinstall_every.unwrap_or(Duration::from_secs(5));
-    let health = match options.health {
+    let (state, registration) = watch::channel(Registration::Registered);
+    let (reporter, names) = match options.health {
         Some((reporter, mut names)) => {
             if !names.iter().any(String::is_empty) {
                 names.push(String::new());
             }
-            Health { reporter: Some(reporter), names }
+            (Some(reporter), names)
         }
-        None => Health { reporter: None, names: Vec::new() },
+        None => (None, Vec::new()),
     };
-    let (state, registration) = watch::channel(Registration::Registered);
+    let health = Health { reporter, names, state: registration.clone(), applying: Arc::default() };
 
     let listening = listener
         .local_addr()
@@ -320,8 +333,9 @@ pub async fn serve(
         let _ = server.await;
         return Err(e);
     }
-    health.set(ServingStatus::Serving).await;
+    health.sync().await;
     let hook_health = health.clone();
+    let lost_health = health.clone();
     let recovered_health = health.clone();
     let retry_state = state.clone();
     let lost_state = state.clone();
@@ -329,17 +343,18 @@ pub async fn serve(
     registrar.set_hooks(
         RetryHooks::new()
             .before_retry(move |info| {
-                hook_health.spawn_set(ServingStatus::NotServing);
                 if !matches!(*retry_state.borrow(), Registration::Lost) {
                     retry_state.send_replace(Registration::Retrying { failures: info.attempt });
                 }
+                hook_health.spawn_sync();
             })
             .on_lost(move |_| {
                 lost_state.send_replace(Registration::Lost);
+                lost_health.spawn_sync();
             })
             .after_recovery(move |_| {
-                recovered_health.spawn_set(ServingStatus::Serving);
                 recovered_state.send_replace(Registration::Registered);
+                recovered_health.spawn_sync();
             }),
     );
     on_start(Serving { registration });
@@ -354,8 +369,8 @@ pub async fn serve(
                     Ok(()) => return,
                     Err(error) => {
                         tracing::error!(%error, "registration lost; installing again until it succeeds");
-                        health.set(ServingStatus::NotServing).await;
                         state.send_replace(Registration::Lost);
+                        health.sync().await;
                         loop {
                             tokio::time::sleep(reinstall_every).await;
                             match registrar.install(node.clone()).await {
@@ -363,8 +378,8 @@ pub async fn serve(
                                 Err(error) => tracing::warn!(%error, "install after a lost registration failed"),
                             }
                         }
-                        health.set(ServingStatus::Serving).await;
                         state.send_replace(Registration::Registered);
+                        health.sync().await;
                     }
                 }
             }
@@ -385,8 +400,8 @@ pub async fn serve(
     }
 
     tracing::info!(?grace, "shutting down: drain, grace period, uninstall, stop");
-    health.set(ServingStatus::NotServing).await;
     state.send_replace(Registration::Draining);
+    health.sync().await;
     if let Err(error) = registrar.drain().await {
         tracing::warn!(%error, "drain failed; uninstalling after the grace period anyway");
     }
