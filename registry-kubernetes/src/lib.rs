@@ -1,12 +1,12 @@
 //! The Kubernetes backend of `registry`: an adapter over
-//! [`registry_core::store`] with three storage modes.
+//! [`registry_core::store`] with four storage modes.
 //!
 //! | mode | record | liveness | change stream |
 //! |---|---|---|---|
 //! | [`Mode::Lease`] (default) | one `coordination.k8s.io/v1` Lease per instance (`lease.rs`) | `renewTime` + `leaseDurationSeconds`, judged skew-free by core | watch Leases by label selector |
 //! | [`Mode::ConfigMap`] (the Go framework's ConfigMap layout) | one entry per instance in ConfigMap `ff-registry-<env>` (`configmap.rs`) | the entry is rewritten every TTL/2 | watch the ConfigMap |
 //! | [`Mode::Pod`] (the Pod-label layout of go-micro's Kubernetes registry) | labels + an annotation on the registrar's own Pod (`pod.rs`) | the Pod is `Running`, not terminating and `Ready` ([`KubernetesConfig::readiness`]) | watch Pods by label selector |
-//! | [`Mode::EndpointSlice`] | none per instance: the app's methods in an annotation of its Service (`endpointslice.rs`) | the endpoint is `ready` in the Service's EndpointSlices (the kubelet's readiness) | watch the env's Services and the namespace's EndpointSlices, joined |
+//! | [`Mode::EndpointSlice`] | none per instance: the app's methods in an annotation of its Service (`endpointslice/`) | the endpoint is `ready` in the Service's EndpointSlices (the kubelet's readiness) | watch the env's Services and the namespace's EndpointSlices, joined |
 //!
 //! Readiness ([`KubernetesConfig::readiness`]): pod mode counts only `Ready`
 //! Pods by default; lease and ConfigMap modes follow the registrar's
