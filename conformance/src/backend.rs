@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use registry_core::operator::Operator;
-use registry_core::store::Scope;
+use registry_core::store::{Scope, Store};
 use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
 use crate::Unavailable;
@@ -75,22 +75,53 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(())
     }
 
-    /// A registrar for the instance `meta`.
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar>;
+    /// The backend's store: the scenarios' registrars, discoverers and
+    /// operator actions are built on it.
+    fn store(&self) -> &dyn Store;
 
-    /// A discoverer of `env`.
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer>;
+    /// A registrar for the instance `meta`. Default: on [`store`](Self::store);
+    /// a backend whose instances need more (a Pod of their own) builds it here.
+    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
+        Registrar::new(self.store(), meta, conf)
+    }
+
+    /// A discoverer of `env` on [`store`](Self::store).
+    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
+        Discoverer::new(self.store(), env, conf)
+    }
 
     /// Operator actions on the records of `scope` (the store's
-    /// [`Store::operator`](registry_core::store::Store::operator)): what
-    /// `registryctl drain` uses. Every backend offers them; the scenario
-    /// `operator_drain_survives_the_owner` checks they behave the same.
-    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn Operator>>;
+    /// [`Store::operator`]): what `registryctl drain` uses. Every backend
+    /// offers them; the scenario `operator_drain_survives_the_owner` checks
+    /// they behave the same.
+    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn Operator>> {
+        self.store().operator(scope)
+    }
 
     /// Writes, the backend's own way, a record that our registrars did not
     /// write: `value` (e.g. invalid JSON, or a node of another env) stored
     /// where discovery of `scope` will list it, under a name derived from `name`.
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()>;
+
+    /// Removes what [`put_foreign`](Backend::put_foreign) wrote under `name`
+    /// in `scope`, whatever the store made of it (Consul: the KV entry, the
+    /// agent service and the session holding the entry).
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()>;
+
+    /// Called by a scenario's cleanup when it is done with `namespace`,
+    /// after its registrars uninstalled: removes what the backend's glue
+    /// made for it ([`prepare_namespace`](Backend::prepare_namespace)'s
+    /// namespace object, Pods it ran for registrars). Default: nothing.
+    async fn release_namespace(&self, _namespace: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// What the store still holds under `namespace`, named the store's way
+    /// (keys, services, sessions, objects), read on the server. The runner
+    /// asks it for every scenario namespace after the suite and fails the
+    /// run unless each is empty. `None`: this backend cannot tell (the
+    /// check is reported as not made, never as passed).
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>>;
 
     /// The instance of `registrar` crashed: its keepalive task was aborted
     /// (the suite did that). Backends whose liveness is not a lease do here

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use tokio::runtime::Runtime;
@@ -30,12 +30,21 @@ fn runtime() -> &'static Runtime {
 }
 
 type Cleanup = Box<dyn FnOnce() + Send>;
+/// The after-suite check of one suite: `Ok(line)` when its scenario
+/// namespaces are empty (or it cannot tell, said so), `Err(line)` otherwise.
+type LeftoverCheck = Box<dyn FnOnce() -> Result<String, String> + Send>;
+
+/// How long the after-suite check waits for a namespace to empty: removals
+/// that a store applies late (a Consul session invalidated after its check
+/// went) and records of crashed instances expiring (TTL 2 s).
+const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Collects suites and tests and runs them.
 #[derive(Default)]
 pub struct Runner {
     trials: Vec<Trial>,
     cleanups: Vec<Cleanup>,
+    leftover_checks: Vec<LeftoverCheck>,
     has_suite: bool,
 }
 
@@ -179,6 +188,13 @@ impl Runner {
                 (None, None) => trial,
             });
         }
+        let checked = Arc::clone(&shared);
+        self.leftover_checks.push(Box::new(move || {
+            let Some(Ok(backend)) = checked.get().cloned() else {
+                return Ok(format!("leftover check {name}: no scenario used the shared server"));
+            };
+            runtime().block_on(check_leftovers(name, backend))
+        }));
         let keep = Arc::clone(&shared);
         // Drop the shared backend (and so stop its server) before the process exits.
         self.cleanups.push(Box::new(move || {
@@ -200,11 +216,63 @@ impl Runner {
         if args.test_threads.is_none() && self.has_suite {
             args.test_threads = Some(DEFAULT_THREADS);
         }
+        let listing = args.list;
         let conclusion = libtest_mimic::run(&args, self.trials);
+        let mut leftovers_found = false;
+        if !listing {
+            for check in self.leftover_checks {
+                match check() {
+                    Ok(line) => println!("{line}"),
+                    Err(line) => {
+                        leftovers_found = true;
+                        println!("{line}");
+                    }
+                }
+            }
+        }
         for cleanup in self.cleanups {
             cleanup();
         }
-        conclusion.exit_code()
+        if leftovers_found { ExitCode::FAILURE } else { conclusion.exit_code() }
+    }
+}
+
+/// Checks that every namespace the scenarios used on the shared `backend`
+/// is empty on the server, waiting up to [`LEFTOVER_WAIT`] for late removals.
+async fn check_leftovers<B: Backend>(name: &str, backend: Arc<B>) -> Result<String, String> {
+    let namespaces = scenarios::namespaces_of(Arc::as_ptr(&backend) as usize);
+    let deadline = Instant::now() + LEFTOVER_WAIT;
+    let mut left = Vec::new();
+    for namespace in &namespaces {
+        loop {
+            match backend.leftovers(namespace).await {
+                Ok(None) => {
+                    return Ok(format!(
+                        "leftover check {name}: NOT MADE, this backend cannot list what a namespace holds"
+                    ));
+                }
+                Ok(Some(items)) if items.is_empty() => break,
+                Ok(Some(items)) if Instant::now() >= deadline => {
+                    left.push(format!("{namespace}: {}", items.join(", ")));
+                    break;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    left.push(format!("{namespace}: cannot list: {e:#}"));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    if left.is_empty() {
+        Ok(format!("leftover check {name}: {} scenario namespaces empty on the server", namespaces.len()))
+    } else {
+        Err(format!(
+            "leftover check {name}: FAILED, {} of {} scenario namespaces not empty: {}",
+            left.len(),
+            namespaces.len(),
+            left.join("; ")
+        ))
     }
 }
 

@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_core::memory::MemoryStore;
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 
 /// The embedded backend; a "server" is a `MemoryStore`, and an outage makes it unreachable.
 struct Memory {
@@ -15,27 +14,24 @@ struct Memory {
 
 #[async_trait]
 impl Backend for Memory {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     async fn start(_server: ServerUse) -> Result<Self, Unavailable> {
         Ok(Memory { store: MemoryStore::new() })
     }
 
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
-        Registrar::new(&self.store, meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
-    }
-
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
         Ok(self.store.put_raw(&format!("{}{name}", scope.key_prefix()), value)?)
+    }
+
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        Ok(registry_core::testing::memory_delete(&self.store, &format!("{}{name}", scope.key_prefix()))?)
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(Some(registry_core::testing::memory_keys(&self.store, &format!("{namespace}/"))?))
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

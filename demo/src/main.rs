@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use registry::serve::{self, ServeOptions};
-use registry::store::Scope;
 use registry::{Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery};
 
 /// The configuration read from the environment.
@@ -186,7 +185,7 @@ async fn lookup_main() -> anyhow::Result<()> {
     let discovery: Arc<dyn Discovery> = if sources.len() == 1 {
         sources.remove(0)
     } else {
-        Arc::new(merged_discovery(sources, Scope::new(conf.namespace.clone(), config.env.clone()), conf.ttl)?)
+        Arc::new(merged_discovery(sources, conf.namespace.clone(), config.env.clone(), conf.ttl)?)
     };
     if let Err(e) = discovery.watcher().await {
         // Discovery keeps retrying in the background; say why it is not ready yet.

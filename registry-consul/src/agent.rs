@@ -86,7 +86,7 @@ pub(crate) struct Block {
 /// default) per client address, and the pooled client opens one per
 /// concurrent request: without this cap a process carrying a thousand
 /// registrars sends its heartbeats in bursts the agent answers with
-/// connection resets (measured by `registryctl bench --backend consul`).
+/// connection resets (measured by `registry-bench --backend consul`).
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// The typed calls, over the shared client.

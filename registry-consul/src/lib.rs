@@ -110,6 +110,7 @@ mod agent;
 mod client;
 mod config;
 mod error;
+mod names;
 mod operator;
 mod per_app;
 mod reader;
@@ -120,7 +121,6 @@ pub use config::{
     ConsulConfig, DEFAULT_ADDRESS, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_WAIT, Layout, MAX_WATCH_WAIT,
 };
 pub use error::{KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
-pub use registry_core;
 pub use store::ConsulStore;
 
 use std::sync::Arc;

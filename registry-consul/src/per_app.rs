@@ -38,17 +38,14 @@ use async_trait::async_trait;
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, StreamExt, TryStreamExt};
+use registry_core::Result;
 use registry_core::store::{Change, ListWatch, Listing, Malformed, RawRecord, Scope, WatchUpdate};
-use registry_core::{Error, Result};
 
 use crate::agent::{Block, HealthEntry, KvEntry};
 use crate::client::Client;
 use crate::error::KIND;
+use crate::names;
 use crate::reader::{Cursor, PROBE_AFTER, join, pace, probe, read_pair, updates};
-use crate::store::ConsulStore;
-
-/// Longest service name Consul's DNS interface serves (one DNS label).
-pub(crate) const MAX_SERVICE_NAME: usize = 63;
 
 /// Shortest time between the starts of two rounds of the app-folder query.
 /// That query wakes on every change in the env; the apps it already lists
@@ -60,41 +57,6 @@ pub(crate) const FOLDERS_ROUND: Duration = Duration::from_millis(250);
 /// Apps read at once by a full read (the agent client caps its own
 /// non-blocking requests at 64 in flight).
 const FETCH_CONCURRENCY: usize = 32;
-
-/// Consul's rules for the service name `<namespace>-<env>-<app_id>`:
-/// characters its DNS interface serves (ASCII letters, digits, `-`), at most
-/// [`MAX_SERVICE_NAME`] bytes. Without an app id (a discoverer) the name
-/// must leave room for a one-character app id.
-pub(crate) fn validate_names(scope: &Scope, app_id: Option<&str>) -> Result<()> {
-    let fields = [("conf.namespace", scope.namespace.as_str()), ("meta.env", scope.env.as_str())]
-        .into_iter()
-        .chain(app_id.map(|app| ("meta.app_id", app)));
-    for (field, value) in fields {
-        if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "`{value}` contains {bad:?}: the per-app Consul layout names a service \
-                     `<namespace>-<env>-<app_id>`, and Consul's DNS interface serves only letters, digits and `-`"
-                ),
-            ));
-        }
-    }
-    let (field, name) = match app_id {
-        Some(app) => ("meta.app_id", ConsulStore::app_service_name(scope, app)),
-        None => ("meta.env", ConsulStore::app_service_name(scope, "a")),
-    };
-    if name.len() > MAX_SERVICE_NAME {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "the per-app Consul service name `{name}` is {} bytes; Consul's DNS interface serves at most {MAX_SERVICE_NAME}",
-                name.len()
-            ),
-        ));
-    }
-    Ok(())
-}
 
 /// The resume point: the index of the app folders and of each app's KV prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +108,7 @@ fn folders(scope: &Scope, prefix: &str, keys: &[String]) -> Folders {
             continue;
         }
         let reason = match relative.strip_suffix('/') {
-            Some(app) if validate_names(scope, Some(app)).is_ok() => {
+            Some(app) if names::validate_per_app(scope, Some(app)).is_ok() => {
                 folders.apps.insert(app.to_owned());
                 continue;
             }
@@ -186,7 +148,7 @@ impl Shared {
 
     /// Reads one app now (no blocking).
     async fn fetch_app(&self, app: &str) -> Result<AppView> {
-        let service = ConsulStore::app_service_name(&self.scope, app);
+        let service = names::app_service_name(&self.scope, app);
         let ((health, _), (kv, kv_index)) = read_pair(&self.client, &service, &self.app_prefix(app)).await?;
         Ok(self.app_view(&health, &kv, kv_index))
     }
@@ -360,7 +322,7 @@ impl Watch {
                     pace(started).await;
                     return Ok(AppAnswer::Unchanged);
                 }
-                let service = ConsulStore::app_service_name(&shared.scope, &name);
+                let service = names::app_service_name(&shared.scope, &name);
                 let (health, _) = shared.client.agent.health_passing(&service, None).await?;
                 Ok(AppAnswer::Changed { kv, kv_index, health })
             }
@@ -577,29 +539,6 @@ fn diff_malformed(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field(result: Result<()>) -> &'static str {
-        match result {
-            Err(Error::InvalidConfig { field, .. }) => field,
-            other => panic!("expected InvalidConfig, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn names_follow_consul_dns_rules() {
-        let scope = Scope::new("shop", "prod");
-        assert!(validate_names(&scope, Some("orders-v2")).is_ok());
-        assert!(validate_names(&scope, None).is_ok());
-        assert_eq!(field(validate_names(&scope, Some("orders_v2"))), "meta.app_id");
-        assert_eq!(field(validate_names(&Scope::new("shop", "pr.od"), None)), "meta.env");
-        assert_eq!(field(validate_names(&Scope::new("sh op", "prod"), None)), "conf.namespace");
-        // `shop-prod-` is 10 bytes: 53 more fit, 54 do not.
-        assert!(validate_names(&scope, Some(&"a".repeat(53))).is_ok());
-        assert_eq!(field(validate_names(&scope, Some(&"a".repeat(54)))), "meta.app_id");
-        assert_eq!(field(validate_names(&Scope::new("shop", "p".repeat(57)), None)), "meta.env");
-        let reason = validate_names(&scope, Some(&"a".repeat(54))).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(reason.contains("64 bytes") && reason.contains("63"), "{reason}");
-    }
 
     #[test]
     fn folders_are_apps_and_the_rest_is_malformed() {

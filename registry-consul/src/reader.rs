@@ -18,7 +18,7 @@ use registry_core::store::{ListWatch, Listing, Malformed, RawRecord, Scope, Watc
 use crate::agent::{Block, HealthEntry, HealthService, KvEntry};
 use crate::client::Client;
 use crate::error::KIND;
-use crate::store::ConsulStore;
+use crate::names;
 
 /// Shortest pause between two blocking rounds that brought nothing new, so a
 /// misbehaving index can never turn the watch into a busy loop.
@@ -382,7 +382,7 @@ pub(crate) fn join(
             malformed.push(Malformed::new(format!("kv:{}", entry.key), reason));
             continue;
         };
-        let service_id = ConsulStore::service_id(scope, app_id, lease_id);
+        let service_id = names::service_id(scope, app_id, lease_id);
         let Some((id, service)) = passing.get_key_value(service_id.as_str()) else { continue };
         if !in_scope(scope, service) {
             continue;

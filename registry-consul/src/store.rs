@@ -42,6 +42,7 @@ use crate::agent::Agent;
 use crate::client::Client;
 use crate::config::{ConsulConfig, Layout};
 use crate::error::KIND;
+use crate::names;
 use crate::per_app::PerAppReader;
 use crate::reader::{ConsulReader, ReaderShared};
 use crate::writer::ConsulWriter;
@@ -98,29 +99,19 @@ impl ConsulStore {
 
     /// Consul service name of a scope: `<namespace>-<env>` (the Go framework's).
     pub fn service_name(scope: &Scope) -> String {
-        format!("{}-{}", scope.namespace, scope.env)
+        names::service_name(scope)
     }
 
     /// Consul service name of an app in the [`Layout::PerApp`] layout:
-    /// `<namespace>-<env>-<app_id>`. Names may contain `-`, so two scopes can
-    /// share a name (`a`/`b-c`/`d` and `a`/`b`/`c-d`): readers tell them
-    /// apart by the instances' `namespace` and `env` meta (a shared name
-    /// only costs wake-ups, never a wrong listing).
+    /// `<namespace>-<env>-<app_id>` (readers tell scopes that share a name
+    /// apart by the instances' `namespace` and `env` meta).
     pub fn app_service_name(scope: &Scope, app_id: &str) -> String {
-        format!("{}-{}-{app_id}", scope.namespace, scope.env)
-    }
-
-    /// The service name of an instance of `app_id` in `layout`.
-    pub(crate) fn layout_service_name(layout: Layout, scope: &Scope, app_id: &str) -> String {
-        match layout {
-            Layout::Single => Self::service_name(scope),
-            Layout::PerApp => Self::app_service_name(scope, app_id),
-        }
+        names::app_service_name(scope, app_id)
     }
 
     /// Service ID of one instance: `<namespace>-<env>-<app_id>-<lease_id>`.
     pub fn service_id(scope: &Scope, app_id: &str, lease_id: i64) -> String {
-        format!("{}-{}-{app_id}-{lease_id}", scope.namespace, scope.env)
+        names::service_id(scope, app_id, lease_id)
     }
 }
 
@@ -139,7 +130,7 @@ impl Store for ConsulStore {
     fn validate(&self, scope: &Scope, app_id: Option<&str>) -> Result<()> {
         registry_core::conf::validate_names(&scope.namespace, &scope.env, app_id)?;
         if self.client.config.layout == Layout::PerApp {
-            crate::per_app::validate_names(scope, app_id)?;
+            names::validate_per_app(scope, app_id)?;
         }
         Ok(())
     }
@@ -152,7 +143,7 @@ impl Store for ConsulStore {
         let client = Arc::clone(&self.client);
         Ok(match client.config.layout {
             Layout::Single => {
-                let source = ConsulReader::new(ReaderShared::new(client, scope, Self::service_name(scope)));
+                let source = ConsulReader::new(ReaderShared::new(client, scope, names::service_name(scope)));
                 Arc::new(ListWatchReader::new(Arc::new(source)))
             }
             Layout::PerApp => Arc::new(ListWatchReader::new(Arc::new(PerAppReader::new(client, scope)))),

@@ -12,7 +12,7 @@ use registry_core::{Error, Result, ServiceNode};
 use crate::agent::{ServiceRegistration, TtlCheck, go_duration};
 use crate::client::{Client, KvFailure, lock};
 use crate::error::{KIND, KV_VALUE_LIMIT, META_VALUE_LIMIT, MIN_DEREGISTER_AFTER};
-use crate::store::ConsulStore;
+use crate::names;
 
 /// Names of one instance's objects.
 struct Ids {
@@ -48,7 +48,7 @@ impl ConsulWriter {
     }
 
     fn ids(&self, node: &ServiceNode) -> Ids {
-        let service_id = ConsulStore::service_id(&self.scope, &node.meta.app_id, node.lease_id);
+        let service_id = names::service_id(&self.scope, &node.meta.app_id, node.lease_id);
         Ids {
             check_id: format!("service:{service_id}"),
             key: self.scope.record_key(&node.meta.app_id, node.lease_id),
@@ -72,7 +72,7 @@ impl ConsulWriter {
         let (address, port) = address_and_port(&node.network.internal);
         ServiceRegistration {
             id: ids.service_id.clone(),
-            name: ConsulStore::layout_service_name(self.client.config.layout, &self.scope, &node.meta.app_id),
+            name: names::layout_service_name(self.client.config.layout, &self.scope, &node.meta.app_id),
             tags,
             meta,
             address,
@@ -125,7 +125,7 @@ impl ConsulWriter {
     /// Removes an earlier instance of this writer (its lease expired and core
     /// granted a new one), best effort: it expires by itself anyway.
     async fn forget(&self, app_id: &str, held: Held) {
-        let service_id = ConsulStore::service_id(&self.scope, app_id, held.lease_id);
+        let service_id = names::service_id(&self.scope, app_id, held.lease_id);
         if let Err(e) = self.client.agent.deregister_service(&service_id).await {
             tracing::debug!(service_id, error = %e, "could not deregister the previous instance; it expires by itself");
         }

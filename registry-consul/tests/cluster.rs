@@ -59,7 +59,8 @@ use registry_core::{Discoverer, Discovery};
 use registry_testenv::consul::ConsulServer;
 use registry_testenv::consul_cluster::ConsulCluster;
 use registry_testenv::faults::{
-    self, FaultTest, Fleet, LookupLoop, Need, Probe, TIMER_SLACK, leases_of, print_figures, secs,
+    self, FaultTest, Fleet, LookupLoop, Need, OBSERVE_AFTER, PARTITION_BOUND, Probe, SILENT_FOR, STALE_BOUND,
+    TIMER_SLACK, leases_of, print_figures, secs,
 };
 use registry_testenv::partition::Partition;
 
@@ -78,17 +79,6 @@ const CATCH_UP_BOUND: Duration = Duration::from_secs(20);
 /// How long a discovery agent stays cut off (longer than Consul's RPC hold
 /// timeout of 7 s, and than the TTL).
 const CUT_FOR: Duration = Duration::from_secs(15);
-/// Longest a partition may last before its watchdog heals it.
-const PARTITION_BOUND: Duration = Duration::from_secs(90);
-/// How long a scenario keeps watching after the fault for late changes.
-const OBSERVE_AFTER: Duration = Duration::from_secs(4);
-/// How soon a silent discovery agent makes `health()` report the source
-/// stale (the documented bound, docs/cluster-faults.md): the reader probes
-/// after 2 s without an answer and gives the probe the request timeout
-/// (5 s): 7 s. Asserted with [`TIMER_SLACK`] on top.
-const STALE_BOUND: Duration = Duration::from_secs(7);
-/// How long the discovery agent stays silent in the health scenario.
-const SILENT_FOR: Duration = Duration::from_secs(10);
 /// How long the protected discoverer waits for an empty answer to be confirmed.
 const EMPTY_CONFIRM: Duration = Duration::from_secs(3);
 /// Heartbeat TTL of the fleet while the leader server is killed. A
@@ -103,37 +93,21 @@ const ELECTION_TTL: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     faults::run(vec![
-        FaultTest {
-            name: "registration_agent_killed",
-            needs: &[Need::ConsulCluster],
-            run: || Box::pin(registration_agent_killed()),
-        },
-        FaultTest {
-            name: "discovery_agent_cut_from_cluster",
-            needs: &[Need::ConsulCluster, Need::Partitions],
-            run: || Box::pin(discovery_agent_partitioned(Cut::HostFromCluster)),
-        },
-        FaultTest {
-            name: "discovery_agent_silent",
-            needs: &[Need::ConsulCluster, Need::Partitions],
-            run: || Box::pin(discovery_agent_partitioned(Cut::Silent)),
-        },
-        FaultTest {
-            name: "leader_server_killed",
-            needs: &[Need::ConsulCluster],
-            run: || Box::pin(leader_server_killed()),
-        },
-        FaultTest {
-            name: "discovery_agent_silent_health",
-            needs: &[Need::ConsulCluster, Need::Partitions],
-            run: || Box::pin(discovery_agent_silent_health()),
-        },
-        FaultTest {
-            // A dev agent of its own (the cluster's binary).
-            name: "empty_listing_after_agent_restart",
-            needs: &[Need::ConsulCluster],
-            run: || Box::pin(empty_listing_after_agent_restart()),
-        },
+        FaultTest::new("registration_agent_killed", &[Need::ConsulCluster], registration_agent_killed),
+        FaultTest::new("discovery_agent_cut_from_cluster", &[Need::ConsulCluster, Need::Partitions], || {
+            discovery_agent_partitioned(Cut::HostFromCluster)
+        }),
+        FaultTest::new("discovery_agent_silent", &[Need::ConsulCluster, Need::Partitions], || {
+            discovery_agent_partitioned(Cut::Silent)
+        }),
+        FaultTest::new("leader_server_killed", &[Need::ConsulCluster], leader_server_killed),
+        FaultTest::new(
+            "discovery_agent_silent_health",
+            &[Need::ConsulCluster, Need::Partitions],
+            discovery_agent_silent_health,
+        ),
+        // A dev agent of its own (the cluster's binary).
+        FaultTest::new("empty_listing_after_agent_restart", &[Need::ConsulCluster], empty_listing_after_agent_restart),
     ])
 }
 

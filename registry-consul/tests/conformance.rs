@@ -3,6 +3,7 @@
 //! `consul` (the Go framework's single service per env, the default) and
 //! `consul-per-app` (one service per app, `?layout=per-app`).
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::process::ExitCode;
 
@@ -10,7 +11,6 @@ use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_consul::{ConsulConfig, ConsulStore, Layout, META_VALUE_LIMIT};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_testenv::consul::{self, ConsulServer};
 use tokio::sync::Mutex;
 
@@ -33,6 +33,8 @@ impl LayoutChoice for PerApp {
 struct Consul<L> {
     server: Mutex<ConsulServer>,
     store: ConsulStore,
+    /// What `put_foreign` wrote, by KV key: the agent service's id and the session.
+    foreign: std::sync::Mutex<HashMap<String, (String, String)>>,
     layout: PhantomData<L>,
 }
 
@@ -60,12 +62,16 @@ impl<L> Consul<L> {
 
 #[async_trait]
 impl<L: LayoutChoice> Backend for Consul<L> {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         consul::available()
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("consul").map(|_| ())
+        consul::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
@@ -74,31 +80,16 @@ impl<L: LayoutChoice> Backend for Consul<L> {
             ServerUse::Dedicated => ConsulServer::start_local().await?,
         };
         let store = ConsulStore::connect(config(&server, L::LAYOUT)).await.map_err(unavailable)?;
-        Ok(Consul { server: Mutex::new(server), store, layout: PhantomData })
-    }
-
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
-        Registrar::new(&self.store, meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
+        Ok(Consul { server: Mutex::new(server), store, foreign: Default::default(), layout: PhantomData })
     }
 
     /// Two foreign entries per call, both where discovery of `scope` looks:
     /// a service instance of another owner under the scope's service name
     /// (single layout; per-app: the service of an app named `name`) with
     /// `value` as its `node` meta when it fits, and a KV entry
-    /// `<prefix><name>` = `value` (per-app: an entry beside the app folders). Both clean themselves up: the service's
-    /// TTL check lapses after a minute and deregisters it a minute later; the
-    /// KV entry is held by a 60 s session with `Behavior=delete`.
+    /// `<prefix><name>` = `value` (per-app: an entry beside the app
+    /// folders), held by a session named like the service.
+    /// [`remove_foreign`](Backend::remove_foreign) removes all three.
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
         let mut meta = serde_json::json!({ "owner": "someone-else" });
         if value.len() <= META_VALUE_LIMIT {
@@ -116,14 +107,61 @@ impl<L: LayoutChoice> Backend for Consul<L> {
             "Check": { "CheckID": format!("service:{id}"), "TTL": "60s", "Status": "passing", "DeregisterCriticalServiceAfter": "1m" },
         });
         self.call("PUT", "/v1/agent/service/register", &service.to_string()).await?;
-        let session =
-            self.call("PUT", "/v1/session/create", r#"{"Name":"foreign","TTL":"60s","Behavior":"delete"}"#).await?;
+        let session = serde_json::json!({ "Name": id, "TTL": "60s", "Behavior": "delete" });
+        let session = self.call("PUT", "/v1/session/create", &session.to_string()).await?;
         let session: serde_json::Value = serde_json::from_str(&session)?;
         let session = session["ID"].as_str().ok_or_else(|| anyhow::anyhow!("no session ID in {session}"))?;
         let key = format!("{}{name}", scope.key_prefix());
+        self.foreign
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+            .insert(key.clone(), (id, session.to_owned()));
         let acquired = self.call("PUT", &format!("/v1/kv/{key}?acquire={session}"), value).await?;
         anyhow::ensure!(acquired.trim() == "true", "foreign KV entry {key} not written: {acquired}");
         Ok(())
+    }
+
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        let key = format!("{}{name}", scope.key_prefix());
+        let written = self.foreign.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.remove(&key);
+        let (id, session) = written.ok_or_else(|| anyhow::anyhow!("no foreign record {key} was written"))?;
+        self.call("PUT", &format!("/v1/agent/service/deregister/{id}"), "").await?;
+        self.call("PUT", &format!("/v1/session/destroy/{session}"), "").await?;
+        self.call("DELETE", &format!("/v1/kv/{key}"), "").await?;
+        Ok(())
+    }
+
+    /// KV keys under `<namespace>/`, agent services named `<namespace>-…`
+    /// (both layouts), and sessions whose name mentions the namespace (ours
+    /// are named after the service id, `<namespace>-…`; the foreign ones
+    /// `foreign-<namespace>-…`).
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let mut left = Vec::new();
+        let (status, keys) =
+            self.server.lock().await.request("GET", &format!("/v1/kv/{namespace}/?keys"), None).await?;
+        match status {
+            200 => {
+                let keys: Vec<String> = serde_json::from_str(&keys)?;
+                left.extend(keys.into_iter().map(|k| format!("kv {k}")));
+            }
+            404 => {}
+            status => anyhow::bail!("GET /v1/kv/{namespace}/?keys: HTTP {status}: {keys}"),
+        }
+        let services: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&self.call("GET", "/v1/agent/services", "").await?)?;
+        let prefix = format!("{namespace}-");
+        for (id, service) in services {
+            if service["Service"].as_str().is_some_and(|name| name.starts_with(&prefix)) {
+                left.push(format!("service {id}"));
+            }
+        }
+        let sessions: Vec<serde_json::Value> = serde_json::from_str(&self.call("GET", "/v1/session/list", "").await?)?;
+        for session in sessions {
+            if session["Name"].as_str().is_some_and(|name| name.contains(namespace)) {
+                left.push(format!("session {} ({})", session["ID"], session["Name"]));
+            }
+        }
+        Ok(Some(left))
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

@@ -39,7 +39,9 @@ async fn agent_stopped_under_a_registrar_is_backend_unavailable() -> anyhow::Res
     let mut server = ConsulServer::start_local().await.expect("agent");
     let store = ConsulStore::connect(ConsulConfig::new(server.address())).await.expect("connected");
     let namespace = unique("ns");
-    let registrar = Registrar::new(&store, meta(&unique("env"), "app"), conf(&namespace)).expect("registrar");
+    // `install` retries an unreachable agent until its deadline (30 s by default).
+    let conf = conf(&namespace).with_install_deadline(Duration::from_secs(1));
+    let registrar = Registrar::new(&store, meta(&unique("env"), "app"), conf).expect("registrar");
     server.stop().expect("stopped");
     let err = registrar.install(node("t.Down", &["A"])).await.expect_err("agent is down");
     assert!(matches!(err, Error::BackendUnavailable { backend: "consul", .. }), "{err:?}");

@@ -13,11 +13,16 @@ pub const DEFAULT_NAMESPACE: &str = "firefly";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// The lowest floor a caller may set with [`ServiceConf::with_ttl_floor`] (tests use it).
 pub const MIN_TTL_FLOOR: Duration = Duration::from_secs(2);
-/// Consecutive keepalive failures tolerated before giving up, by default.
+/// Consecutive keepalive failures after which the registration is reported
+/// lost, by default.
 ///
-/// Retries are spaced at most TTL/4 apart, so the default rides out an outage
-/// of about 15 TTLs (2.5 minutes at TTL 10 s).
+/// Retries are spaced at most TTL/4 apart, so the loss is reported after an
+/// outage of about 15 TTLs (2.5 minutes at TTL 10 s). The keepalive goes on
+/// retrying unless [`AfterMaxRetry::GiveUp`] is configured.
 pub const DEFAULT_MAX_RETRY: u32 = 60;
+/// How long [`Register::install`](crate::Register::install) retries transient
+/// failures (backend unavailable, timeouts, write conflicts) by default.
+pub const DEFAULT_INSTALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Network `sn` used when none is configured: the Go framework's default
 /// (`firefly-main-network`, as its records show).
 pub const DEFAULT_NETWORK_SN: &str = "firefly-main-network";
@@ -126,6 +131,25 @@ impl DiscoveryOptions {
     }
 }
 
+/// What the keepalive does once `max_retry` consecutive heartbeats failed.
+///
+/// Either way the loss is reported: the [`RetryHooks::on_lost`](crate::RetryHooks::on_lost)
+/// hook, the `registry_registrations_lost_total` counter and the
+/// `registry_registration_lost` gauge, and an error log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AfterMaxRetry {
+    /// Report the registration lost and keep retrying with capped backoff
+    /// (at most TTL/4 apart), so the instance comes back on its own once the
+    /// backend does. The default: a healthy process never leaves discovery
+    /// for good because its backend was down for a while.
+    #[default]
+    ReportAndRetry,
+    /// Report the registration lost, then stop: `sustain_lease` returns
+    /// [`Error::GaveUp`] and the caller decides (restart, reinstall, exit).
+    GiveUp,
+}
+
 /// Registration and discovery settings shared by every backend.
 ///
 /// Build with [`ServiceConf::default`] and the `with_*` methods; every default
@@ -133,7 +157,10 @@ impl DiscoveryOptions {
 /// - `namespace`: [`DEFAULT_NAMESPACE`];
 /// - `ttl`: [`DEFAULT_TTL`], and it may not be below `ttl_floor` (default also
 ///   10 s; tests may lower the floor to [`MIN_TTL_FLOOR`]);
-/// - `max_retry`: [`DEFAULT_MAX_RETRY`] (`0` means never give up);
+/// - `max_retry`: [`DEFAULT_MAX_RETRY`] consecutive keepalive failures before
+///   the registration is reported lost (`0`: never reported);
+/// - `after_max_retry`: [`AfterMaxRetry::ReportAndRetry`] (keep retrying);
+/// - `install_deadline`: [`DEFAULT_INSTALL_DEADLINE`];
 /// - `kernel`: language `rust`, version of this crate;
 /// - `network.internal`: the host's first non-loopback IPv4 address when
 ///   empty; `network.sn`: [`DEFAULT_NETWORK_SN`];
@@ -154,8 +181,13 @@ pub struct ServiceConf {
     pub network: Network,
     /// Runtime description.
     pub kernel: Kernel,
-    /// Consecutive keepalive failures tolerated before giving up; `0` = never.
+    /// Consecutive keepalive failures after which the registration is
+    /// reported lost; `0` = never.
     pub max_retry: u32,
+    /// What the keepalive does then: keep retrying (default) or give up.
+    pub after_max_retry: AfterMaxRetry,
+    /// How long `install` retries transient failures before returning the last one.
+    pub install_deadline: Duration,
     /// Lease / heartbeat TTL. Heartbeats are sent every TTL/2.
     pub ttl: Duration,
     /// The lowest TTL accepted.
@@ -174,6 +206,8 @@ impl Default for ServiceConf {
             network: Network::default(),
             kernel: Kernel::default(),
             max_retry: DEFAULT_MAX_RETRY,
+            after_max_retry: AfterMaxRetry::default(),
+            install_deadline: DEFAULT_INSTALL_DEADLINE,
             ttl: DEFAULT_TTL,
             ttl_floor: DEFAULT_TTL,
             weight: DEFAULT_WEIGHT,
@@ -201,9 +235,23 @@ impl ServiceConf {
         self
     }
 
-    /// Sets `max_retry` (`0` = never give up).
+    /// Sets `max_retry`, the consecutive keepalive failures after which the
+    /// registration is reported lost (`0` = never).
     pub fn with_max_retry(mut self, max_retry: u32) -> Self {
         self.max_retry = max_retry;
+        self
+    }
+
+    /// Sets what the keepalive does after `max_retry` failures
+    /// ([`AfterMaxRetry::GiveUp`] to stop the keepalive).
+    pub fn with_after_max_retry(mut self, after: AfterMaxRetry) -> Self {
+        self.after_max_retry = after;
+        self
+    }
+
+    /// Sets how long `install` retries transient failures.
+    pub fn with_install_deadline(mut self, deadline: Duration) -> Self {
+        self.install_deadline = deadline;
         self
     }
 
@@ -249,6 +297,9 @@ impl ServiceConf {
         if self.ttl.subsec_nanos() != 0 {
             // Every backend stores TTLs in whole seconds.
             return Err(Error::invalid("conf.ttl", format!("{:?} is not a whole number of seconds", self.ttl)));
+        }
+        if self.install_deadline.is_zero() {
+            return Err(Error::invalid("conf.install_deadline", "must be positive"));
         }
         if self.weight < 0 {
             return Err(Error::invalid("conf.weight", format!("{} is negative", self.weight)));
@@ -331,6 +382,8 @@ mod tests {
         assert_eq!(conf.namespace, DEFAULT_NAMESPACE);
         assert_eq!(conf.ttl, DEFAULT_TTL);
         assert_eq!(conf.max_retry, DEFAULT_MAX_RETRY);
+        assert_eq!(conf.after_max_retry, AfterMaxRetry::ReportAndRetry, "giving up is opt-in");
+        assert_eq!(conf.install_deadline, DEFAULT_INSTALL_DEADLINE);
         assert_eq!(conf.kernel.language, "rust");
         assert_eq!(conf.kernel.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(conf.network.sn, DEFAULT_NETWORK_SN);
@@ -375,6 +428,12 @@ mod tests {
         assert_eq!(conf.namespace, "firefly");
         assert_eq!(conf.network.sn, "firefly-main-network");
         assert_eq!(conf.weight, 100);
+    }
+
+    #[test]
+    fn zero_install_deadline_is_rejected() {
+        let err = ServiceConf::default().with_install_deadline(Duration::ZERO).bootstrap().expect_err("zero");
+        assert_eq!(field_of(err), "conf.install_deadline");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 
-pub use conf::{DiscoveryOptions, EmptyProtection, ServiceConf};
+pub use conf::{AfterMaxRetry, DiscoveryOptions, EmptyProtection, ServiceConf};
 pub use discoverer::{Discoverer, app_lease_key};
 pub use discovery::{Discovery, DiscoveryEvent, DrainingNodes};
 pub use error::{BoxError, Error, Result};

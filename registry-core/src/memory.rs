@@ -18,6 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+#[cfg(feature = "testing")]
+mod faults;
+
 use crate::list_watch::ListWatchReader;
 use crate::operator::Operator;
 use crate::store::{
@@ -168,25 +171,6 @@ impl MemoryStore {
     pub fn global() -> Self {
         static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
         GLOBAL.get_or_init(MemoryStore::new).clone()
-    }
-
-    /// Writes a raw value under `key` with no lease (for tests of foreign and
-    /// malformed records).
-    pub fn put_raw(&self, key: &str, value: &str) -> Result<()> {
-        let mut state = self.lock()?;
-        let revision = state.bump(key.to_owned(), Some(value.to_owned()));
-        state.records.insert(key.to_owned(), Record { value: value.to_owned(), mod_revision: revision });
-        drop(state);
-        self.shared.revision.send_replace(revision);
-        Ok(())
-    }
-
-    /// Simulates an outage (`false`) and the return (`true`): while
-    /// unreachable every call fails with `BackendUnavailable` and open watch
-    /// streams break; leases keep expiring, as on a server clients cannot reach.
-    pub fn set_reachable(&self, reachable: bool) {
-        self.shared.reachable.store(reachable, Ordering::SeqCst);
-        self.shared.revision.send_modify(|_| {});
     }
 
     fn check_reachable(&self) -> Result<()> {

@@ -29,16 +29,21 @@ pub fn cross_backend_identity(node: &ServiceNode) -> String {
 /// A discoverer of the union of `sources` (all of one env): nodes are
 /// de-duplicated by [`cross_backend_identity`] — when several sources list one
 /// instance, the earliest source in `sources` wins — and every source's
-/// changes are followed. `scope` names the merged view (its env must be the
+/// changes are followed. `namespace` and `env` name the merged view (`env` must be the
 /// sources' env); `window` is unused for expiry (sources expire their own
 /// nodes) but kept for the discoverer's defaults.
 ///
 /// Starting it (`watcher()`) starts the sources too.
-pub fn merged_discovery(sources: Vec<Arc<dyn Discovery>>, scope: Scope, window: Duration) -> Result<Discoverer> {
+pub fn merged_discovery(
+    sources: Vec<Arc<dyn Discovery>>,
+    namespace: impl Into<String>,
+    env: impl Into<String>,
+    window: Duration,
+) -> Result<Discoverer> {
     if sources.is_empty() {
         return Err(Error::invalid("merge.sources", "at least one discovery is needed"));
     }
-    Ok(Discoverer::from_reader(Arc::new(MergedReader { sources }), scope, window))
+    Ok(Discoverer::from_reader(Arc::new(MergedReader { sources }), Scope::new(namespace, env), window))
 }
 
 struct MergedReader {
@@ -186,7 +191,7 @@ mod tests {
             Arc::new(Discoverer::new(&old, "dev", conf()).expect("valid")),
             Arc::new(Discoverer::new(&new, "dev", conf()).expect("valid")),
         ];
-        let merged = merged_discovery(sources, Scope::new("default", "dev"), Duration::from_secs(2)).expect("valid");
+        let merged = merged_discovery(sources, "default", "dev", Duration::from_secs(2)).expect("valid");
         let node = || GrpcServices::new().service("t.S", ["M"]).expect("valid").into_node();
         // One process on both backends, one only on the old, one only on the new.
         let both_old = registrar(&old, "10.0.0.1:1");

@@ -13,13 +13,20 @@ use crate::{Error, Result, ServiceNode};
 ///   `lease_id` and `run_date` from the registrar's configuration and writes
 ///   the node; calling it again updates the same instance (same lease id).
 /// - [`sustain_lease`](Register::sustain_lease) heartbeats every TTL/2 until
-///   [`uninstall`](Register::uninstall). On backend failure it retries with a
+///   [`uninstall`](Register::uninstall). A renewal must land before the
+///   lease runs out (one TTL after the last one sent): a round trip that
+///   hangs is abandoned and tried again on a fresh call, in attempts of half
+///   the time left. On backend failure it retries with a
 ///   capped backoff (at most TTL/4 apart), calling [`RetryHooks::before_retry`]
 ///   before each retry and [`RetryHooks::after_recovery`] once it succeeds
-///   again; after `max_retry` consecutive failures it calls
-///   [`RetryHooks::on_give_up`] and returns [`Error::GaveUp`]. If the
-///   record was lost meanwhile (lease expired during an outage) it is written
-///   again, so a registration is back within one TTL after the backend recovers.
+///   again. After `max_retry` consecutive failures it reports the
+///   registration lost ([`RetryHooks::on_lost`], a metric, an error log) and
+///   by default keeps retrying, so the instance comes back on its own;
+///   with [`AfterMaxRetry::GiveUp`](crate::conf::AfterMaxRetry::GiveUp) it
+///   then calls [`RetryHooks::on_give_up`] and returns [`Error::GaveUp`].
+///   If the record was lost meanwhile (lease expired during an outage) it is
+///   written again, so a registration is back within one TTL after the
+///   backend recovers.
 /// - [`uninstall`](Register::uninstall) stops the heartbeat and removes the
 ///   record; it is idempotent and harmless before `install`.
 /// - [`drain`](Register::drain) keeps the instance registered but marks its
@@ -71,11 +78,13 @@ type Hook = Arc<dyn Fn(&RetryInfo<'_>) + Send + Sync>;
 type RecoveryHook = Arc<dyn Fn(u32) + Send + Sync>;
 
 /// Callbacks around keepalive failures (the Go framework's `RetryBefore` /
-/// `RetryAfter`, plus give-up). Hooks run on the keepalive task: keep them short.
+/// `RetryAfter`, plus registration lost and give-up). Hooks run on the
+/// keepalive task: keep them short.
 #[derive(Clone, Default)]
 pub struct RetryHooks {
     before_retry: Option<Hook>,
     after_recovery: Option<RecoveryHook>,
+    lost: Option<Hook>,
     give_up: Option<Hook>,
 }
 
@@ -84,6 +93,7 @@ impl std::fmt::Debug for RetryHooks {
         f.debug_struct("RetryHooks")
             .field("before_retry", &self.before_retry.is_some())
             .field("after_recovery", &self.after_recovery.is_some())
+            .field("lost", &self.lost.is_some())
             .field("give_up", &self.give_up.is_some())
             .finish()
     }
@@ -107,7 +117,18 @@ impl RetryHooks {
         self
     }
 
-    /// Called when `max_retry` consecutive failures are reached, before `sustain_lease` returns.
+    /// Called once when `max_retry` consecutive failures are reached: the
+    /// registration is lost (its record has expired, or soon will). The
+    /// keepalive goes on retrying unless configured to give up; a later
+    /// success calls [`after_recovery`](Self::after_recovery), and a new run
+    /// of `max_retry` failures calls this again.
+    pub fn on_lost(mut self, f: impl Fn(&RetryInfo<'_>) + Send + Sync + 'static) -> Self {
+        self.lost = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when the keepalive gives up ([`AfterMaxRetry::GiveUp`](crate::conf::AfterMaxRetry::GiveUp),
+    /// after [`on_lost`](Self::on_lost)), before `sustain_lease` returns.
     pub fn on_give_up(mut self, f: impl Fn(&RetryInfo<'_>) + Send + Sync + 'static) -> Self {
         self.give_up = Some(Arc::new(f));
         self
@@ -122,6 +143,12 @@ impl RetryHooks {
     pub(crate) fn fire_after_recovery(&self, failures: u32) {
         if let Some(f) = &self.after_recovery {
             f(failures);
+        }
+    }
+
+    pub(crate) fn fire_lost(&self, info: &RetryInfo<'_>) {
+        if let Some(f) = &self.lost {
+            f(info);
         }
     }
 

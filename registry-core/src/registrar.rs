@@ -1,6 +1,7 @@
 //! [`Registrar`]: the one implementation of [`Register`], driving any
 //! [`StoreWriter`] — validation, defaults, heartbeat cadence, retries with
-//! hooks, give-up, and re-creating a lost lease.
+//! hooks, reporting a lost registration (and giving up, when asked), and
+//! re-creating a lost lease.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::conf::validate_names;
+use crate::conf::{AfterMaxRetry, validate_names};
 use crate::register::{RetryHooks, RetryInfo};
 use crate::store::{Scope, Store, StoreWriter};
 use crate::telemetry;
@@ -18,6 +20,8 @@ use crate::{Error, Meta, Register, Result, ServiceConf, ServiceNode};
 
 /// Shortest delay before the first keepalive retry.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Shortest attempt of a lease renewal (see `Registrar::renew_before`).
+const MIN_RENEW_ATTEMPT: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -33,6 +37,9 @@ struct State {
     node: Option<ServiceNode>,
     /// False after `LeaseExpired`, or before the first grant.
     lease_valid: bool,
+    /// When the last grant or renewal that succeeded was sent: the lease
+    /// lives at least one TTL from then.
+    lease_refreshed_at: Option<Instant>,
     registered_at_ms: Option<i64>,
     /// Set by `drain`, cleared by `undrain`; applied to every write.
     draining: bool,
@@ -117,6 +124,7 @@ impl Registrar {
                 state: tokio::sync::Mutex::new(State {
                     node: None,
                     lease_valid: false,
+                    lease_refreshed_at: None,
                     registered_at_ms: None,
                     draining: false,
                 }),
@@ -156,15 +164,19 @@ impl Registrar {
         }
     }
 
-    /// Grants a fresh lease if needed and writes `node` (with the lease id set).
-    async fn write(&self, state: &mut State, node: &mut ServiceNode) -> Result<()> {
+    /// Grants a fresh lease if needed and writes `node` (with the lease id
+    /// set), each store call bounded by the TTL and by `deadline`.
+    async fn write(&self, state: &mut State, node: &mut ServiceNode, deadline: Instant) -> Result<()> {
         let ttl = self.inner.conf.ttl;
+        let limit = || ttl.min(deadline.saturating_duration_since(Instant::now()));
         for _ in 0..2 {
             if !state.lease_valid {
-                node.lease_id = self.bounded("grant", ttl, self.inner.writer.grant(ttl)).await?;
+                let sent = Instant::now();
+                node.lease_id = self.bounded("grant", limit(), self.inner.writer.grant(ttl)).await?;
                 state.lease_valid = true;
+                state.lease_refreshed_at = Some(sent);
             }
-            match self.bounded("put", ttl, self.inner.writer.put(node, ttl)).await {
+            match self.bounded("put", limit(), self.inner.writer.put(node, ttl)).await {
                 Err(Error::LeaseExpired { .. }) => state.lease_valid = false,
                 other => return other,
             }
@@ -182,7 +194,7 @@ impl Registrar {
         }
         node.draining = draining;
         stamp_heartbeat(&mut node);
-        self.write(&mut state, &mut node).await?;
+        self.write(&mut state, &mut node, Instant::now() + self.inner.conf.ttl * 2).await?;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, draining, "drain state written");
         metrics::gauge!(telemetry::DRAINING, &self.inner.labels).set(if draining { 1.0 } else { 0.0 });
         self.inner.last_node.store(Some(Arc::new(node.clone())));
@@ -197,8 +209,11 @@ impl Registrar {
         stamp_heartbeat(&mut node);
         let ttl = self.inner.conf.ttl;
         if state.lease_valid {
-            match self.bounded("renew", ttl / 2, self.inner.writer.renew(&node, ttl)).await {
+            let sent = Instant::now();
+            let lease_ends = state.lease_refreshed_at.map_or(sent, |at| at + ttl);
+            match self.renew_before(&node, lease_ends.max(sent + ttl / 4)).await {
                 Ok(()) => {
+                    state.lease_refreshed_at = Some(sent);
                     state.node = Some(node);
                     return Ok(());
                 }
@@ -210,10 +225,67 @@ impl Registrar {
                 Err(e) => return Err(e),
             }
         }
-        self.write(&mut state, &mut node).await?;
+        self.write(&mut state, &mut node, Instant::now() + self.inner.conf.ttl * 2).await?;
         self.inner.last_node.store(Some(Arc::new(node.clone())));
         state.node = Some(node);
         Ok(())
+    }
+
+    /// Renews the lease before `deadline` (when it runs out), in attempts
+    /// that each get half the time left (at least [`MIN_RENEW_ATTEMPT`], at
+    /// most what is left).
+    ///
+    /// One round trip can hang without failing (a silent member, a cut
+    /// connection): waiting on it until the deadline would cost the lease.
+    /// A timed-out attempt is dropped (the adapter drops its stream or
+    /// request with it) and the next one starts at once on a fresh call,
+    /// which a client balancing over several members may send elsewhere.
+    /// Halving keeps the first attempt long enough for a slow but working
+    /// store, and leaves time for several more before the lease is gone.
+    /// Errors other than a timeout are returned at once: the keepalive's
+    /// backoff paces those.
+    async fn renew_before(&self, node: &ServiceNode, deadline: Instant) -> Result<()> {
+        let ttl = self.inner.conf.ttl;
+        let started = Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = (left / 2).max(MIN_RENEW_ATTEMPT).min(left);
+            match self.bounded("renew", attempt, self.inner.writer.renew(node, ttl)).await {
+                Err(Error::Timeout { .. }) if left > attempt => {
+                    tracing::debug!(parent: &self.inner.span, lease_id = node.lease_id, ?attempt, "renewal attempt timed out; trying again");
+                }
+                Err(Error::Timeout { backend, operation, .. }) => {
+                    return Err(Error::Timeout { backend, operation, after: started.elapsed() });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes the node of an install, retrying transient failures (the
+    /// backend restarting, failing over, a write conflict) until
+    /// `conf.install_deadline`; any other error is returned at once.
+    async fn write_install(&self, state: &mut State, node: &mut ServiceNode) -> Result<()> {
+        let conf = &self.inner.conf;
+        let deadline = Instant::now() + conf.install_deadline;
+        let mut backoff = Backoff::new((conf.ttl / 20).max(MIN_RETRY_DELAY), conf.ttl / 4);
+        let mut attempts: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            stamp_heartbeat(node);
+            let error = match self.write(state, node, deadline).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() => error,
+                Err(error) => return Err(error),
+            };
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                tracing::warn!(parent: &self.inner.span, attempts, %error, "install failed until its deadline");
+                return Err(error);
+            }
+            tracing::warn!(parent: &self.inner.span, attempts, %error, ?delay, "install failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -244,8 +316,7 @@ impl Register for Registrar {
             // the caller's placeholder id.
             None => state.lease_valid = false,
         }
-        stamp_heartbeat(&mut node);
-        self.write(&mut state, &mut node).await?;
+        self.write_install(&mut state, &mut node).await?;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, methods = node.methods.len(), "installed");
         metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(1.0);
         metrics::gauge!(telemetry::DRAINING, &self.inner.labels).set(if node.draining { 1.0 } else { 0.0 });
@@ -300,6 +371,7 @@ impl Register for Registrar {
                     }
                     if failures > 0 {
                         tracing::info!(parent: &self.inner.span, failures, "keepalive recovered");
+                        metrics::gauge!(telemetry::REGISTRATION_LOST, &self.inner.labels).set(0.0);
                         self.hooks().fire_after_recovery(failures);
                     }
                     failures = 0;
@@ -310,11 +382,17 @@ impl Register for Registrar {
                     failures = failures.saturating_add(1);
                     metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(0.0);
                     let info = RetryInfo { attempt: failures, max_retry: conf.max_retry, error: &error };
-                    if conf.max_retry > 0 && failures >= conf.max_retry {
-                        tracing::error!(parent: &self.inner.span, failures, %error, "keepalive gave up");
-                        metrics::counter!(telemetry::GIVE_UPS, &self.inner.labels).increment(1);
-                        self.hooks().fire_give_up(&info);
-                        return Err(Error::GaveUp { attempts: failures, last: Box::new(error) });
+                    if conf.max_retry > 0 && failures == conf.max_retry {
+                        tracing::error!(parent: &self.inner.span, failures, %error, "registration lost");
+                        metrics::counter!(telemetry::REGISTRATIONS_LOST, &self.inner.labels).increment(1);
+                        metrics::gauge!(telemetry::REGISTRATION_LOST, &self.inner.labels).set(1.0);
+                        self.hooks().fire_lost(&info);
+                        if conf.after_max_retry == AfterMaxRetry::GiveUp {
+                            tracing::error!(parent: &self.inner.span, failures, "keepalive gave up");
+                            metrics::counter!(telemetry::GIVE_UPS, &self.inner.labels).increment(1);
+                            self.hooks().fire_give_up(&info);
+                            return Err(Error::GaveUp { attempts: failures, last: Box::new(error) });
+                        }
                     }
                     tracing::warn!(parent: &self.inner.span, failures, %error, "keepalive failed; retrying");
                     metrics::counter!(telemetry::RETRIES, &self.inner.labels).increment(1);
@@ -334,6 +412,7 @@ impl Register for Registrar {
         self.inner.last_node.store(None);
         let Some(node) = state.node.take() else { return Ok(()) };
         metrics::gauge!(telemetry::REGISTERED, &self.inner.labels).set(0.0);
+        metrics::gauge!(telemetry::REGISTRATION_LOST, &self.inner.labels).set(0.0);
         let result = self.bounded("remove", self.inner.conf.ttl, self.inner.writer.remove(&node)).await;
         tracing::info!(parent: &self.inner.span, lease_id = node.lease_id, ok = result.is_ok(), "uninstalled");
         result

@@ -172,18 +172,13 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "snapshot".into());
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(io(e));
-    }
+    // A temporary file in the same directory (so the rename stays on one
+    // file system), removed by `tempfile` if anything fails before it is
+    // persisted over `path`.
+    let mut temp = tempfile::Builder::new().prefix(".snapshot").suffix(".tmp").tempfile_in(&dir).map_err(io)?;
+    temp.write_all(&json).map_err(io)?;
+    temp.as_file().sync_all().map_err(io)?;
+    temp.persist(path).map_err(|e| io(e.error))?;
     // The rename is durable once the directory is synced (best effort: not
     // every platform can open a directory).
     if let Ok(dir) = std::fs::File::open(&dir) {

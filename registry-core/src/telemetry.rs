@@ -14,8 +14,15 @@
 pub const HEARTBEATS: &str = "registry_heartbeats_total";
 /// Counter: keepalive failures that were retried.
 pub const RETRIES: &str = "registry_keepalive_retries_total";
-/// Counter: keepalives that gave up after `max_retry` failures.
+/// Counter: keepalives that gave up after `max_retry` failures (only with
+/// [`AfterMaxRetry::GiveUp`](crate::conf::AfterMaxRetry::GiveUp)).
 pub const GIVE_UPS: &str = "registry_keepalive_give_ups_total";
+/// Counter: registrations reported lost: `max_retry` consecutive keepalive
+/// failures (counted once per run of failures).
+pub const REGISTRATIONS_LOST: &str = "registry_registrations_lost_total";
+/// Gauge: 1 from the moment a registration is reported lost until a
+/// heartbeat succeeds again (or `uninstall`), else 0.
+pub const REGISTRATION_LOST: &str = "registry_registration_lost";
 /// Counter: registrations written again after their lease was lost.
 pub const REREGISTRATIONS: &str = "registry_reregistrations_total";
 /// Gauge: 1 while the instance's registration is written and its last
@@ -69,6 +76,14 @@ pub fn describe() {
     describe_counter!(HEARTBEATS, "Heartbeats sent successfully by a registrar.");
     describe_counter!(RETRIES, "Keepalive failures that were retried.");
     describe_counter!(GIVE_UPS, "Keepalives that gave up after max_retry consecutive failures.");
+    describe_counter!(
+        REGISTRATIONS_LOST,
+        "Registrations reported lost after max_retry consecutive keepalive failures."
+    );
+    describe_gauge!(
+        REGISTRATION_LOST,
+        "1 while the registration is reported lost (max_retry failures, not recovered), else 0."
+    );
     describe_counter!(REREGISTRATIONS, "Registrations written again after their lease was lost.");
     describe_gauge!(REGISTERED, "1 while the registration is written and its last heartbeat succeeded, else 0.");
     describe_gauge!(DRAINING, "1 while the instance marked itself draining, else 0.");

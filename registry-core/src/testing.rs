@@ -1,6 +1,7 @@
 //! What the crate's own benches and tests need from its insides (feature
-//! `testing`, not part of the API): a synthetic fleet, and the index writer
-//! the criterion bench drives directly.
+//! `testing`, not part of the API): a synthetic fleet, the index writer
+//! the criterion bench drives directly, and raw access to the embedded store
+//! for the conformance suite's cleanup check.
 
 pub use crate::index::{IndexWriter, Recency};
 
@@ -37,4 +38,18 @@ pub fn fleet_index(apps: usize, nodes: usize, methods: usize) -> IndexWriter {
     }
     writer.publish();
     writer
+}
+
+/// The keys `store` holds under `prefix` (the conformance suite's check that
+/// a scenario left nothing behind).
+#[cfg(feature = "memory")]
+pub fn memory_keys(store: &crate::memory::MemoryStore, prefix: &str) -> crate::Result<Vec<String>> {
+    store.keys_under(prefix)
+}
+
+/// Deletes `key` from `store`, whatever wrote it (a scenario removing the
+/// raw records it wrote with [`MemoryStore::put_raw`](crate::memory::MemoryStore::put_raw)).
+#[cfg(feature = "memory")]
+pub fn memory_delete(store: &crate::memory::MemoryStore, key: &str) -> crate::Result<()> {
+    store.delete_raw(key)
 }

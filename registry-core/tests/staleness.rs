@@ -268,7 +268,7 @@ async fn merged_discovery_reports_each_source() {
     let d2 = Arc::new(Discoverer::from_reader_with(Arc::new(r2), scope(), WINDOW, "new", DiscoveryOptions::default()));
     listing(&tx1, &[record("a", 1)]);
     listing(&tx2, &[record("b", 2)]);
-    let merged = merged_discovery(vec![d1, d2], scope(), WINDOW).expect("valid");
+    let merged = merged_discovery(vec![d1, d2], "ns", "dev", WINDOW).expect("valid");
     merged.watcher().await.expect("ready");
     settle().await;
     tx2.send(StoreEvent::Error(Error::unavailable("mock", "down"))).unwrap();

@@ -122,6 +122,18 @@ fn classify_message(message: &str) -> Option<Error> {
     None
 }
 
+/// Names, in a [`Error::PermissionDenied`], the permission the call needed
+/// (etcd says only "permission denied"): `permission` is, e.g., "read
+/// permission on the key prefix `shop/prod/`". Other errors pass unchanged.
+pub(crate) fn needing(error: Error, permission: impl FnOnce() -> String) -> Error {
+    match error {
+        Error::PermissionDenied { backend, message } if message.contains("permission denied") => {
+            Error::PermissionDenied { backend, message: format!("{message}: needs {}", permission()) }
+        }
+        other => other,
+    }
+}
+
 fn is_lease_not_found(message: &str) -> bool {
     message.contains("lease not found")
 }

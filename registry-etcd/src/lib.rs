@@ -56,9 +56,7 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, EtcdConfig, EtcdTls, Keepalive,
 };
 pub use error::DEFAULT_MAX_REQUEST_BYTES;
-pub use etcd_client;
 pub use reader::WATCH_PROGRESS_AFTER;
-pub use registry_core;
 pub use store::EtcdStore;
 
 use std::sync::Arc;

@@ -86,9 +86,17 @@ impl Operator for EtcdOperator {
 
     async fn set_drained(&self, app_id: &str, lease_id: i64, drained: bool) -> Result<()> {
         let key = self.scope.record_key(app_id, lease_id);
+        self.mark(&key, app_id, lease_id, drained)
+            .await
+            .map_err(|e| crate::error::needing(e, || format!("read and write permission on the key `{key}`")))
+    }
+}
+
+impl EtcdOperator {
+    async fn mark(&self, key: &str, app_id: &str, lease_id: i64, drained: bool) -> Result<()> {
         let mut client = self.client.clone();
         for _ in 0..MAX_ATTEMPTS {
-            let Some(kv) = current(&mut client, &key, self.timeout).await? else {
+            let Some(kv) = current(&mut client, key, self.timeout).await? else {
                 return Err(Error::InstanceNotFound { app_id: app_id.to_owned(), lease_id });
             };
             let value = String::from_utf8_lossy(kv.value()).into_owned();
@@ -96,7 +104,7 @@ impl Operator for EtcdOperator {
                 return Ok(());
             }
             let value = set_mark(&value, drained)?;
-            if put_if(&mut client, &key, value, kv.lease(), Some(kv.mod_revision()), self.timeout).await? {
+            if put_if(&mut client, key, value, kv.lease(), Some(kv.mod_revision()), self.timeout).await? {
                 tracing::info!(key, drained, "operator mark written");
                 return Ok(());
             }

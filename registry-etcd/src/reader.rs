@@ -37,6 +37,11 @@ impl EtcdReader {
     pub(crate) fn new(kv: KvClient, watch: WatchClient, prefix: String, timeout: Duration) -> Self {
         Self { kv, watch, prefix, timeout }
     }
+
+    /// A denied read names the prefix the discoverer needs to read.
+    fn needing_read(&self, error: Error) -> Error {
+        crate::error::needing(error, || format!("read permission on the key prefix `{}`", self.prefix))
+    }
 }
 
 fn record(kv: &KeyValue) -> RawRecord {
@@ -85,7 +90,7 @@ impl ListWatch for EtcdReader {
             if let Some(r) = revision {
                 options = options.with_revision(r);
             }
-            let page = call.run(kv.get(from.clone(), Some(options))).await?;
+            let page = call.run(kv.get(from.clone(), Some(options))).await.map_err(|e| self.needing_read(e))?;
             let at = *revision.get_or_insert_with(|| page.header().map_or(0, |h| h.revision()));
             records.extend(page.kvs().iter().map(record));
             match page.kvs().last() {
@@ -103,16 +108,17 @@ impl ListWatch for EtcdReader {
         let start = i64::try_from(revision.saturating_add(1)).unwrap_or(i64::MAX);
         let options = WatchOptions::new().with_prefix().with_start_revision(start).with_prev_key();
         let mut client = self.watch.clone();
-        let mut stream = call.run(client.watch(self.prefix.clone(), Some(options))).await?;
+        let mut stream =
+            call.run(client.watch(self.prefix.clone(), Some(options))).await.map_err(|e| self.needing_read(e))?;
         // The first answer says whether the watch exists (or why not: a
         // compacted start revision, refused credentials, no leader).
-        let first = call.run(stream.message()).await?;
+        let first = call.run(stream.message()).await.map_err(|e| self.needing_read(e))?;
         let mut open_watch = OpenWatch { stream, revision, timeout: self.timeout, done: false };
         let first = match first {
             Some(response) => open_watch.translate(&response),
             None => return Err(Error::unavailable(KIND, "watch stream closed before it was created")),
         };
-        let head = Some(Ok(first?));
+        let head = Some(Ok(first.map_err(|e| self.needing_read(e))?));
         let rest = futures::stream::unfold(open_watch, |mut open_watch| async move {
             let item = open_watch.next().await?;
             Some((item, open_watch))

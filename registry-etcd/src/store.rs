@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use registry_core::list_watch::ListWatchReader;
 use registry_core::store::{ListWatch, Scope, Store, StoreReader, StoreWriter};
-use registry_core::{Error, Result, ServiceNode};
+use registry_core::{Error, Result};
 
 use crate::config::EtcdConfig;
 use crate::error::{Call, KIND};
@@ -92,11 +92,6 @@ impl EtcdStore {
             self.request_timeout,
         ))
     }
-
-    /// The key of one instance: `<namespace>/<env>/<app_id>/<lease_id>`.
-    pub fn key(scope: &Scope, node: &ServiceNode) -> String {
-        scope.record_key(&node.meta.app_id, node.lease_id)
-    }
 }
 
 fn endpoints(config: &EtcdConfig) -> Vec<String> {
@@ -169,6 +164,7 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_core::ServiceNode;
 
     #[test]
     fn keys_follow_the_go_layout() {
@@ -177,6 +173,6 @@ mod tests {
         node.meta.app_id = "user-service".into();
         node.lease_id = 7587869532745834261;
         assert_eq!(scope.key_prefix(), "ns/prod/");
-        assert_eq!(EtcdStore::key(&scope, &node), "ns/prod/user-service/7587869532745834261");
+        assert_eq!(scope.record_key(&node.meta.app_id, node.lease_id), "ns/prod/user-service/7587869532745834261");
     }
 }

@@ -9,11 +9,7 @@ use registry_core::store::{Scope, StoreWriter};
 use registry_core::{Error, Result, ServiceNode};
 use tokio::sync::Mutex;
 
-use crate::error::{Call, KIND};
-use crate::store::EtcdStore;
-
-/// Shortest attempt of a lease renewal (see [`EtcdWriter`]'s `renew`).
-const MIN_RENEW_ATTEMPT: Duration = Duration::from_millis(100);
+use crate::error::{Call, KIND, needing};
 
 /// An open keepalive stream for one lease.
 struct LeaseKeepalive {
@@ -110,55 +106,40 @@ impl StoreWriter for EtcdWriter {
         }
         // For the error only: the put encodes the node itself.
         let size = node.to_json()?.len();
-        let key = EtcdStore::key(&self.scope, node);
+        let key = self.scope.record_key(&node.meta.app_id, node.lease_id);
         let mut client = self.client.clone();
         match crate::operator::put_keeping_mark(&mut client, &key, node, self.timeout).await {
             Ok(()) => Ok(()),
             Err(Error::TooLarge { limit, .. }) => Err(Error::TooLarge { what: "node JSON".into(), size, limit }),
-            Err(e) => Err(e),
+            Err(e) => Err(needing(e, || format!("read and write permission on the key `{key}`"))),
         }
     }
 
-    /// Renews the lease within TTL/2 (at most the request timeout), in
-    /// attempts of an eighth of that (at least 100 ms) until one answers.
-    ///
-    /// A keepalive stream whose member went silent (cut off, not closed)
-    /// never answers. Waiting on it for the whole renewal would cost the
-    /// lease: the registrar renews TTL/2 after the last success and allows
-    /// the renewal TTL/2, so the lease expires just as the renewal gives up.
-    /// A timed-out attempt drops its stream and the next opens a fresh one,
-    /// which the balanced channel sends to a member picked at random (etcd-
-    /// client balances without load information): with 8 attempts, a silent
-    /// member among three costs the lease only if all 8 land on it (1 in
-    /// 6561), where one attempt lost it every time.
-    async fn renew(&self, node: &ServiceNode, ttl: Duration) -> Result<()> {
-        let budget = self.timeout.min(ttl / 2).max(MIN_RENEW_ATTEMPT);
-        let slice = (budget / 8).max(MIN_RENEW_ATTEMPT).min(budget);
-        let started = tokio::time::Instant::now();
-        loop {
-            let left = budget.saturating_sub(started.elapsed());
-            match tokio::time::timeout(slice.min(left), self.renew_lease(node.lease_id)).await {
-                Ok(result) => return result,
-                Err(_) if left > slice => {
-                    tracing::debug!(
-                        lease_id = node.lease_id,
-                        ?slice,
-                        "keepalive attempt timed out; retrying on a fresh stream"
-                    );
-                }
-                Err(_) => return Err(Call::new("keepalive", budget).timed_out()),
-            }
+    /// One keepalive round trip, bounded by the request timeout. Core's
+    /// keepalive driver bounds each renewal attempt by the lease's remaining
+    /// time and tries again on a fresh call when one hangs; a cancelled
+    /// attempt drops the stream it held (see `keepalive`), so the next one
+    /// opens a new stream, which the balanced channel may send to another
+    /// member.
+    async fn renew(&self, node: &ServiceNode, _ttl: Duration) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.renew_lease(node.lease_id)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.call("keepalive").timed_out()),
         }
     }
 
     async fn remove(&self, node: &ServiceNode) -> Result<()> {
         self.keepalive.lock().await.take();
         let mut client = self.client.clone();
-        self.call("delete").run(client.delete(EtcdStore::key(&self.scope, node), None)).await?;
+        let key = self.scope.record_key(&node.meta.app_id, node.lease_id);
+        let deleted = self.call("delete").run(client.delete(key.clone(), None)).await;
+        deleted.map_err(|e| needing(e, || format!("write permission on the key `{key}`")))?;
         if node.lease_id > 0 {
             match self.call("lease revoke").run(client.lease_revoke(node.lease_id)).await {
                 Ok(_) | Err(Error::LeaseExpired { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(needing(e, || format!("write permission on every key of lease {}", node.lease_id)));
+                }
             }
         }
         Ok(())

@@ -46,7 +46,8 @@ use registry_core::{Discoverer, Discovery};
 use registry_etcd::{EtcdConfig, EtcdStore};
 use registry_testenv::etcd_cluster::EtcdCluster;
 use registry_testenv::faults::{
-    self, FaultTest, Fleet, LookupLoop, Need, Probe, TIMER_SLACK, leases_of, print_figures, secs,
+    self, FaultTest, Fleet, LookupLoop, Need, OBSERVE_AFTER, PARTITION_BOUND, Probe, SILENT_FOR, STALE_BOUND,
+    TIMER_SLACK, leases_of, print_figures, secs,
 };
 
 /// The bound within which a discoverer whose watch's member is silently
@@ -59,57 +60,35 @@ use registry_testenv::faults::{
 const WATCH_FAILOVER_BOUND: Duration = Duration::from_secs(20);
 /// How long two of three members stay down in the quorum scenario (> TTL).
 const QUORUM_DOWN_FOR: Duration = Duration::from_secs(5);
-/// Longest a partition may last before its watchdog heals it.
-const PARTITION_BOUND: Duration = Duration::from_secs(60);
-/// How long a scenario watches after the fault for late disappearances
-/// (a lease that expired during the fault shows as a DELETE up to a TTL later).
-const OBSERVE_AFTER: Duration = Duration::from_secs(4);
-/// How soon a silently dead watch makes `health()` report its source stale
-/// (the documented bound, docs/cluster-faults.md): the reader asks for
-/// progress after 2 s of silence and ends the watch 5 s (the request
-/// timeout) later, and core marks a source silent for its `stale_after`
-/// (the same 7 s) stale: 7 s after the last message at most. Asserted with
-/// [`TIMER_SLACK`] on top.
-const STALE_BOUND: Duration = Duration::from_secs(7);
 /// How soon after the heal `health()` is healthy and the view correct: the
 /// watch is retried with core's backoff (at most 5 s apart) and each try on
 /// the silent member costs up to the request timeout (5 s).
 const HEALTHY_AFTER_HEAL_BOUND: Duration = Duration::from_secs(15);
-/// How long the member stays silent in the health scenario.
-const SILENT_FOR: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     faults::run(vec![
-        FaultTest {
-            name: "leader_killed_while_fifty_heartbeat",
-            needs: &[Need::EtcdCluster],
-            run: || Box::pin(leader_killed_while_fifty_heartbeat()),
-        },
-        FaultTest {
-            name: "partitioned_follower_serving_the_watch",
-            needs: &[Need::EtcdCluster, Need::Partitions],
-            run: || Box::pin(partitioned_member_serving_the_watch(Role::Follower)),
-        },
-        FaultTest {
-            name: "partitioned_leader_serving_the_watch",
-            needs: &[Need::EtcdCluster, Need::Partitions],
-            run: || Box::pin(partitioned_member_serving_the_watch(Role::Leader)),
-        },
-        FaultTest {
-            name: "quorum_lost_longer_than_ttl",
-            needs: &[Need::EtcdCluster],
-            run: || Box::pin(quorum_lost_longer_than_ttl()),
-        },
-        FaultTest {
-            name: "silent_watch_member_health",
-            needs: &[Need::EtcdCluster, Need::Partitions],
-            run: || Box::pin(silent_watch_member_health()),
-        },
-        FaultTest {
-            name: "restart_during_outage_serves_snapshot",
-            needs: &[Need::EtcdCluster],
-            run: || Box::pin(restart_during_outage_serves_snapshot()),
-        },
+        FaultTest::new(
+            "leader_killed_while_fifty_heartbeat",
+            &[Need::EtcdCluster],
+            leader_killed_while_fifty_heartbeat,
+        ),
+        FaultTest::new("partitioned_follower_serving_the_watch", &[Need::EtcdCluster, Need::Partitions], || {
+            partitioned_member_serving_the_watch(Role::Follower)
+        }),
+        FaultTest::new("partitioned_leader_serving_the_watch", &[Need::EtcdCluster, Need::Partitions], || {
+            partitioned_member_serving_the_watch(Role::Leader)
+        }),
+        FaultTest::new("quorum_lost_longer_than_ttl", &[Need::EtcdCluster], quorum_lost_longer_than_ttl),
+        FaultTest::new(
+            "silent_watch_member_health",
+            &[Need::EtcdCluster, Need::Partitions],
+            silent_watch_member_health,
+        ),
+        FaultTest::new(
+            "restart_during_outage_serves_snapshot",
+            &[Need::EtcdCluster],
+            restart_during_outage_serves_snapshot,
+        ),
     ])
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use conformance::{Backend, Runner, ServerUse, Unavailable};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Registrar, ServiceConf};
 use registry_etcd::{EtcdConfig, EtcdStore};
 use registry_testenv::etcd::{self, EtcdServer};
 use tokio::sync::Mutex;
@@ -26,12 +25,16 @@ fn start_failed(reason: impl ToString) -> Unavailable {
 
 #[async_trait]
 impl Backend for Etcd {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         etcd::available()
     }
 
     fn dedicated_available() -> Result<(), Unavailable> {
-        registry_testenv::binary("etcd").map(|_| ())
+        etcd::local_available()
     }
 
     async fn start(server: ServerUse) -> Result<Self, Unavailable> {
@@ -45,26 +48,22 @@ impl Backend for Etcd {
         Ok(Etcd { server: Mutex::new(server), store })
     }
 
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry_core::Result<Registrar> {
-        Registrar::new(&self.store, meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
-    }
-
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
         // A plain put, no lease: what another writer (or a human with etcdctl) leaves behind.
         let key = format!("{}{name}", scope.key_prefix());
         self.store.client().put(key, value, None).await?;
         Ok(())
+    }
+
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        self.store.client().delete(format!("{}{name}", scope.key_prefix()), None).await?;
+        Ok(())
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        let listing = self.store.client().get(format!("{namespace}/"), Some(options)).await?;
+        Ok(Some(listing.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()))
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

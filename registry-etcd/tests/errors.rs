@@ -50,7 +50,9 @@ fn quick(endpoint: String) -> EtcdConfig {
 
 async fn install_fails_fast(endpoint: String) -> anyhow::Result<()> {
     let store = EtcdStore::connect(quick(endpoint)).await?;
-    let registrar = Registrar::new(&store, meta("dev", "lonely"), conf(&unique("ns")))?;
+    // `install` retries an unreachable backend until its deadline: the
+    // request timeout here, so the test sees the mapped error promptly.
+    let registrar = Registrar::new(&store, meta("dev", "lonely"), conf(&unique("ns")).with_install_deadline(TIMEOUT))?;
     let start = Instant::now();
     let Err(error) = registrar.install(node("t.Err", &["Call"])).await else {
         anyhow::bail!("no etcd there: expected an error");

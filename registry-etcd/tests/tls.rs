@@ -1,4 +1,4 @@
-//! TLS on a real etcd: certificates made for the test (rcgen), an etcd that
+//! TLS on a real etcd: certificates made for the test (`registry_testenv::pki`), an etcd that
 //! serves clients over TLS and demands client certificates.
 
 mod support;
@@ -9,62 +9,38 @@ use std::time::{Duration, Instant};
 
 use conformance::Runner;
 use conformance::fixtures::{PROPAGATION, eventually, leases_for, meta, method, node, unique};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 use registry_core::{Discoverer, Discovery, Error, Register, Registrar};
 use registry_etcd::{EtcdConfig, EtcdStore, EtcdTls};
 use registry_testenv::etcd::local_available;
 use registry_testenv::etcd::{EtcdServer, ServerTls};
+use registry_testenv::pki::{self, Ca};
 use support::conf;
 
 /// A CA, and PEM files signed by it, in a temp dir.
 struct Pki {
     dir: tempfile::TempDir,
-    ca_key: KeyPair,
-    ca_params: CertificateParams,
+    ca: Ca,
 }
 
 impl Pki {
     fn new(name: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, name);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca = ca_params.self_signed(&ca_key)?;
-        std::fs::write(dir.path().join("ca.pem"), ca.pem())?;
-        Ok(Self { dir, ca_key, ca_params })
+        let ca = Ca::new(name)?;
+        pki::write(dir.path(), "ca.pem", &ca.own().cert)?;
+        Ok(Self { dir, ca })
     }
 
     fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
-    }
-
-    /// Issues a certificate for `names` with `usage`; returns (cert, key) paths.
-    fn issue(&self, file: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, file);
-        params.extended_key_usages = vec![usage];
-        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
-        let write = |suffix: &str, text: String| -> anyhow::Result<PathBuf> {
-            let path = self.dir.path().join(format!("{file}{suffix}"));
-            std::fs::write(&path, text)?;
-            Ok(path)
-        };
-        Ok((write(".pem", cert.pem())?, write("-key.pem", key.serialize_pem())?))
     }
 }
 
 /// An etcd serving TLS with a certificate of `pki`, demanding client
 /// certificates of `pki`; and a client certificate for the tests.
 async fn tls_etcd(pki: &Pki) -> anyhow::Result<(EtcdServer, PathBuf, PathBuf)> {
-    let (cert, key) = pki.issue("server", &["127.0.0.1", "localhost"], ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (cert, key) = pki.ca.server("server", &["127.0.0.1", "localhost"])?.write(pki.dir.path(), "server")?;
     let server = EtcdServer::start_local_tls(&ServerTls { cert, key, client_ca: Some(pki.ca()) }).await?;
-    let (client_cert, client_key) = pki.issue("client", &[], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (client_cert, client_key) = pki.ca.client("client", None)?.write(pki.dir.path(), "client")?;
     Ok((server, client_cert, client_key))
 }
 
@@ -101,7 +77,8 @@ async fn tls_with_client_certificate_registers_and_discovers() -> anyhow::Result
 async fn install_is_refused(config: EtcdConfig) -> anyhow::Result<Error> {
     let limit = config.request_timeout;
     let store = EtcdStore::connect(config).await?;
-    let registrar = Registrar::new(&store, meta("dev", "untrusted"), conf(&unique("ns")))?;
+    // `install` retries a connection failure until its deadline: one request timeout here.
+    let registrar = Registrar::new(&store, meta("dev", "untrusted"), conf(&unique("ns")).with_install_deadline(limit))?;
     let start = Instant::now();
     let Err(error) = registrar.install(node("t.Tls", &["Call"])).await else {
         anyhow::bail!("install succeeded over a connection that should have been refused");

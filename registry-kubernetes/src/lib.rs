@@ -96,7 +96,6 @@ pub use config::{AddressMode, ClusterSource, DEFAULT_CLUSTER_DOMAIN, DEFAULT_PRE
 pub use encode::{Names, configmap_key, configmap_name, lease_name};
 pub use endpointslice::{DEFAULT_PORT_NAME, Published, SERVICE_NAME_LABEL, instance_id};
 pub use error::{MAX_ANNOTATIONS_BYTES, MAX_CONFIGMAP_BYTES};
-pub use registry_core;
 
 use crate::configmap::{ConfigMapLayout, ConfigMapReaper, ConfigMapWriter, EntryBatch};
 use crate::error::{Call, KIND};

@@ -30,11 +30,12 @@ use async_trait::async_trait;
 use conformance::fixtures::unique;
 use conformance::{Backend, Capability, Runner, ServerUse, Unavailable};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use registry_core::store::{Scope, Store};
-use registry_core::{Discoverer, Meta, Register, Registrar, ServiceConf, ServiceNode};
+use registry_core::{Meta, Register, Registrar, ServiceConf, ServiceNode};
 use registry_kubernetes::{DEFAULT_PREFIX, KubernetesStore, Mode, Names, configmap_name};
 use registry_testenv::kube::KubeServer;
 
@@ -93,6 +94,10 @@ impl<M: StorageMode> Kube<M> {
 
 #[async_trait]
 impl<M: StorageMode> Backend for Kube<M> {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         KubeServer::available()
     }
@@ -127,17 +132,6 @@ impl<M: StorageMode> Backend for Kube<M> {
             .await
             .map_err(|e| registry_core::Error::backend("kubernetes-test", format!("{e:#}")))?;
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(
-        &self,
-        scope: &Scope,
-    ) -> registry_core::Result<std::sync::Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
     }
 
     async fn put_foreign(&self, scope: &Scope, name: &str, value: &str) -> anyhow::Result<()> {
@@ -186,6 +180,57 @@ impl<M: StorageMode> Backend for Kube<M> {
         Ok(())
     }
 
+    async fn remove_foreign(&self, scope: &Scope, name: &str) -> anyhow::Result<()> {
+        let client = self.client();
+        let ns = &scope.namespace;
+        match M::MODE {
+            Mode::Lease => {
+                let leases: Api<Lease> = Api::namespaced(client, ns);
+                leases.delete(&format!("{}.foreign.{name}", scope.env), &DeleteParams::default()).await?;
+            }
+            Mode::ConfigMap => {
+                let maps: Api<ConfigMap> = Api::namespaced(client, ns);
+                let cm = configmap_name(&scope.env);
+                let prefix = format!("{name}.");
+                let written: Vec<String> = maps
+                    .get(&cm)
+                    .await?
+                    .data
+                    .unwrap_or_default()
+                    .into_keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .collect();
+                anyhow::ensure!(!written.is_empty(), "no foreign entry {name} in ConfigMap {cm}");
+                let nulls: serde_json::Map<String, serde_json::Value> =
+                    written.into_iter().map(|k| (k, serde_json::Value::Null)).collect();
+                let patch = serde_json::json!({ "data": nulls });
+                maps.patch(&cm, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            _ => {
+                let pods: Api<Pod> = Api::namespaced(client, ns);
+                let annotation = format!("{}/service-{name}", self.names.prefix());
+                let selector = format!("{}={}", self.names.env_label(), scope.env);
+                let mut removed = 0;
+                for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+                    if pod.annotations().contains_key(&annotation) {
+                        pods.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await?;
+                        removed += 1;
+                    }
+                }
+                anyhow::ensure!(removed > 0, "no foreign Pod carries {annotation}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        release(self.client(), namespace).await
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        leftovers_in(self.client(), namespace).await.map(Some)
+    }
+
     async fn crashed(&self, registrar: &Registrar) -> anyhow::Result<()> {
         if M::MODE != Mode::Pod {
             return Ok(());
@@ -228,6 +273,10 @@ struct Slices {
 
 #[async_trait]
 impl Backend for Slices {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
     fn available() -> Result<(), Unavailable> {
         let image = std::env::var(POD_IMAGE_VAR).ok().filter(|v| !v.is_empty());
         if std::env::var_os("KUBECONFIG").is_none() || image.is_none() {
@@ -295,16 +344,20 @@ impl Backend for Slices {
         Registrar::new(&self.store.with_pod_name(pod), meta, conf)
     }
 
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry_core::Result<Discoverer> {
-        Discoverer::new(&self.store, env, conf)
-    }
-
-    async fn operator(&self, scope: &Scope) -> registry_core::Result<Arc<dyn registry_core::operator::Operator>> {
-        self.store.operator(scope)
-    }
-
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
         anyhow::bail!("endpointslice mode has no raw records")
+    }
+
+    async fn remove_foreign(&self, _scope: &Scope, _name: &str) -> anyhow::Result<()> {
+        anyhow::bail!("endpointslice mode has no raw records")
+    }
+
+    async fn release_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        release(self.server.client(), namespace).await
+    }
+
+    async fn leftovers(&self, namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        leftovers_in(self.server.client(), namespace).await.map(Some)
     }
 
     /// The instance's Pod goes away with no grace period, as when its node
@@ -337,6 +390,61 @@ impl Backend for Slices {
     async fn start_server(&self) -> anyhow::Result<()> {
         anyhow::bail!("not applicable")
     }
+}
+
+/// Deletes what a scenario's namespace holds of the kinds the suite writes
+/// (the registrars' Pods — the test glue made them —, Leases, ConfigMaps,
+/// Services, EndpointSlices), then the namespace itself, which
+/// `prepare_namespace` created. Deleting the objects first matters on the
+/// bare API server: with no namespace controller, a deleted namespace stays
+/// `Terminating` with its contents.
+async fn release(client: kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let now = DeleteParams::default().grace_period(0);
+    let all = ListParams::default();
+    Api::<Pod>::namespaced(client.clone(), namespace).delete_collection(&now, &all).await?;
+    Api::<Lease>::namespaced(client.clone(), namespace).delete_collection(&now, &all).await?;
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .delete_collection(&now, &ListParams::default().fields("metadata.name!=kube-root-ca.crt"))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), namespace).delete_collection(&now, &all).await?;
+    Api::<EndpointSlice>::namespaced(client.clone(), namespace).delete_collection(&now, &all).await?;
+    match Api::<Namespace>::all(client).delete(namespace, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The objects of the kinds the suite writes still in `namespace`, and the
+/// namespace itself unless it is gone or being deleted.
+async fn leftovers_in(client: kube::Client, namespace: &str) -> anyhow::Result<Vec<String>> {
+    async fn names<K>(client: &kube::Client, namespace: &str, kind: &str) -> anyhow::Result<Vec<String>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let listed = Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?;
+        Ok(listed
+            .into_iter()
+            .map(|o| o.name_any())
+            .filter(|name| name != "kube-root-ca.crt")
+            .map(|name| format!("{kind} {name}"))
+            .collect())
+    }
+    let mut left = Vec::new();
+    left.extend(names::<Pod>(&client, namespace, "pod").await?);
+    left.extend(names::<Lease>(&client, namespace, "lease").await?);
+    left.extend(names::<ConfigMap>(&client, namespace, "configmap").await?);
+    left.extend(names::<Service>(&client, namespace, "service").await?);
+    left.extend(names::<EndpointSlice>(&client, namespace, "endpointslice").await?);
+    match Api::<Namespace>::all(client).get_opt(namespace).await? {
+        Some(ns) if ns.metadata.deletion_timestamp.is_none() => left.push(format!("namespace {namespace}")),
+        _ => {}
+    }
+    Ok(left)
 }
 
 fn rand_id() -> u64 {

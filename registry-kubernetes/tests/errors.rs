@@ -60,7 +60,9 @@ async fn unreachable_api_server_is_backend_unavailable() -> anyhow::Result<()> {
 
     for mode in [Mode::Lease, Mode::ConfigMap, Mode::Pod] {
         let (_dir, store) = offline_store(mode).await;
-        let registrar = Registrar::new(&store, meta("dev", "lonely"), conf("default")).unwrap();
+        // `install` retries an unreachable server until its deadline (30 s by default).
+        let quick = conf("default").with_install_deadline(std::time::Duration::from_secs(1));
+        let registrar = Registrar::new(&store, meta("dev", "lonely"), quick).unwrap();
         let err = registrar.install(support_node()).await.unwrap_err();
         assert!(matches!(err, Error::BackendUnavailable { .. }), "{mode} install: {err:?}");
         let discoverer = Discoverer::new(&store, "dev", conf("default")).unwrap();

@@ -787,7 +787,8 @@ async fn migration() -> anyhow::Result<()> {
     // Step 2: the gateway discovers from both.
     let merged: Arc<dyn Discovery> = Arc::new(registry_core::merged_discovery(
         vec![Arc::clone(&etcd_view), Arc::clone(&kube_view)],
-        Scope::new(ns, env.clone()),
+        ns,
+        env.clone(),
         conf.ttl,
     )?);
     merged.watcher().await?;
@@ -1459,7 +1460,8 @@ async fn endpointslice_mixed_fleet() -> anyhow::Result<()> {
     let es_view: Arc<dyn Discovery> = Arc::new(discoverer(&c, Mode::EndpointSlice, ns, &env).await?);
     let merged: Arc<dyn Discovery> = Arc::new(registry_core::merged_discovery(
         vec![Arc::clone(&lease_view), Arc::clone(&es_view)],
-        Scope::new(ns, env.clone()),
+        ns,
+        env.clone(),
         ServiceConf::default().ttl,
     )?);
     merged.watcher().await?;

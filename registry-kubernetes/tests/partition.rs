@@ -34,21 +34,16 @@ use conformance::fixtures::{TTL, conf, eventually, unique};
 use registry_core::store::Store;
 use registry_core::{Discoverer, Discovery};
 use registry_kubernetes::{KubernetesStore, Mode};
-use registry_testenv::faults::{Fleet, LookupLoop, Probe, TIMER_SLACK, print_figures, secs};
+use registry_testenv::faults::{
+    Fleet, LookupLoop, OBSERVE_AFTER, PARTITION_BOUND, Probe, STALE_BOUND, TIMER_SLACK, print_figures, secs,
+};
 use registry_testenv::kube::KubeServer;
 
 /// How long the API server stays silent: longer than the TTL (2 s) and
 /// than the stale bound, so both are measured inside the cut.
 const CUT_FOR: Duration = Duration::from_secs(15);
-/// Longest a partition may last before its watchdog heals it.
-const PARTITION_BOUND: Duration = Duration::from_secs(90);
-/// How soon a silent API server makes `health()` report the source stale
-/// (the documented bound, docs/cluster-faults.md).
-const STALE_BOUND: Duration = Duration::from_secs(7);
 /// How soon after the heal discovery is healthy and follows changes again.
 const CORRECT_AFTER_HEAL_BOUND: Duration = Duration::from_secs(10);
-/// How long the test keeps looking after the heal for late changes.
-const OBSERVE_AFTER: Duration = Duration::from_secs(4);
 /// Instances in the fleet.
 const INSTANCES: usize = 10;
 

@@ -70,20 +70,23 @@ async fn store_as(
     Ok(KubernetesStore::connect(config).await?)
 }
 
+/// The running Pod a registrar of `mode` runs in (none for `configmap`).
+async fn pod_for(server: &KubeServer, mode: Mode, namespace: &str) -> anyhow::Result<Option<String>> {
+    if mode == Mode::ConfigMap {
+        return Ok(None);
+    }
+    let pod = unique("pod");
+    server.running_pod(namespace, &pod).await?;
+    Ok(Some(pod))
+}
+
 /// Install, discover, keep alive, uninstall — as the mode's ServiceAccount.
 async fn role_is_enough(mode: Mode) -> anyhow::Result<()> {
     let server = support::server().await;
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
     apply_manifest(&server, mode, &namespace, "registry").await?;
-    let pod = match mode {
-        Mode::ConfigMap => None,
-        _ => {
-            let pod = unique("pod");
-            server.running_pod(&namespace, &pod).await?;
-            Some(pod)
-        }
-    };
+    let pod = pod_for(&server, mode, &namespace).await?;
     let store = store_as(&server, mode, &namespace, "registry", pod.clone()).await?;
     let env = unique("env");
     let discoverer = Discoverer::new(&store, &env, conf(&namespace))?;
@@ -124,14 +127,7 @@ async fn no_role_is_permission_denied(mode: Mode, resource: &str) -> anyhow::Res
     let server = support::server().await;
     let namespace = unique("rbac");
     server.create_namespace(&namespace).await?;
-    let pod = match mode {
-        Mode::ConfigMap => None,
-        _ => {
-            let pod = unique("pod");
-            server.running_pod(&namespace, &pod).await?;
-            Some(pod)
-        }
-    };
+    let pod = pod_for(&server, mode, &namespace).await?;
     let store = store_as(&server, mode, &namespace, "nobody", pod).await?;
     let env = unique("env");
     let registrar = Registrar::new(&store, meta(&env, "intruder"), conf(&namespace))?;

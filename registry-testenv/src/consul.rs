@@ -16,12 +16,10 @@
 //! (default policy deny) and a known master token.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::process::ServerProcess;
-use super::{Unavailable, binary, free_port, var};
+use super::process::Process;
+use super::{Unavailable, binary, free_port, http, var};
 
 /// Variable naming the user's agent (`host:port` or `http://host:port`).
 pub const ADDR_VAR: &str = "CONSUL_HTTP_ADDR";
@@ -41,7 +39,7 @@ pub struct ConsulServer {
 
 #[derive(Debug)]
 struct Local {
-    process: ServerProcess,
+    process: Process,
     http_port: u16,
     node: String,
     /// Data dir and log; removed on drop (after the process is killed).
@@ -161,7 +159,7 @@ impl ConsulServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let process = ServerProcess::start("consul", &program, args, Vec::new(), dir.path().join("consul.log"))?;
+        let process = Process::new("consul", &program, args, dir.path().join("consul.log")).start()?;
         let mut agent = Self {
             address: format!("http://127.0.0.1:{http}"),
             token,
@@ -194,7 +192,7 @@ impl ConsulServer {
 
     /// Kills the agent (SIGKILL: an abrupt outage). The HTTP port stays reserved for [`restart`](Self::restart).
     pub fn stop(&mut self) -> Result<(), Unavailable> {
-        self.local_mut()?.process.stop();
+        self.local_mut()?.process.kill();
         Ok(())
     }
 
@@ -234,38 +232,22 @@ impl ConsulServer {
         let Some(local) = self.local.as_mut() else { return Ok(()) };
         let authority = format!("127.0.0.1:{}", local.http_port);
         let health_path = format!("/v1/health/node/{}", local.node);
-        let started = Instant::now();
-        loop {
-            let leader = http_request(&authority, "GET", "/v1/status/leader", None, token.as_deref()).await;
-            if let Ok((200, body)) = leader
-                && body.trim() != "\"\""
-            {
-                let health = http_request(&authority, "GET", &health_path, None, token.as_deref()).await;
-                if let Ok((200, body)) = health
-                    && body.contains("serfHealth")
-                    && body.contains("\"passing\"")
-                {
-                    return Ok(());
-                }
+        let (authority, health_path, token) = (&authority, &health_path, token.as_deref());
+        let ready = move || async move {
+            match http_request(authority, "GET", "/v1/status/leader", None, token).await {
+                Ok((200, body)) if body.trim() != "\"\"" => {}
+                other => return Err(format!("leader: {other:?}")),
             }
-            if !local.process.is_running() {
-                return Err(Unavailable::StartFailed {
-                    server: "consul".into(),
-                    reason: format!("exited early; log tail:\n{}", local.process.log_tail(30)),
-                });
+            match http_request(authority, "GET", health_path, None, token).await {
+                Ok((200, body)) if body.contains("serfHealth") && body.contains("\"passing\"") => Ok(()),
+                other => Err(format!("node health: {other:?}")),
             }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(Unavailable::StartFailed {
-                    server: "consul".into(),
-                    reason: format!("not ready after {START_TIMEOUT:?}; log tail:\n{}", local.process.log_tail(30)),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        local.process.wait_until(START_TIMEOUT, Duration::from_millis(50), ready).await
     }
 }
 
-/// One HTTP/1.0 exchange (no chunked answers, connection closed after it).
+/// One request to an agent, with its ACL token if any.
 async fn http_request(
     authority: &str,
     method: &str,
@@ -273,28 +255,6 @@ async fn http_request(
     body: Option<&str>,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let body = body.unwrap_or("");
-        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n", body.len());
-        if let Some(token) = token {
-            head.push_str(&format!("X-Consul-Token: {token}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {head:?}")))?;
-        Ok((status, body.to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "consul did not answer in 10 s")))
+    let headers: Vec<(&str, &str)> = token.map(|t| ("X-Consul-Token", t)).into_iter().collect();
+    http::request(authority, method, path, body, &headers, Duration::from_secs(10)).await
 }

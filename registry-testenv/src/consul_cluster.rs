@@ -30,8 +30,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::member::{ClusterSlot, MemberProcess, http};
-use super::partition::{Cut, Partition, Process as PartitionProcess};
+use super::http;
+use super::member::ClusterSlot;
+use super::partition::{Cut, Partition};
+use super::process::Process;
 use super::{Unavailable, binary};
 
 /// Server agents.
@@ -57,7 +59,7 @@ const PROBE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct ConsulCluster {
     /// Servers first, then client agents.
-    agents: Vec<MemberProcess>,
+    agents: Vec<Process>,
     /// How many of `agents` are servers.
     servers: usize,
     /// Data dirs and logs; removed after the agents are killed.
@@ -87,7 +89,7 @@ impl ConsulCluster {
     /// [`FLEET_CLIENTS_MAX`]) on `127.0.0.211` and up, every agent given the
     /// extra `-hcl` lines `hcl`, and waits until the cluster is ready: the
     /// shape of a fleet spread over nodes, each node's instances on its own
-    /// agent (`registryctl bench --backend consul-agents`). A Consul agent's
+    /// agent (`registry-bench --backend consul-agents`). A Consul agent's
     /// anti-entropy scans every service and check registered on it at each
     /// change, so one agent carrying a whole fleet of thousands measures
     /// that agent, not Consul (see `docs/performance.md`).
@@ -154,7 +156,8 @@ impl ConsulCluster {
             args.extend(hcl.iter().flat_map(|line| ["-hcl".to_owned(), (*line).to_owned()]));
             args.extend(joins.iter().cloned());
             let log = dir.path().join(format!("{node}.log"));
-            let process = MemberProcess::start(&format!("consul {node} ({address})"), *address, &program, args, log)?;
+            let process =
+                Process::new(&format!("consul {node} ({address})"), &program, args, log).member(*address).start()?;
             agents.push(process);
         }
         let mut cluster = Self { agents, servers, dir, _slot: slot };
@@ -211,7 +214,7 @@ impl ConsulCluster {
     /// `(status, body)`.
     async fn request(&self, agent: usize, method: &str, path: &str) -> std::io::Result<(u16, String)> {
         let authority = format!("{}:{HTTP_PORT}", self.agents[agent].address());
-        http(&authority, method, path, None, PROBE).await
+        http::request(&authority, method, path, None, &[], PROBE).await
     }
 
     /// One plain-HTTP GET to client agent `j` (test glue: read what another client would see).
@@ -353,8 +356,7 @@ impl ConsulCluster {
     /// Silently partitions client agent `j` from everyone — servers, other
     /// agents, and the clients of its HTTP API — for at most `bound`.
     pub fn partition_agent(&self, j: usize, bound: Duration) -> Result<Partition, Unavailable> {
-        let agent = &self.agents[self.servers + j];
-        Partition::member(agent.address(), agent.gid(), bound)
+        self.agents[self.servers + j].partition(bound)
     }
 
     /// Silently cuts client agent `j` off from the rest of the cluster (the
@@ -362,26 +364,17 @@ impl ConsulCluster {
     /// network is partitioned — while the clients of its HTTP API (the
     /// applications on its host: this test process) still reach it.
     pub fn cut_agent_from_cluster(&self, j: usize, bound: Duration) -> Result<Partition, Unavailable> {
-        let process = |agent: &MemberProcess| {
-            agent.gid().map(|gid| PartitionProcess { address: agent.address(), gid }).ok_or_else(|| {
-                Unavailable::NotApplicable(format!(
-                    "{} runs without a group of its own (the tests do not run as root)",
-                    agent.name()
-                ))
-            })
-        };
-        let a = vec![process(&self.agents[self.servers + j])?];
+        let a = vec![self.agents[self.servers + j].partitionable()?];
         let b = (0..self.agents.len())
             .filter(|&i| i != self.servers + j)
-            .map(|i| process(&self.agents[i]))
+            .map(|i| self.agents[i].partitionable())
             .collect::<Result<Vec<_>, _>>()?;
         Partition::start(Cut::Between { a, b }, bound)
     }
 
     /// Silently partitions server `i` for at most `bound`.
     pub fn partition_server(&self, i: usize, bound: Duration) -> Result<Partition, Unavailable> {
-        let agent = &self.agents[i];
-        Partition::member(agent.address(), agent.gid(), bound)
+        self.agents[i].partition(bound)
     }
 }
 

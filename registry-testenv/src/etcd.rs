@@ -11,12 +11,10 @@
 //! on one ([`EtcdServer::client_url`]).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::process::ServerProcess;
-use super::{Unavailable, binary, free_port, var};
+use super::process::Process;
+use super::{Unavailable, binary, free_port, http, var};
 
 /// Variable naming the user's cluster: comma-separated `host:port` or URLs.
 pub const ENDPOINTS_VAR: &str = "ETCD_ENDPOINTS";
@@ -45,7 +43,7 @@ pub struct ServerTls {
 
 #[derive(Debug)]
 struct Local {
-    process: ServerProcess,
+    process: Process,
     /// Plain-HTTP port serving `/health`.
     health_port: u16,
     /// Data dir and log; removed on drop (after the process is killed).
@@ -118,36 +116,12 @@ impl EtcdServer {
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let data_dir = dir.path().join("data");
-        let mut args: Vec<String> = [
-            "--name",
-            "registry-test",
-            "--data-dir",
-            &path_str(&data_dir),
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("registry-test={peer_url}"),
-            "--initial-cluster-state",
-            "new",
-            // `/health` in plain HTTP on a port of its own, whatever the
-            // client port demands (TLS, client certificates).
-            "--listen-metrics-urls",
-            &format!("http://127.0.0.1:{health_port}"),
-            "--log-level",
-            "warn",
-            // A test server's data need not survive a power cut; it must
-            // survive a killed process, which the page cache guarantees.
-            "--unsafe-no-fsync",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // A single server is a cluster of one member.
+        let initial = format!("registry-test={peer_url}");
+        let mut args = member_args("registry-test", &data_dir, &client_url, &peer_url, &initial);
+        // `/health` in plain HTTP on a port of its own, whatever the client
+        // port demands (TLS, client certificates).
+        args.extend(["--listen-metrics-urls".to_owned(), format!("http://127.0.0.1:{health_port}")]);
         if let Some(tls) = tls {
             args.extend(["--cert-file".to_owned(), path_str(&tls.cert), "--key-file".to_owned(), path_str(&tls.key)]);
             if let Some(ca) = &tls.client_ca {
@@ -155,7 +129,7 @@ impl EtcdServer {
             }
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let process = ServerProcess::start("etcd", &program, args, Vec::new(), dir.path().join("etcd.log"))?;
+        let process = Process::new("etcd", &program, args, dir.path().join("etcd.log")).start()?;
         let mut server = Self {
             endpoints: vec![format!("127.0.0.1:{client_port}")],
             tls: tls.is_some(),
@@ -191,7 +165,7 @@ impl EtcdServer {
     /// Kills the server (SIGKILL: an abrupt outage), keeping its data.
     pub fn stop(&mut self) -> Result<(), Unavailable> {
         let local = self.local_mut()?;
-        local.process.stop();
+        local.process.kill();
         Ok(())
     }
 
@@ -218,40 +192,54 @@ impl EtcdServer {
     /// serves reads), the process exits, or [`START_TIMEOUT`] passes.
     async fn wait_healthy(&mut self) -> Result<(), Unavailable> {
         let Some(local) = self.local.as_mut() else { return Ok(()) };
-        let started = Instant::now();
-        loop {
-            if healthy(local.health_port).await {
-                return Ok(());
-            }
-            if !local.process.is_running() {
-                return Err(Unavailable::StartFailed {
-                    server: "etcd".into(),
-                    reason: format!("exited early; log tail:\n{}", local.process.log_tail(30)),
-                });
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(Unavailable::StartFailed {
-                    server: "etcd".into(),
-                    reason: format!("not healthy after {START_TIMEOUT:?}; log tail:\n{}", local.process.log_tail(30)),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let authority = format!("127.0.0.1:{}", local.health_port);
+        let poll = Duration::from_millis(50);
+        local.process.wait_until(START_TIMEOUT, poll, || health(&authority, Duration::from_secs(1))).await
     }
+}
+
+/// The arguments of member `name` of a new cluster whose members are
+/// `initial` (`name=peer-url,…`): its data dir, client and peer URLs.
+pub(crate) fn member_args(name: &str, data_dir: &Path, client_url: &str, peer_url: &str, initial: &str) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &path_str(data_dir),
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        "new",
+        "--log-level",
+        "warn",
+        // A test server's data need not survive a power cut; it must
+        // survive a killed process, which the page cache guarantees.
+        "--unsafe-no-fsync",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// One `GET /health` over plain HTTP/1.1: true when etcd answers `"health":"true"`.
-async fn healthy(port: u16) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
-        let mut body = Vec::new();
-        stream.read_to_end(&mut body).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&body).contains(r#""health":"true""#))
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(true)))
+/// One `GET /health` on an etcd's client or metrics port (`authority`):
+/// `Ok` when it answers `"health":"true"` (it has a leader and serves a
+/// linearizable read), else what it answered.
+pub(crate) async fn health(authority: &str, limit: Duration) -> Result<(), String> {
+    match http::request(authority, "GET", "/health", None, &[], limit).await {
+        Ok((_, body)) if body.contains(r#""health":"true""#) => Ok(()),
+        Ok((status, body)) => Err(format!("HTTP {status}: {body}")),
+        Err(e) => Err(e.to_string()),
+    }
 }

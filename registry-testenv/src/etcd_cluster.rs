@@ -25,8 +25,10 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::member::{ClusterSlot, MemberProcess, http};
+use super::http;
+use super::member::ClusterSlot;
 use super::partition::Partition;
+use super::process::Process;
 use super::{Unavailable, binary};
 
 /// Members in the cluster.
@@ -52,7 +54,7 @@ pub struct EtcdCluster {
 
 #[derive(Debug)]
 struct Member {
-    process: MemberProcess,
+    process: Process,
     /// etcd's member id, learnt when the cluster is first healthy.
     id: u64,
 }
@@ -102,34 +104,11 @@ impl EtcdCluster {
             let client = format!("http://{address}:{CLIENT_PORT}");
             let peer = format!("http://{address}:{PEER_PORT}");
             let data = dir.path().join(format!("m{i}"));
-            let args: Vec<String> = [
-                "--name",
-                &format!("m{i}"),
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &token,
-                "--log-level",
-                "warn",
-                "--unsafe-no-fsync",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut args = super::etcd::member_args(&format!("m{i}"), &data, &client, &peer, &initial);
+            args.extend(["--initial-cluster-token".to_owned(), token.clone()]);
             let log = dir.path().join(format!("m{i}.log"));
-            let process = MemberProcess::start(&format!("etcd m{i} ({address})"), *address, &program, args, log)?;
+            let process =
+                Process::new(&format!("etcd m{i} ({address})"), &program, args, log).member(*address).start()?;
             members.push(Member { process, id: 0 });
         }
         let mut cluster = Self { members, dir, _slot: slot };
@@ -188,7 +167,7 @@ impl EtcdCluster {
 
     /// Member `i`'s own status (`POST /v3/maintenance/status` on its client port).
     pub async fn status(&self, i: usize) -> Result<MemberStatus, String> {
-        let (code, body) = http(&self.endpoint(i), "POST", "/v3/maintenance/status", Some("{}"), PROBE)
+        let (code, body) = http::request(&self.endpoint(i), "POST", "/v3/maintenance/status", Some("{}"), &[], PROBE)
             .await
             .map_err(|e| e.to_string())?;
         if code != 200 {
@@ -205,10 +184,7 @@ impl EtcdCluster {
     /// True when member `i` answers `/health` with `"health":"true"` (it
     /// has a leader and serves a linearizable read).
     pub async fn healthy(&self, i: usize) -> bool {
-        matches!(
-            http(&self.endpoint(i), "GET", "/health", None, PROBE).await,
-            Ok((200, body)) if body.contains(r#""health":"true""#)
-        )
+        super::etcd::health(&self.endpoint(i), PROBE).await.is_ok()
     }
 
     /// Index of the current leader, as the running members that answer
@@ -345,11 +321,12 @@ impl EtcdCluster {
                 return Ok(());
             }
             let body = format!(r#"{{"targetID":"{}"}}"#, self.members[i].id);
-            let answer = http(
+            let answer = http::request(
                 &self.endpoint(leader),
                 "POST",
                 "/v3/maintenance/transfer-leadership",
                 Some(&body),
+                &[],
                 Duration::from_secs(5),
             )
             .await;
@@ -362,7 +339,8 @@ impl EtcdCluster {
 
     /// Open watch streams on member `i` (its `etcd_debugging_mvcc_watch_stream_total`).
     pub async fn watch_streams(&self, i: usize) -> Result<u64, String> {
-        let (code, body) = http(&self.endpoint(i), "GET", "/metrics", None, PROBE).await.map_err(|e| e.to_string())?;
+        let (code, body) =
+            http::request(&self.endpoint(i), "GET", "/metrics", None, &[], PROBE).await.map_err(|e| e.to_string())?;
         if code != 200 {
             return Err(format!("metrics: HTTP {code}"));
         }
@@ -376,7 +354,6 @@ impl EtcdCluster {
     /// Silently partitions member `i` from everyone (clients and peers) for
     /// at most `bound`; healed when the guard drops.
     pub fn partition(&self, i: usize, bound: Duration) -> Result<Partition, Unavailable> {
-        let process = &self.members[i].process;
-        Partition::member(process.address(), process.gid(), bound)
+        self.members[i].process.partition(bound)
     }
 }

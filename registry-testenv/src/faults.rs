@@ -36,6 +36,28 @@ pub const LOOKUP_EVERY: Duration = Duration::from_millis(10);
 /// figures print the bound itself.
 pub const TIMER_SLACK: Duration = Duration::from_secs(3);
 
+/// How soon a silent source makes `health()` report it stale, the bound
+/// docs/cluster-faults.md documents for every backend: its reader asks for
+/// progress (etcd) or probes (Consul, Kubernetes) after 2 s without a
+/// message and gives that the request timeout (5 s), and core marks a source
+/// silent for its `stale_after` (the same 7 s) stale: 7 s after the last
+/// message at most. Asserted with [`TIMER_SLACK`] on top.
+pub const STALE_BOUND: Duration = Duration::from_secs(7);
+
+/// How long a member, agent or API server stays silent in a health
+/// scenario: longer than [`STALE_BOUND`], so the stale report is seen inside the cut.
+pub const SILENT_FOR: Duration = Duration::from_secs(10);
+
+/// How long a scenario keeps watching after the fault (or the heal) for late
+/// changes: a lease that expired during the fault shows as a removal up to a
+/// TTL later.
+pub const OBSERVE_AFTER: Duration = Duration::from_secs(4);
+
+/// Longest a scenario's partition may last before its watchdog heals it (a
+/// guard the scenario forgot, or a scenario killed mid-fault); a scenario
+/// heals its own cuts long before.
+pub const PARTITION_BOUND: Duration = Duration::from_secs(90);
+
 /// What a fault scenario needs from this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -67,7 +89,7 @@ impl Need {
 }
 
 /// A scenario's body.
-pub type FaultFn = fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+pub type FaultFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
 
 /// One named fault scenario.
 pub struct FaultTest {
@@ -77,6 +99,17 @@ pub struct FaultTest {
     pub needs: &'static [Need],
     /// Its body (run on a multi-threaded tokio runtime of its own).
     pub run: FaultFn,
+}
+
+impl FaultTest {
+    /// Scenario `name`, which needs `needs` and runs `run`.
+    pub fn new<F, Fut>(name: &'static str, needs: &'static [Need], run: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self { name, needs, run: Box::new(move || Box::pin(run())) }
+    }
 }
 
 /// How many scenarios of one binary run at once by default. Each starts

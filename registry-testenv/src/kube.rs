@@ -20,7 +20,7 @@
 //! it listens on a loopback address of its own (`127.0.0.201:6443`, next
 //! server `202`, … up to eight at once, each held by a lock file,
 //! [`super::member::ClusterSlot`]) and runs under a group id of its own
-//! ([`super::member::MemberProcess`]), so a [`Cut::Member`](super::partition::Cut::Member)
+//! ([`Process::member`](super::process::Process::member)), so a [`Cut::Member`](super::partition::Cut::Member)
 //! drops every packet between it and everyone — its clients and its etcd.
 //! Always local (a user's cluster is not partitioned), and needs root.
 
@@ -34,14 +34,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 
 use super::etcd::EtcdServer;
-use super::member::{ClusterSlot, MemberProcess};
+use super::member::ClusterSlot;
 use super::partition::Partition;
-use super::process::ServerProcess;
+use super::pki::{Ca, ServiceAccountKey};
+use super::process::Process;
 use super::{Unavailable, binary, free_port, var};
 
 /// How long [`KubeServer::endpoint_pod`] waits for its Pod to run.
@@ -65,48 +63,13 @@ pub const PARTITIONABLE_PORT: u16 = 6443;
 /// Fields drop in order: kube-apiserver, then etcd, then the temp dir and
 /// the address block.
 struct Local {
-    apiserver: Mutex<Apiserver>,
+    /// A plain child on `127.0.0.1`, or a member on its own address and
+    /// group id (partitionable).
+    apiserver: Mutex<Process>,
     /// Keeps running while kube-apiserver is stopped (the outage is the API server's).
     _etcd: EtcdServer,
     _dir: tempfile::TempDir,
     _slot: Option<ClusterSlot>,
-}
-
-/// The kube-apiserver process: a plain child on `127.0.0.1`, or a member
-/// on its own address and group id (partitionable).
-enum Apiserver {
-    Plain(ServerProcess),
-    Member(MemberProcess),
-}
-
-impl Apiserver {
-    fn stop(&mut self) {
-        match self {
-            Apiserver::Plain(p) => p.stop(),
-            Apiserver::Member(m) => m.kill(),
-        }
-    }
-
-    fn restart(&mut self) -> Result<(), Unavailable> {
-        match self {
-            Apiserver::Plain(p) => p.restart(),
-            Apiserver::Member(m) => m.restart(),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        match self {
-            Apiserver::Plain(p) => p.is_running(),
-            Apiserver::Member(m) => m.is_running(),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        match self {
-            Apiserver::Plain(p) => p.log_tail(lines),
-            Apiserver::Member(m) => m.log_tail(lines),
-        }
-    }
 }
 
 /// A kube-apiserver for tests (see the module docs).
@@ -152,7 +115,7 @@ impl KubeServer {
     }
 
     /// One server shared by every caller of this process while any of them
-    /// holds it (three storage modes share one API server).
+    /// holds it (the Kubernetes backend's modes share one API server).
     pub async fn shared() -> Result<Arc<Self>, Unavailable> {
         static SHARED: tokio::sync::Mutex<Weak<KubeServer>> = tokio::sync::Mutex::const_new(Weak::new());
         let mut slot = SHARED.lock().await;
@@ -212,9 +175,8 @@ impl KubeServer {
         let dir =
             tempfile::Builder::new().prefix("registry-kube-").tempdir().map_err(|e| failed("kube-apiserver", e))?;
         let address = slot.as_ref().and_then(|s| s.addresses.first().copied());
-        let extra: Vec<String> = address.iter().map(|a| a.to_string()).collect();
-        let pki = Pki::generate(&extra).map_err(|e| failed("kube-apiserver", format!("certificates: {e}")))?;
-        let files = pki.write(dir.path()).map_err(|e| failed("kube-apiserver", e))?;
+        let files = PkiFiles::generate(&dir.path().join("pki"), address)
+            .map_err(|e| failed("kube-apiserver", format!("certificates: {e}")))?;
 
         let etcd = EtcdServer::start_local().await?;
         let (host, port) = match address {
@@ -225,11 +187,10 @@ impl KubeServer {
         let args = apiserver_args(&host, port, &etcd.client_url(), &files, dir.path());
         let log = dir.path().join("kube-apiserver.log");
         let apiserver = match address {
-            Some(a) => {
-                Apiserver::Member(MemberProcess::start(&format!("kube-apiserver ({a})"), a, &apiserver_bin, args, log)?)
-            }
-            None => Apiserver::Plain(ServerProcess::start("kube-apiserver", &apiserver_bin, args, Vec::new(), log)?),
-        };
+            Some(a) => Process::new(&format!("kube-apiserver ({a})"), &apiserver_bin, args, log).member(a),
+            None => Process::new("kube-apiserver", &apiserver_bin, args, log),
+        }
+        .start()?;
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, admin_kubeconfig(&server_url, &files)).map_err(|e| failed("kube-apiserver", e))?;
         let client = client_from(&kubeconfig).await.map_err(|e| failed("kube-apiserver", e))?;
@@ -301,16 +262,13 @@ impl KubeServer {
         let not = |why: &str| Unavailable::NotApplicable(format!("partition of kube-apiserver: {why}"));
         let local = self.local.as_ref().ok_or_else(|| not("a user's cluster (KUBECONFIG)"))?;
         let apiserver = local.apiserver.lock().map_err(|_| not("lock poisoned"))?;
-        match &*apiserver {
-            Apiserver::Member(m) => Partition::member(m.address(), m.gid(), bound),
-            Apiserver::Plain(_) => Err(not("not started with KubeServer::start_partitionable")),
-        }
+        apiserver.partition(bound)
     }
 
     /// Stops kube-apiserver (etcd keeps its data and keeps running).
     pub fn stop(&self) -> anyhow::Result<()> {
         let local = self.local.as_ref().ok_or_else(|| anyhow::anyhow!("cannot stop a user's cluster (KUBECONFIG)"))?;
-        local.apiserver.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.stop();
+        local.apiserver.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.kill();
         Ok(())
     }
 
@@ -555,18 +513,7 @@ fn admin_kubeconfig(server_url: &str, files: &PkiFiles) -> String {
     )
 }
 
-/// Generated keys and certificates of one local server.
-struct Pki {
-    ca_pem: String,
-    ca_key: String,
-    serving_pem: String,
-    serving_key: String,
-    admin_pem: String,
-    admin_key: String,
-    sa_key: String,
-    sa_pub: String,
-}
-
+/// The PKI files of one local server.
 struct PkiFiles {
     ca_cert: PathBuf,
     serving_cert: PathBuf,
@@ -577,70 +524,20 @@ struct PkiFiles {
     sa_pub: PathBuf,
 }
 
-impl Pki {
-    /// Keys and certificates; the serving certificate also names `extra` hosts.
-    fn generate(extra: &[String]) -> Result<Self, rcgen::Error> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "registry-test-ca");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::from_params(&ca_params, &ca_key);
-
-        let serving_key = KeyPair::generate()?;
-        let mut names = vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-        ];
-        names.extend(extra.iter().cloned());
-        let mut serving = CertificateParams::new(names)?;
-        serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_cert = serving.signed_by(&serving_key, &issuer)?;
-
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name.push(DnType::CommonName, "registry-admin");
-        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-
-        let sa_key = KeyPair::generate()?;
-        Ok(Self {
-            ca_pem: ca.pem(),
-            ca_key: ca_key.serialize_pem(),
-            serving_pem: serving_cert.pem(),
-            serving_key: serving_key.serialize_pem(),
-            admin_pem: admin_cert.pem(),
-            admin_key: admin_key.serialize_pem(),
-            sa_key: sa_key.serialize_pem(),
-            sa_pub: sa_key.public_key_pem(),
-        })
-    }
-
-    fn write(&self, dir: &Path) -> std::io::Result<PkiFiles> {
-        let pki = dir.join("pki");
-        std::fs::create_dir_all(&pki)?;
-        let put = |name: &str, text: &str| -> std::io::Result<PathBuf> {
-            let path = pki.join(name);
-            std::fs::write(&path, text)?;
-            Ok(path)
-        };
-        put("ca.key", &self.ca_key)?;
-        Ok(PkiFiles {
-            ca_cert: put("ca.crt", &self.ca_pem)?,
-            serving_cert: put("apiserver.crt", &self.serving_pem)?,
-            serving_key: put("apiserver.key", &self.serving_key)?,
-            admin_cert: put("admin.crt", &self.admin_pem)?,
-            admin_key: put("admin.key", &self.admin_key)?,
-            sa_key: put("sa.key", &self.sa_key)?,
-            sa_pub: put("sa.pub", &self.sa_pub)?,
-        })
+impl PkiFiles {
+    /// A CA, a serving certificate for loopback, the `kubernetes` names and
+    /// `address`, an admin client certificate (`system:masters`) and the
+    /// service-account key, written into `dir`.
+    fn generate(dir: &Path, address: Option<std::net::Ipv4Addr>) -> anyhow::Result<Self> {
+        let ca = Ca::new("registry-test-ca")?;
+        let mut names = vec!["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+        let address = address.map(|a| a.to_string());
+        names.extend(address.as_deref());
+        let (serving_cert, serving_key) = ca.server("kube-apiserver", &names)?.write(dir, "apiserver")?;
+        let (admin_cert, admin_key) = ca.client("registry-admin", Some("system:masters"))?.write(dir, "admin")?;
+        let (ca_cert, _) = ca.own().write(dir, "ca")?;
+        let (sa_key, sa_pub) = ServiceAccountKey::generate()?.write(dir)?;
+        Ok(Self { ca_cert, serving_cert, serving_key, admin_cert, admin_key, sa_key, sa_pub })
     }
 }
 

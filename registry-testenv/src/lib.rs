@@ -29,11 +29,13 @@ pub mod demo_image;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod faults;
+pub mod http;
 pub mod kube;
 pub mod kube_node;
 pub mod local;
 pub mod member;
 pub mod partition;
+pub mod pki;
 pub mod process;
 
 use std::net::TcpListener;
@@ -51,10 +53,23 @@ pub fn testenv_dir() -> PathBuf {
 }
 
 /// Path of an installed server binary, or why it is missing.
+///
+/// `etcd` is the server named by [`ETCD_SERVER_VAR`] when it is set (the
+/// etcd suites run once per server version, `scripts/test.sh`).
 pub fn binary(name: &str) -> Result<PathBuf, Unavailable> {
+    let server = match name {
+        "etcd" => std::env::var(ETCD_SERVER_VAR).ok().filter(|s| !s.is_empty()),
+        _ => None,
+    };
+    let name = server.as_deref().unwrap_or(name);
     let path = testenv_dir().join("bin").join(name);
     if path.is_file() { Ok(path) } else { Err(Unavailable::MissingBinary { binary: name.to_owned(), path }) }
 }
+
+/// Which etcd server binary under the test environment's `bin/` every local
+/// etcd (single server and cluster members) runs: unset, `etcd` (3.5 from
+/// Debian); `etcd-3.6` for the 3.6 build of `scripts/install-test-servers.sh`.
+pub const ETCD_SERVER_VAR: &str = "REGISTRY_ETCD_SERVER";
 
 /// A free TCP port on 127.0.0.1 (bound then released; servers bind it right after).
 pub fn free_port() -> u16 {
@@ -124,6 +139,14 @@ where
             other => return other,
         }
     }
+}
+
+/// True when this process runs as root (it may then isolate cluster members,
+/// write nftables rules and start a Kubernetes node).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // `/proc/self` belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// A non-empty environment variable.

@@ -1,5 +1,5 @@
 //! A local server by backend name, for tools that are asked for "a server
-//! of backend X" (`registryctl bench --backend X` without `--url`): the one
+//! of backend X" (`registry-bench --backend X` without `--url`): the one
 //! place that maps a backend name to the module that starts its server. A
 //! new backend with a server adds its arm here, next to its server module.
 

@@ -265,14 +265,6 @@ impl Partition {
         Ok(Self { table, cut, started, watchdog, healed: false })
     }
 
-    /// Cuts one server process off ([`Cut::Member`]).
-    pub fn member(address: Ipv4Addr, gid: Option<u32>, bound: Duration) -> Result<Self, Unavailable> {
-        let gid = gid.ok_or_else(|| {
-            unavailable(format!("member {address} runs without a group of its own (the tests do not run as root)"))
-        })?;
-        Self::start(Cut::Member { address, gid }, bound)
-    }
-
     /// What is cut off.
     pub fn cut(&self) -> &Cut {
         &self.cut

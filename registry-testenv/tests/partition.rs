@@ -17,21 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 fn main() -> ExitCode {
     faults::run(vec![
-        FaultTest {
-            name: "cut_drops_silently_and_heals",
-            needs: &[Need::Partitions],
-            run: || Box::pin(cut_drops_silently_and_heals()),
-        },
-        FaultTest {
-            name: "guard_heals_when_the_test_panics",
-            needs: &[Need::Partitions],
-            run: || Box::pin(guard_heals_when_the_test_panics()),
-        },
-        FaultTest {
-            name: "bound_heals_a_forgotten_guard",
-            needs: &[Need::Partitions],
-            run: || Box::pin(bound_heals_a_forgotten_guard()),
-        },
+        FaultTest::new("cut_drops_silently_and_heals", &[Need::Partitions], cut_drops_silently_and_heals),
+        FaultTest::new("guard_heals_when_the_test_panics", &[Need::Partitions], guard_heals_when_the_test_panics),
+        FaultTest::new("bound_heals_a_forgotten_guard", &[Need::Partitions], bound_heals_a_forgotten_guard),
     ])
 }
 

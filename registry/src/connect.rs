@@ -7,23 +7,14 @@ use registry_core::options::redact;
 use registry_core::store::{BackendSpec, Store};
 use registry_core::{Discoverer, Discovery, Error, Meta, Register, Registrar, Result, ServiceConf};
 
-/// What to connect to: a URL, or a backend configuration built in code.
+/// What to connect to: a backend URL. A store built in code (a backend
+/// crate's own configuration type, or an embedded store shared with other
+/// code) is wrapped with [`Registry::from_store`] instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Target {
     /// `memory://[name]`, `etcd://…`, `consul://…`, `kubernetes://…`.
     Url(String),
-    /// An embedded store you already hold (shared with other code).
-    #[cfg(feature = "memory")]
-    Memory(registry_core::memory::MemoryStore),
-    /// An etcd configuration.
-    #[cfg(feature = "etcd")]
-    Etcd(registry_etcd::EtcdConfig),
-    /// A Consul configuration.
-    #[cfg(feature = "consul")]
-    Consul(registry_consul::ConsulConfig),
-    /// A Kubernetes configuration.
-    #[cfg(feature = "kubernetes")]
-    Kubernetes(registry_kubernetes::KubernetesConfig),
 }
 
 impl From<&str> for Target {
@@ -93,32 +84,32 @@ impl Registry {
     }
 }
 
-/// The backends compiled into this build, by cargo feature: the one list the
-/// facade's [`connect`], `registryctl` and the conformance runner consult.
-/// Adding a backend is one line here (and a feature in `Cargo.toml`).
-pub fn backends() -> &'static [BackendSpec] {
-    &[
-        #[cfg(feature = "memory")]
-        registry_core::memory::BACKEND,
-        #[cfg(feature = "etcd")]
-        registry_etcd::BACKEND,
-        #[cfg(feature = "consul")]
-        registry_consul::BACKEND,
-        #[cfg(feature = "kubernetes")]
-        registry_kubernetes::BACKEND,
-    ]
+/// The one list of backends: for each, its cargo feature, its entry
+/// (`BACKEND` of its crate) and its URL schemes. It makes [`backends`] (the
+/// compiled-in ones, which the facade's [`connect`], `registryctl` and the
+/// conformance runner iterate) and `KNOWN` (every one, compiled in or not,
+/// so a URL for one left out gets an error naming the feature). Adding a
+/// backend is one line here and its feature in `Cargo.toml`.
+macro_rules! backend_list {
+    ($($feature:literal => $entry:path, [$($scheme:literal),+];)+) => {
+        /// The backends compiled into this build, by cargo feature.
+        pub fn backends() -> &'static [BackendSpec] {
+            &[$(#[cfg(feature = $feature)] $entry,)+]
+        }
+
+        /// Every backend this crate knows: `(feature, schemes)`.
+        const KNOWN: &[(&str, &[&str])] = &[$(($feature, &[$($scheme),+]),)+];
+    };
 }
 
-/// Every backend this crate knows, compiled in or not: `(feature, schemes)`,
-/// so a URL for one that is left out gets an error naming the feature.
-const KNOWN: &[(&str, &[&str])] = &[
-    ("memory", &["memory"]),
-    ("etcd", &["etcd", "etcds"]),
-    ("consul", &["consul", "consuls"]),
-    ("kubernetes", &["kubernetes", "k8s"]),
-];
+backend_list! {
+    "memory" => registry_core::memory::BACKEND, ["memory"];
+    "etcd" => registry_etcd::BACKEND, ["etcd", "etcds"];
+    "consul" => registry_consul::BACKEND, ["consul", "consuls"];
+    "kubernetes" => registry_kubernetes::BACKEND, ["kubernetes", "k8s"];
+}
 
-/// Connects to a backend by URL or configuration.
+/// Connects to a backend by URL.
 ///
 /// | URL | backend | feature |
 /// |---|---|---|
@@ -130,18 +121,9 @@ const KNOWN: &[(&str, &[&str])] = &[
 /// A URL for a backend that is not compiled in is
 /// [`Error::InvalidConfig`] on `url`, naming the cargo feature to enable.
 pub async fn connect(target: impl Into<Target>) -> Result<Registry> {
-    let store: Arc<dyn Store> = match target.into() {
-        Target::Url(url) => return connect_url(&url).await,
-        #[cfg(feature = "memory")]
-        Target::Memory(store) => Arc::new(store),
-        #[cfg(feature = "etcd")]
-        Target::Etcd(config) => Arc::new(registry_etcd::EtcdStore::connect(config).await?),
-        #[cfg(feature = "consul")]
-        Target::Consul(config) => Arc::new(registry_consul::ConsulStore::connect(config).await?),
-        #[cfg(feature = "kubernetes")]
-        Target::Kubernetes(config) => Arc::new(registry_kubernetes::KubernetesStore::connect(config).await?),
-    };
-    Ok(Registry::from_store(store))
+    match target.into() {
+        Target::Url(url) => connect_url(&url).await,
+    }
 }
 
 async fn connect_url(raw: &str) -> Result<Registry> {
@@ -209,7 +191,9 @@ mod tests {
         let url = "etcd://127.0.0.1:1,127.0.0.1:2?connect_timeout=300ms&timeout=300ms";
         // Connecting is lazy; the URL parses, and the first call fails on the network.
         let registry = connect(url).await.expect("a valid multi-host URL");
-        let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), ServiceConf::default()).expect("valid");
+        // `install` retries an unreachable backend until its deadline (30 s by default).
+        let conf = ServiceConf::default().with_install_deadline(std::time::Duration::from_millis(600));
+        let registrar = registry.registrar(Meta::new("dev", "svc", "v1"), conf).expect("valid");
         let err = registrar.install(registry_core::ServiceNode::default()).await.expect_err("nothing listens there");
         assert!(
             matches!(err, Error::BackendUnavailable { .. } | Error::Timeout { .. }),

@@ -43,14 +43,14 @@ mod connect;
 pub mod serve;
 
 pub use connect::{Registry, Target, backends, connect};
-pub use registry_core::*;
-
-#[cfg(feature = "consul")]
-#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
-pub use registry_consul as consul;
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use registry_etcd as etcd;
-#[cfg(feature = "kubernetes")]
-#[cfg_attr(docsrs, doc(cfg(feature = "kubernetes")))]
-pub use registry_kubernetes as kubernetes;
+// The user's API, named one by one (at most 30 names at the root): the
+// backend contract (`registry_core::store`, `list_watch`, `options`, the
+// `Registrar`/`Discoverer` machinery) is for implementers, who depend on
+// `registry-core` itself; a backend's own configuration types are in its
+// crate (`registry-etcd`, …).
+pub use registry_core::telemetry;
+pub use registry_core::{
+    AfterMaxRetry, Discovery, DiscoveryEvent, DiscoveryOptions, DrainingNodes, EmptyProtection, Error, FanoutRegistrar,
+    GrpcServices, Health, Meta, Methods, Network, Nodes, Register, Result, RetryHooks, RetryInfo, ServiceConf,
+    ServiceIndex, ServiceNode, SourceHealth, merged_discovery,
+};

@@ -31,8 +31,9 @@
 //!    listener;
 //! 2. the registration is kept alive in the background; while a keepalive is
 //!    failing and retrying, gRPC health answers `NOT_SERVING`, and `SERVING`
-//!    again once it recovers. If `max_retry` makes the keepalive give up, the
-//!    helper does not stop for good (the peers' worst bug, a healthy process
+//!    again once it recovers; after `max_retry` failures the registration is
+//!    reported [`Registration::Lost`] until it recovers. If the keepalive is
+//!    configured to give up, the helper does not stop for good (the peers' worst bug, a healthy process
 //!    that silently leaves discovery): it installs again every TTL until that
 //!    succeeds. Every change is reported on [`Serving::registration`];
 //! 3. when `shutdown` completes (for example [`shutdown_signal`]: SIGTERM or
@@ -166,7 +167,9 @@ pub enum Registration {
         /// Consecutive failures so far.
         failures: u32,
     },
-    /// The keepalive gave up after `max_retry`; installing again every TTL.
+    /// `max_retry` consecutive keepalive failures: the record has expired (or
+    /// soon will). The keepalive goes on retrying; if it was configured to
+    /// give up, the helper installs again every `reinstall_every` instead.
     Lost,
     /// Draining before shutdown.
     Draining,
@@ -321,12 +324,18 @@ pub async fn serve(
     let hook_health = health.clone();
     let recovered_health = health.clone();
     let retry_state = state.clone();
+    let lost_state = state.clone();
     let recovered_state = state.clone();
     registrar.set_hooks(
         RetryHooks::new()
             .before_retry(move |info| {
                 hook_health.spawn_set(ServingStatus::NotServing);
-                retry_state.send_replace(Registration::Retrying { failures: info.attempt });
+                if !matches!(*retry_state.borrow(), Registration::Lost) {
+                    retry_state.send_replace(Registration::Retrying { failures: info.attempt });
+                }
+            })
+            .on_lost(move |_| {
+                lost_state.send_replace(Registration::Lost);
             })
             .after_recovery(move |_| {
                 recovered_health.spawn_set(ServingStatus::Serving);

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use conformance::Runner;
-use registry::store::Scope;
 use registry::{Discovery, FanoutRegistrar, GrpcServices, Meta, Network, Register, ServiceConf, merged_discovery};
 use registry_testenv::etcd::EtcdServer;
 use registry_testenv::kube::KubeServer;
@@ -108,7 +107,8 @@ async fn fleet_moves_from_etcd_to_kubernetes_without_a_missed_lookup() -> anyhow
                 from.discoverer(env, conf(&namespace, "")).unwrap(),
                 to.discoverer(env, conf(&namespace, "")).unwrap(),
             ],
-            Scope::new(namespace.clone(), env),
+            namespace.clone(),
+            env,
             Duration::from_secs(2),
         )
         .unwrap(),

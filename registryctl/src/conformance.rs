@@ -14,12 +14,13 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use clap::Args;
 use conformance::{Arguments, Backend, Capability, Runner, ServerUse, Unavailable};
-use registry::kubernetes::{ClusterSource, KubernetesConfig, Mode};
-use registry::store::Scope;
-use registry::{Discoverer, Meta, Registrar, Registry, ServiceConf};
-use registry_testenv::kube::KubeServer;
+use registry::Registry;
+use registry_core::store::{Scope, Store};
+use registry_kubernetes::{ClusterSource, KubernetesConfig, Mode};
 
-use registry::options::redact;
+use crate::namespaces::Namespaces;
+
+use registry_core::options::redact;
 
 /// Options of `registryctl conformance`.
 #[derive(Args, Debug)]
@@ -40,7 +41,7 @@ static URL: OnceLock<String> = OnceLock::new();
 /// The backend a URL names, as the suite sees it.
 struct UrlBackend {
     registry: Registry,
-    kube: Option<KubeServer>,
+    kube: Option<Namespaces>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Unavailable {
@@ -51,7 +52,7 @@ fn unavailable(e: impl std::fmt::Display) -> Unavailable {
 /// The Kubernetes configuration of `url` when it names the Kubernetes backend.
 fn kubernetes_config(url: &str) -> Option<KubernetesConfig> {
     let scheme = url.split_once("://")?.0.to_ascii_lowercase();
-    if !registry::kubernetes::BACKEND.schemes.contains(&scheme.as_str()) {
+    if !registry_kubernetes::BACKEND.schemes.contains(&scheme.as_str()) {
         return None;
     }
     url.parse().ok()
@@ -69,6 +70,10 @@ fn kubeconfig_of(config: &KubernetesConfig) -> PathBuf {
 
 #[async_trait]
 impl Backend for UrlBackend {
+    fn store(&self) -> &dyn Store {
+        &**self.registry.store()
+    }
+
     fn dedicated_available() -> Result<(), Unavailable> {
         Err(Unavailable::NotApplicable("a server given by URL cannot be stopped and restarted by this tool".into()))
     }
@@ -84,7 +89,7 @@ impl Backend for UrlBackend {
         let url = URL.get().ok_or_else(|| unavailable("no URL"))?;
         let registry = registry::connect(url.as_str()).await.map_err(unavailable)?;
         let kube = match kubernetes_config(url) {
-            Some(config) => Some(KubeServer::user(kubeconfig_of(&config)).await?),
+            Some(config) => Some(Namespaces::connect(&kubeconfig_of(&config)).await.map_err(unavailable)?),
             None => None,
         };
         Ok(Self { registry, kube })
@@ -92,25 +97,25 @@ impl Backend for UrlBackend {
 
     async fn prepare_namespace(&self, namespace: &str) -> anyhow::Result<()> {
         if let Some(kube) = &self.kube {
-            kube.create_namespace(namespace).await?;
+            kube.create(namespace).await?;
         }
         Ok(())
     }
 
-    async fn registrar(&self, meta: Meta, conf: ServiceConf) -> registry::Result<Registrar> {
-        Registrar::new(&**self.registry.store(), meta, conf)
-    }
-
-    async fn discoverer(&self, env: &str, conf: ServiceConf) -> registry::Result<Discoverer> {
-        Discoverer::new(&**self.registry.store(), env, conf)
-    }
-
-    async fn operator(&self, scope: &Scope) -> registry::Result<std::sync::Arc<dyn registry::operator::Operator>> {
-        self.registry.store().operator(scope)
-    }
-
     async fn put_foreign(&self, _scope: &Scope, _name: &str, _value: &str) -> anyhow::Result<()> {
         anyhow::bail!("not applicable to a URL backend")
+    }
+
+    async fn remove_foreign(&self, _scope: &Scope, _name: &str) -> anyhow::Result<()> {
+        anyhow::bail!("not applicable to a URL backend")
+    }
+
+    /// A URL gives the suite the library's API only, which cannot list raw
+    /// keys: the check is reported as not made. (On Kubernetes the
+    /// namespaces the suite created are deleted when it ends, see
+    /// `KubeServer`'s drop.)
+    async fn leftovers(&self, _namespace: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(None)
     }
 
     async fn stop_server(&self) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use comfy_table::{CellAlignment, Table};
 use futures::StreamExt;
 use registry::{Discovery, DiscoveryEvent, Health, ServiceConf, ServiceNode, SourceHealth};
 
@@ -14,7 +15,7 @@ pub struct Scope {
     #[arg(long, env = "REGISTRY_URL")]
     pub(crate) url: String,
     /// Namespace.
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = registry_core::conf::DEFAULT_NAMESPACE)]
     pub(crate) namespace: String,
     /// Environment.
     #[arg(long)]
@@ -52,14 +53,14 @@ pub(crate) async fn open(
 ) -> anyhow::Result<(registry::Registry, std::sync::Arc<dyn Discovery>)> {
     let registry = registry::connect(scope.url.as_str())
         .await
-        .with_context(|| format!("connecting to {}", registry::options::redact(&scope.url)))?;
+        .with_context(|| format!("connecting to {}", registry_core::options::redact(&scope.url)))?;
     let options = registry::DiscoveryOptions::default().with_draining_nodes(draining);
     let conf = ServiceConf::default().with_namespace(&scope.namespace).with_discovery(options);
     let discovery = registry.discoverer(&scope.env, conf)?;
     tokio::time::timeout(Duration::from_secs(30), discovery.watcher())
         .await
         .context("no answer from the backend within 30 s")?
-        .with_context(|| format!("listing {}", registry::options::redact(&scope.url)))?;
+        .with_context(|| format!("listing {}", registry_core::options::redact(&scope.url)))?;
     Ok((registry, discovery))
 }
 
@@ -72,28 +73,42 @@ fn state(node: &ServiceNode) -> &'static str {
     }
 }
 
-fn row(node: &ServiceNode) -> String {
-    format!(
-        "{:<24} {:<10} {:<22} {:>20} {:>7} {}",
-        node.meta.app_id,
-        node.meta.version,
-        node.network.internal,
-        node.lease_id,
-        node.served_methods().count(),
-        state(node)
-    )
+/// The columns of a node: app, version, internal address, lease, methods, state.
+fn cells(node: &ServiceNode) -> [String; 6] {
+    [
+        node.meta.app_id.clone(),
+        node.meta.version.clone(),
+        node.network.internal.clone(),
+        node.lease_id.to_string(),
+        node.served_methods().count().to_string(),
+        state(node).to_owned(),
+    ]
+}
+
+/// The nodes as a table whose columns fit the longest value.
+fn table<'a>(nodes: impl Iterator<Item = &'a ServiceNode>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(["APP", "VERSION", "INTERNAL", "LEASE", "METHODS", "STATE"]);
+    for node in nodes {
+        table.add_row(cells(node));
+    }
+    for numeric in [3, 4] {
+        if let Some(column) = table.column_mut(numeric) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
 }
 
 fn print_nodes<'a>(nodes: impl Iterator<Item = &'a ServiceNode>, json: bool) -> anyhow::Result<()> {
-    let nodes: Vec<&ServiceNode> = nodes.collect();
     if json {
+        let nodes: Vec<&ServiceNode> = nodes.collect();
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
-    println!("{:<24} {:<10} {:<22} {:>20} {:>7} STATE", "APP", "VERSION", "INTERNAL", "LEASE", "METHODS");
-    for node in nodes {
-        println!("{}", row(node));
-    }
+    println!("{}", table(nodes));
     Ok(())
 }
 
@@ -203,7 +218,7 @@ pub async fn watch(scope: Scope) -> anyhow::Result<()> {
                 let state: Vec<_> =
                     health.sources.iter().map(|s| (s.stale, s.stream_healthy, s.from_snapshot, s.empty_held)).collect();
                 if shown.as_ref() != Some(&state) {
-                    let now = chrono_like_now();
+                    let now = timestamp();
                     if scope.json {
                         println!("{}", serde_json::json!({"at": now, "event": "health", "health": health_json(&health)}));
                     } else {
@@ -218,7 +233,7 @@ pub async fn watch(scope: Scope) -> anyhow::Result<()> {
             event = events.next() => event,
         };
         let Some(event) = event else { break };
-        let now = chrono_like_now();
+        let now = timestamp();
         match event {
             DiscoveryEvent::Up { node, .. } if scope.json => {
                 println!("{}", serde_json::json!({"at": now, "event": "up", "node": &*node}))
@@ -226,8 +241,8 @@ pub async fn watch(scope: Scope) -> anyhow::Result<()> {
             DiscoveryEvent::Down { node, .. } if scope.json => {
                 println!("{}", serde_json::json!({"at": now, "event": "down", "node": &*node}))
             }
-            DiscoveryEvent::Up { node, .. } => println!("{now} UP   {}", row(&node)),
-            DiscoveryEvent::Down { node, .. } => println!("{now} DOWN {}", row(&node)),
+            DiscoveryEvent::Up { node, .. } => println!("{now} UP {}", cells(&node).join(" ")),
+            DiscoveryEvent::Down { node, .. } => println!("{now} DOWN {}", cells(&node).join(" ")),
             _ => println!("{now} RESET"),
         }
     }
@@ -235,8 +250,7 @@ pub async fn watch(scope: Scope) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds since the Unix epoch with milliseconds, UTC.
-fn chrono_like_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+/// Now, UTC, in RFC 3339 with milliseconds (`2026-12-07T14:20:01.123Z`).
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -5,19 +5,19 @@
 //! - `registryctl drain|undrain --url URL --env ENV --lease-id ID` marks
 //!   another process's instance draining (or serving again);
 //! - `--metrics-addr HOST:PORT` (any command) serves Prometheus metrics;
-//! - `registryctl conformance --backend URL` runs the conformance suite against it;
-//! - `registryctl bench --backend memory` measures propagation, crash expiry
-//!   and lookup latency and prints one summary line.
+//! - `registryctl conformance --backend URL` runs the conformance suite against it.
+//!
+//! The scale bench is a workspace tool of its own (`registry-bench`, not published).
 //!
 //! Errors are one line naming the backend and the cause; the exit code is non-zero.
 
-mod bench;
 mod conformance;
 mod inspect;
 mod migrate;
+mod namespaces;
 mod operate;
 mod publish;
-mod servers;
+mod xds;
 
 use std::process::ExitCode;
 
@@ -66,8 +66,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Run the conformance suite against a reachable server, one line per scenario.
     Conformance(conformance::ConformanceArgs),
-    /// Measure propagation, crash expiry and lookup latency on a backend.
-    Bench(bench::BenchArgs),
+    /// Serve an env over xDS (ADS) to Envoy and proxyless gRPC clients, with a route per gRPC method.
+    Xds(xds::XdsArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Drain(args) => operate::run(args, true).await,
             Command::Undrain(args) => operate::run(args, false).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Xds(args) => xds::run(args).await,
             Command::Conformance(_) => Ok(()),
         }
     });

@@ -4,6 +4,10 @@
 //! registrar of this process, kept alive while the source node lives, and
 //! uninstalled when the source node goes (or when this command stops). It
 //! never touches target entries it did not create.
+//!
+//! A draining source node is mirrored draining: the mirror's registrar
+//! carries the mark (the instance's own, or an operator's) as its own, so
+//! callers of the target stop sending to it just as callers of the source do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use registry::{DiscoveryEvent, Register, Registry, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
-use registry::options::redact;
+use registry_core::options::redact;
 
 /// Options of `registryctl migrate`.
 #[derive(Args, Debug)]
@@ -28,7 +32,7 @@ pub struct MigrateArgs {
     #[arg(long)]
     to: String,
     /// Namespace (the same on both sides).
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = registry_core::conf::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Environment to mirror.
     #[arg(long)]
@@ -74,7 +78,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
 
     if args.once {
         for node in discovery.snapshot().all_nodes() {
-            let key = registry::app_lease_key(&node);
+            let key = registry_core::app_lease_key(&node);
             mirror(&target, &conf, &mut mirrors, &mut tally, key, &node, false).await;
         }
         bar.finish_and_clear();
@@ -141,7 +145,11 @@ async fn mirror(
     keep_alive: bool,
 ) {
     if let Some(existing) = mirrors.get(&key) {
-        match existing.registrar.install(node.clone()).await {
+        let updated = async {
+            mirror_mark(&*existing.registrar, node).await?;
+            existing.registrar.install(node.clone()).await
+        };
+        match updated.await {
             Ok(_) => tally.updated += 1,
             Err(e) => {
                 tally.failed += 1;
@@ -159,7 +167,12 @@ async fn mirror(
             return;
         }
     };
-    if let Err(e) = registrar.install(node.clone()).await {
+    // Set before the first install, so that it writes the mark at once.
+    let installed = async {
+        mirror_mark(&*registrar, node).await?;
+        registrar.install(node.clone()).await
+    };
+    if let Err(e) = installed.await {
         tally.failed += 1;
         eprintln!("mirroring {key} failed: {e}");
         return;
@@ -172,11 +185,66 @@ async fn mirror(
     mirrors.insert(key, Mirror { registrar, keepalive });
 }
 
+/// Gives the mirror the source node's draining mark (the instance's own or
+/// an operator's): `install` keeps the registrar's own mark, not the node's.
+async fn mirror_mark(registrar: &dyn Register, node: &ServiceNode) -> registry::Result<()> {
+    if node.draining || node.drained_by_operator { registrar.drain().await } else { registrar.undrain().await }
+}
+
 async fn stop(m: Mirror) {
     if let Err(e) = m.registrar.uninstall().await {
         eprintln!("uninstalling a mirror failed: {e}");
     }
     if let Some(k) = m.keepalive {
         let _ = k.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: failures panic
+
+    use super::*;
+    use registry::{GrpcServices, Meta};
+
+    /// The target's view of `env` once it holds `count` nodes.
+    async fn target_nodes(target: &Registry, conf: &ServiceConf, env: &str) -> Vec<ServiceNode> {
+        let discovery = target.discoverer(env, conf.clone()).expect("discoverer");
+        discovery.watcher().await.expect("listed");
+        let nodes = discovery.snapshot().all_nodes().into_iter().map(|n| (*n).clone()).collect();
+        discovery.unwatch();
+        nodes
+    }
+
+    /// A draining source node is mirrored draining, and serving again when
+    /// the source undrains (issue 26: the mirror was always serving).
+    #[tokio::test]
+    async fn the_draining_mark_is_mirrored() {
+        let target = registry::connect("memory://migrate-mark-target").await.expect("target");
+        let conf = ServiceConf::default().with_namespace("mig").with_ttl(Duration::from_secs(10));
+        let mut node = GrpcServices::new().service("t.Mirror", ["Call"]).expect("valid").into_node();
+        node.meta = Meta::new("prod", "mirrored", "v1");
+        node.lease_id = 41;
+        node.draining = true;
+        let key: Arc<str> = Arc::from("mirrored/41");
+        let (mut mirrors, mut tally) = (HashMap::new(), Tally::default());
+        mirror(&target, &conf, &mut mirrors, &mut tally, Arc::clone(&key), &node, false).await;
+        assert_eq!((tally.mirrored, tally.failed), (1, 0));
+        let seen = target_nodes(&target, &conf, "prod").await;
+        assert_eq!(seen.iter().map(|n| n.draining).collect::<Vec<_>>(), [true], "mirrored draining");
+
+        node.draining = false;
+        mirror(&target, &conf, &mut mirrors, &mut tally, Arc::clone(&key), &node, false).await;
+        let seen = target_nodes(&target, &conf, "prod").await;
+        assert_eq!(seen.iter().map(|n| n.draining).collect::<Vec<_>>(), [false], "undrained on the source");
+
+        node.drained_by_operator = true;
+        mirror(&target, &conf, &mut mirrors, &mut tally, Arc::clone(&key), &node, false).await;
+        let seen = target_nodes(&target, &conf, "prod").await;
+        assert_eq!(seen.iter().map(|n| n.draining).collect::<Vec<_>>(), [true], "an operator's drain mirrored");
+        assert_eq!(tally.failed, 0);
+        for (_, m) in mirrors.drain() {
+            stop(m).await;
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! The mark is kept by the store beside (or carried inside) the instance's
 //! record, so the instance's heartbeats and installs keep it, and it is
 //! written with the store's precondition, so it never undoes a write of the
-//! instance that raced it (see `registry::operator`). The command then
+//! instance that raced it (see `registry_core::operator`). The command then
 //! waits until discovery shows the change, so when it returns, new
 //! discoverers and `get_service` already see it.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use registry::options::redact;
 use registry::{Discovery, DrainingNodes, ServiceNode};
+use registry_core::options::redact;
 
 use crate::inspect::{Scope, open};
 

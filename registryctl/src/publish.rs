@@ -13,9 +13,9 @@ use anyhow::Context;
 use clap::Args;
 use prost::Message;
 use prost_types::FileDescriptorSet;
-use registry::kubernetes::{KubernetesConfig, KubernetesStore, Mode};
-use registry::options::redact;
-use registry::store::Scope;
+use registry_core::options::redact;
+use registry_core::store::Scope;
+use registry_kubernetes::{KubernetesConfig, KubernetesStore, Mode};
 
 /// Options of `registryctl publish`.
 #[derive(Args, Debug)]
@@ -24,7 +24,7 @@ pub struct PublishArgs {
     #[arg(long, env = "REGISTRY_URL")]
     url: String,
     /// Namespace (the Kubernetes namespace unless the URL sets `namespace=`).
-    #[arg(long, default_value = registry::conf::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = registry_core::conf::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Environment.
     #[arg(long)]

@@ -75,6 +75,6 @@ pub async fn generic_client_gives_identical_results<B: Backend>(b: &B) -> anyhow
         transcript == EXPECTED_TRANSCRIPT,
         "transcript differs:\n  got:  {transcript:#?}\n  want: {EXPECTED_TRANSCRIPT:#?}"
     );
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

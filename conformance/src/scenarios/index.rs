@@ -23,7 +23,7 @@ pub async fn two_instances_newest_first<B: Backend>(b: &B) -> anyhow::Result<()>
     eventually(PROPAGATION, "newest first (fresh listing)", || leases_for(&*late, &m) == want).await?;
     first.stop().await?;
     second.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -45,6 +45,6 @@ pub async fn method_index_follows_nodes<B: Backend>(b: &B) -> anyhow::Result<()>
     eventually(PROPAGATION, "one provider left", || leases_for(&*disc, &new) == [other.node.lease_id]).await?;
     other.stop().await?;
     eventually(PROPAGATION, "last provider gone", || method_absent(&*disc, &new)).await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

@@ -24,7 +24,7 @@ pub async fn env_isolation<B: Backend>(b: &B) -> anyhow::Result<()> {
     anyhow::ensure!(method_absent(&*theirs, &m), "env {longer} sees a node of env {base}");
     anyhow::ensure!(theirs.apps().is_empty(), "env {longer} lists apps of env {base}");
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -41,7 +41,7 @@ pub async fn namespace_isolation<B: Backend>(b: &B) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     anyhow::ensure!(method_absent(&*theirs, &m), "another namespace sees the node");
     inst.stop().await?;
-    a.cleanup().await;
-    other.cleanup().await;
+    a.cleanup().await?;
+    other.cleanup().await?;
     Ok(())
 }

@@ -35,7 +35,7 @@ pub async fn install_then_discover_by_every_method<B: Backend>(b: &B) -> anyhow:
     anyhow::ensure!(app.len() == 1, "get_app: {} nodes", app.len());
     anyhow::ensure!(disc.apps().iter().any(|a| &**a == "orders"), "apps() lacks orders");
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -50,7 +50,7 @@ pub async fn uninstall_disappears_promptly<B: Backend>(b: &B) -> anyhow::Result<
     // Well under one TTL: removal is an explicit delete, not an expiry.
     eventually(Duration::from_millis(1500), "uninstalled node gone", || method_absent(&*disc, &m)).await?;
     anyhow::ensure!(matches!(disc.get_app("cart"), Err(Error::NodeNotFound { .. })), "app still listed");
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -68,7 +68,7 @@ pub async fn uninstall_is_idempotent<B: Backend>(b: &B) -> anyhow::Result<()> {
     let again = r.install(node("t.Idem", &["A"])).await?;
     eventually(PROPAGATION, "back after re-install", || leases_for(&*disc, &m) == [again.lease_id]).await?;
     r.uninstall().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -82,7 +82,7 @@ pub async fn discovery_started_before_anything_exists<B: Backend>(b: &B) -> anyh
     let inst = w.start("early", node("t.Early", &["Ping"])).await?;
     eventually(PROPAGATION, "first install visible", || leases_for(&*disc, &m) == [inst.node.lease_id]).await?;
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -96,7 +96,7 @@ pub async fn events_report_up_and_down<B: Backend>(b: &B) -> anyhow::Result<()> 
     anyhow::ensure!(next_event_of(&mut events, lease, true).await, "no Up event for the install");
     inst.stop().await?;
     anyhow::ensure!(next_event_of(&mut events, lease, false).await, "no Down event for the uninstall");
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -140,7 +140,7 @@ pub async fn invalid_names_are_rejected<B: Backend>(b: &B) -> anyhow::Result<()>
         matches!(disc, Err(Error::InvalidConfig { field: "meta.env", .. })),
         "discoverer accepted a bad env"
     );
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -212,7 +212,7 @@ pub async fn drain_is_seen_and_undone<B: Backend>(b: &B) -> anyhow::Result<()> {
     eventually(PROPAGATION, "draining mark cleared", || leases_for(&*disc, &m) == [lease]).await?;
     other.stop().await?;
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -276,6 +276,6 @@ pub async fn operator_drain_survives_the_owner<B: Backend>(b: &B) -> anyhow::Res
     let missing = op.set_drained("held", lease.wrapping_add(1), true).await;
     anyhow::ensure!(matches!(missing, Err(Error::InstanceNotFound { .. })), "unknown instance: {missing:?}");
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

@@ -24,7 +24,7 @@ pub async fn keepalive_holds_past_three_ttls<B: Backend>(b: &B) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -48,6 +48,6 @@ pub async fn crashed_instance_expires_within_ttl<B: Backend>(b: &B) -> anyhow::R
         since_crash_ms = crashed_at.elapsed().as_millis() as u64,
         "crash expiry"
     );
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

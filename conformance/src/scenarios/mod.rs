@@ -1,7 +1,9 @@
 //! The shared conformance scenarios, one behaviour each, generic over [`Backend`].
 //!
 //! Each scenario works in its own random namespace and env, asserts only on
-//! what it wrote, and cleans up best-effort. [`all`] lists them for the runner.
+//! what it wrote, and removes all of it ([`World::cleanup`]); after the
+//! suite the runner checks on the server that every scenario namespace is
+//! empty. [`all`] lists them for the runner.
 
 mod client;
 mod index;
@@ -27,6 +29,7 @@ pub use liveness::{crashed_instance_expires_within_ttl, keepalive_holds_past_thr
 pub use outage::outage_then_recovery;
 pub use robustness::{foreign_and_malformed_entries_ignored, unwatch_stops_promptly};
 pub use scale::{fifty_concurrent_installs_all_visible, large_node_round_trips};
+pub(crate) use world::namespaces_of;
 pub use world::{Instance, World};
 
 use crate::{Backend, Capability};

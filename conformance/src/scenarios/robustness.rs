@@ -12,12 +12,11 @@ use crate::fixtures::{PROPAGATION, eventually, leases_for, meta, method, method_
 /// counted, and never hide the good nodes.
 pub async fn foreign_and_malformed_entries_ignored<B: Backend>(b: &B) -> anyhow::Result<()> {
     let mut w = World::new(b).await?;
-    let scope = registry_core::store::Scope::new(w.namespace.clone(), w.env.clone());
-    b.put_foreign(&scope, "garbage", "{not json").await?;
+    w.put_foreign("garbage", "{not json").await?;
     let mut stranger = node("t.Foreign", &["Steal"]);
     stranger.meta = meta("some-other-env", "stranger");
     stranger.lease_id = 42;
-    b.put_foreign(&scope, "stranger", &serde_json::to_string(&stranger)?).await?;
+    w.put_foreign("stranger", &serde_json::to_string(&stranger)?).await?;
     let disc = w.discoverer().await?;
     let good = w.start("good", node("t.Good", &["Ok"])).await?;
     let m = method("t.Good", "Ok");
@@ -26,11 +25,11 @@ pub async fn foreign_and_malformed_entries_ignored<B: Backend>(b: &B) -> anyhow:
     eventually(PROPAGATION, "bad records counted", || disc.skipped() >= 2).await?;
     // A bad record written while watching is skipped too.
     let before = disc.skipped();
-    b.put_foreign(&scope, "garbage-2", "[1,2,3]").await?;
+    w.put_foreign("garbage-2", "[1,2,3]").await?;
     eventually(PROPAGATION, "late bad record counted", || disc.skipped() > before).await?;
     anyhow::ensure!(leases_for(&*disc, &m) == [good.node.lease_id], "good node lost after a bad record");
     good.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -49,6 +48,6 @@ pub async fn unwatch_stops_promptly<B: Backend>(b: &B) -> anyhow::Result<()> {
     anyhow::ensure!(leases_for(&*disc, &m) == [first.node.lease_id], "cache changed after unwatch");
     first.stop().await?;
     second.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

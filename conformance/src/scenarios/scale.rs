@@ -29,7 +29,7 @@ pub async fn fifty_concurrent_installs_all_visible<B: Backend>(b: &B) -> anyhow:
     })
     .await?;
     try_join_all(registrars.iter().map(|r| r.uninstall())).await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }
 
@@ -46,6 +46,6 @@ pub async fn large_node_round_trips<B: Backend>(b: &B) -> anyhow::Result<()> {
     anyhow::ensure!(got[0].methods == inst.node.methods, "methods differ after the round trip");
     anyhow::ensure!(got[0].methods.len() == 500, "{} methods", got[0].methods.len());
     inst.stop().await?;
-    w.cleanup().await;
+    w.cleanup().await?;
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! [`World`]: one scenario's namespace and env, its registrars and discoverers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use registry_core::{Discoverer, Discovery, Register, Registrar, ServiceNode};
+use registry_core::store::Scope;
+use registry_core::{Discoverer, Discovery, Register, Registrar, ServiceConf, ServiceNode};
 use tokio::task::JoinHandle;
 
 use crate::Backend;
@@ -37,14 +38,44 @@ pub struct World<'a, B: Backend> {
     pub env: String,
     registrars: Vec<Registrar>,
     discoverers: Vec<Arc<Discoverer>>,
+    /// What [`World::put_foreign`] wrote: scope and name.
+    foreign: Vec<(Scope, String)>,
+}
+
+/// The namespaces scenarios used, by backend (its address): the runner
+/// checks after the suite that each is empty ([`namespaces_of`]).
+static USED: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+
+/// The namespaces that worlds on the backend at `backend` used.
+pub(crate) fn namespaces_of(backend: usize) -> Vec<String> {
+    let used = USED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    used.iter().filter(|(b, _)| *b == backend).map(|(_, ns)| ns.clone()).collect()
 }
 
 impl<'a, B: Backend> World<'a, B> {
     /// A fresh namespace (prepared on the backend) and env.
     pub async fn new(backend: &'a B) -> anyhow::Result<Self> {
         let namespace = unique("ns");
+        USED.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((std::ptr::from_ref(backend) as usize, namespace.clone()));
         backend.prepare_namespace(&namespace).await?;
-        Ok(Self { backend, namespace, env: unique("env"), registrars: Vec::new(), discoverers: Vec::new() })
+        Ok(Self {
+            backend,
+            namespace,
+            env: unique("env"),
+            registrars: Vec::new(),
+            discoverers: Vec::new(),
+            foreign: Vec::new(),
+        })
+    }
+
+    /// Writes a foreign record in this world's scope ([`Backend::put_foreign`]);
+    /// [`cleanup`](Self::cleanup) removes it.
+    pub async fn put_foreign(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
+        let scope = Scope::new(self.namespace.clone(), self.env.clone());
+        self.foreign.push((scope.clone(), name.to_owned()));
+        self.backend.put_foreign(&scope, name, value).await
     }
 
     /// A registrar for `app` in this world.
@@ -56,7 +87,14 @@ impl<'a, B: Backend> World<'a, B> {
 
     /// Installs `node` as a new instance of `app` and starts its keepalive.
     pub async fn start(&mut self, app: &str, node: ServiceNode) -> anyhow::Result<Instance> {
-        let registrar = self.registrar(app).await?;
+        let conf = conf(&self.namespace);
+        self.start_with(app, node, conf).await
+    }
+
+    /// [`start`](Self::start) with a configuration of the caller's (in this world's namespace).
+    pub async fn start_with(&mut self, app: &str, node: ServiceNode, conf: ServiceConf) -> anyhow::Result<Instance> {
+        let registrar = self.backend.registrar(meta(&self.env, app), conf).await?;
+        self.registrars.push(registrar.clone());
         let node = registrar.install(node).await?;
         let keepalive = tokio::spawn({
             let r = registrar.clone();
@@ -79,13 +117,30 @@ impl<'a, B: Backend> World<'a, B> {
         Ok(discoverer)
     }
 
-    /// Best-effort cleanup: uninstall every registrar, stop every discoverer.
-    pub async fn cleanup(self) {
-        for r in &self.registrars {
-            let _ = r.uninstall().await;
-        }
+    /// Removes everything this world wrote: uninstalls every registrar
+    /// (crashed ones too), stops every discoverer, removes the foreign
+    /// records and releases the namespace ([`Backend::release_namespace`]).
+    /// Goes through all of it, then fails with what could not be removed:
+    /// a suite pointed at someone's cluster must leave nothing behind.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
         for d in &self.discoverers {
             d.unwatch();
         }
+        for r in &self.registrars {
+            if let Err(e) = r.uninstall().await {
+                failures.push(format!("uninstalling {}: {e}", r.meta().app_id));
+            }
+        }
+        for (scope, name) in &self.foreign {
+            if let Err(e) = self.backend.remove_foreign(scope, name).await {
+                failures.push(format!("removing foreign record {name}: {e:#}"));
+            }
+        }
+        if let Err(e) = self.backend.release_namespace(&self.namespace).await {
+            failures.push(format!("releasing namespace {}: {e:#}", self.namespace));
+        }
+        anyhow::ensure!(failures.is_empty(), "cleanup of namespace {} failed: {}", self.namespace, failures.join("; "));
+        Ok(())
     }
 }

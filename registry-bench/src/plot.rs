@@ -1,33 +1,13 @@
-//! The bench's results as a CSV file and an SVG plot of the cost curves
+//! An SVG plot of the bench's cost curves
 //! (propagation p99, the separate discoverer's cold start, CPU and memory
 //! against instances), one line per backend.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
 use plotters::prelude::*;
 
-use super::Row;
-
-/// Writes `rows` as CSV (header first).
-pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    let mut out = Row::csv_header();
-    out.push('\n');
-    for row in rows {
-        out.push_str(&row.to_csv());
-        out.push('\n');
-    }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Reads rows written by [`write_csv`].
-pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').collect();
-    lines.filter(|l| !l.trim().is_empty()).map(|l| Row::from_csv(&header, l)).collect()
-}
+use crate::row::Row;
 
 /// One panel: a metric of a row.
 struct Panel {

@@ -7,12 +7,15 @@
 //! embedded `memory` backend, which lives in the bench's process, it runs on a
 //! thread of its own and its CPU is that thread's.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use procfs::process::Process;
+use procfs::{Current, LoadAverage};
 use registry::{Discovery, DiscoveryEvent, Registry, ServiceConf};
 
 /// Which CPU clock and I/O counters to read.
@@ -25,24 +28,22 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn dir(self) -> &'static str {
+    fn process(self) -> Option<Process> {
         match self {
-            Scope::Process => "/proc/self",
-            Scope::Thread => "/proc/thread-self",
+            Scope::Process => Process::myself().ok(),
+            // `thread-self` links to `<pid>/task/<tid>`; procfs wants the path with the tid last.
+            Scope::Thread => {
+                let task = std::fs::read_link("/proc/thread-self").ok()?;
+                Process::new_with_root(Path::new("/proc").join(task)).ok()
+            }
         }
     }
 }
 
-/// CPU seconds (user + system) of `scope`, from `stat` (clock ticks of 10 ms,
-/// the Linux default `USER_HZ`).
+/// CPU seconds (user + system) of `scope`, from its `stat`.
 pub fn cpu_seconds(scope: Scope) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("{}/stat", scope.dir())).ok()?;
-    // Fields after the command name in parentheses; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    let stat = scope.process()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Bytes this process received on its TCP connections, summed over the
@@ -72,17 +73,16 @@ pub fn tcp_bytes_received() -> Option<u64> {
     Some(total)
 }
 
-/// `VmRSS` and `VmHWM` of this process, in KiB.
+/// `VmRSS` and `VmHWM` of this process, in KiB (0 when unknown).
 pub fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let status = Process::myself().and_then(|me| me.status()).ok();
+    let status = status.as_ref();
+    (status.and_then(|s| s.vmrss).unwrap_or(0), status.and_then(|s| s.vmhwm).unwrap_or(0))
+}
+
+/// The 1-minute load average (NaN when unknown).
+pub fn load1() -> f64 {
+    LoadAverage::current().map_or(f64::NAN, |load| f64::from(load.one))
 }
 
 /// What the separate discoverer measured.
@@ -180,7 +180,7 @@ fn visible(discovery: &dyn Discovery) -> usize {
     discovery
         .apps()
         .iter()
-        .filter(|app| app.starts_with(super::FLEET_PREFIX))
+        .filter(|app| app.starts_with(crate::fleet::FLEET_PREFIX))
         .map(|app| discovery.get_app(app).map(|n| n.len()).unwrap_or(0))
         .sum()
 }

@@ -1,4 +1,4 @@
-//! Local test servers for `bench` when no `--url` is given: started from the
+//! The bench's target: the server at `--url`, or a local one started from the
 //! test-server cache (`scripts/install-test-servers.sh`), or the user's
 //! servers named by `ETCD_ENDPOINTS`, `CONSUL_HTTP_ADDR`, `KUBECONFIG`.
 
