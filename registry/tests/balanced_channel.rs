@@ -99,3 +99,20 @@ async fn a_node_without_a_port_is_left_out() -> anyhow::Result<()> {
     good.uninstall().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn pick_names_the_next_node_and_advances_the_rotation() -> anyhow::Result<()> {
+    let registry = registry::connect("memory://pick").await?;
+    let heavy = register(&registry, "picked", "127.0.0.1:20001", 300).await?;
+    let light = register(&registry, "picked", "127.0.0.1:20002", 100).await?;
+    let channel = ChannelBuilder::new(discovery(&registry).await?, Selector::app("picked")).build();
+    let mut picked = Vec::new();
+    for _ in 0..8 {
+        picked.push(channel.pick().map(|node| node.network.internal.clone()).unwrap_or_default());
+    }
+    let to_heavy = picked.iter().filter(|a| *a == "127.0.0.1:20001").count();
+    assert_eq!(to_heavy, 6, "3 of every 4 picks go to the 300-weight node: {picked:?}");
+    heavy.uninstall().await?;
+    light.uninstall().await?;
+    Ok(())
+}

@@ -532,6 +532,15 @@ impl WeightedChannel {
         self.nodes.pick_within(self.wait).await.map(|_| ())
     }
 
+    /// The node the next call would go to, advancing the rotation as a call
+    /// does (ejections, health and policies included); `None` with no node.
+    /// For callers that send by other means than this channel (another
+    /// protocol to the same fleet) and for measuring the pick.
+    pub fn pick(&self) -> Option<Arc<ServiceNode>> {
+        let (key, _) = self.nodes.pick()?;
+        self.nodes.lock().picker.get(&key).map(|n| Arc::clone(&n.node))
+    }
+
     /// What the channel selects.
     pub fn selector(&self) -> &Selector {
         &self.nodes.selector
