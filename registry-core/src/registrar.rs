@@ -270,6 +270,10 @@ impl Registrar {
         let deadline = Instant::now() + conf.install_deadline;
         let mut backoff = Backoff::new((conf.ttl / 20).max(MIN_RETRY_DELAY), conf.ttl / 4);
         let mut attempts: u32 = 0;
+        // The last failure that was not a timeout: when the attempts end in
+        // a timeout (a hung call, or the deadline cutting the last one short),
+        // that says why the install failed; "time ran out" does not.
+        let mut refused: Option<Error> = None;
         loop {
             attempts = attempts.saturating_add(1);
             stamp_heartbeat(node);
@@ -280,10 +284,17 @@ impl Registrar {
             };
             let delay = backoff.next_delay();
             if Instant::now() + delay >= deadline {
+                let error = match refused.take() {
+                    Some(refusal) if matches!(error, Error::Timeout { .. }) => refusal,
+                    _ => error,
+                };
                 tracing::warn!(parent: &self.inner.span, attempts, %error, "install failed until its deadline");
                 return Err(error);
             }
             tracing::warn!(parent: &self.inner.span, attempts, %error, ?delay, "install failed; retrying");
+            if !matches!(error, Error::Timeout { .. }) {
+                refused = Some(error);
+            }
             tokio::time::sleep(delay).await;
         }
     }

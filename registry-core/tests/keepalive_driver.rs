@@ -529,3 +529,53 @@ async fn a_renewal_hanging_throughout_times_out_by_the_end_of_the_lease() {
     assert!(*first - installed_at <= TTL, "failed {:?} after the grant, past the lease", *first - installed_at);
     assert!(error.contains("renew timed out"), "{error}");
 }
+
+/// A writer whose first `put` fails (the backend refuses the connection)
+/// and whose later ones hang until the caller's deadline cuts them.
+struct RefusedThenHanging {
+    puts: Mutex<u32>,
+}
+
+#[async_trait]
+impl StoreWriter for RefusedThenHanging {
+    fn kind(&self) -> &'static str {
+        "mock"
+    }
+    async fn grant(&self, _ttl: Duration) -> Result<i64> {
+        Ok(7)
+    }
+    async fn put(&self, _node: &ServiceNode, _ttl: Duration) -> Result<()> {
+        let first = {
+            let mut puts = self.puts.lock().unwrap();
+            *puts += 1;
+            *puts == 1
+        };
+        if first {
+            return Err(down());
+        }
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+    async fn renew(&self, _node: &ServiceNode, _ttl: Duration) -> Result<()> {
+        Ok(())
+    }
+    async fn remove(&self, _node: &ServiceNode) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// When the install deadline cuts the last attempt short, the install fails
+/// with why the attempts failed (the backend refused), not with the cut
+/// (a TLS handshake slower than the time left made a test see `Timeout`).
+#[tokio::test(start_paused = true)]
+async fn an_install_cut_by_its_deadline_reports_the_failure_before() {
+    let writer = Arc::new(RefusedThenHanging { puts: Mutex::new(0) });
+    let deadline = Duration::from_secs(20);
+    let conf = ServiceConf::default().with_ttl(TTL).with_install_deadline(deadline);
+    let r = Registrar::from_writer(writer.clone(), Meta::new("prod", "driver", "v1"), conf).expect("valid config");
+    let start = Instant::now();
+    let err = r.install(demo_node()).await.expect_err("the second write hangs past the deadline");
+    assert!(matches!(err, Error::BackendUnavailable { .. }), "{err:?}");
+    assert!(*writer.puts.lock().unwrap() >= 2, "a refused write, then hung ones until the deadline");
+    assert!(start.elapsed() <= deadline + Duration::from_millis(1), "returned after {:?}", start.elapsed());
+}
