@@ -103,7 +103,7 @@ cargo test --workspace --all-features --no-fail-fast
 
 # The etcd versions users run: the suites above ran on etcd 3.5 (Debian);
 # the etcd conformance suite, the cluster fault scenarios and the auth tests run again on the
-# 3.6 build (Kubernetes 1.34 ships 3.6). About 40 s once built.
+# 3.6 build (Kubernetes 1.34 ships 3.6).
 step "etcd 3.6: conformance suite and cluster fault scenarios (3.5 ran above)"
 REGISTRY_ETCD_SERVER=etcd-3.6 cargo test --all-features -p registry-etcd --test conformance --test cluster --test least_privilege
 
@@ -120,7 +120,7 @@ fi
 
 # Coverage-guided fuzzing of the decoders (cargo-fuzz, nightly): 20 s per
 # target from the committed seeds; the instrumented build is cached in its
-# own target dir (about 2 minutes cold). A long run: FUZZ_SECONDS=3600 scripts/fuzz.sh
+# own target dir. A long run: FUZZ_SECONDS=3600 scripts/fuzz.sh
 step "fuzz the decoders (bounded)"
 scripts/fuzz.sh
 
